@@ -1,0 +1,276 @@
+"""The ``kdx`` command line (Typer + rich).
+
+Each command only parses its options into a config and calls ``run()`` of its module
+in :mod:`kdx.commands`. Options shared by every training command are declared once
+(``RUN_OPTIONS``) and added to each command's signature by :func:`training_command`.
+"""
+
+import functools
+import inspect
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+import kdx
+from kdx.errors import KdxError
+
+app = typer.Typer(
+    name="kdx",
+    help="Explainable knowledge distillation: train a teacher, distill it into KDExplainer, "
+    "analyse subtask attention and conflicts, and train students with a virtual attention module.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _fail(message: str, code: int = 2):
+    typer.echo(f"kdx: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def handle_errors(fn):
+    """Turn user errors into one line on stderr and exit code 2 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from kdx.engine.trainer import TrainingInterrupted
+
+        try:
+            return fn(*args, **kwargs)
+        except KdxError as exc:
+            _fail(str(exc))
+        except TrainingInterrupted as exc:
+            if exc.signum == 0:
+                typer.echo(f"kdx: stopped after --max-steps; resume with --resume {exc.run_dir}", err=True)
+                raise typer.Exit(0)
+            typer.echo(f"kdx: interrupted ({exc}); resume with --resume {exc.run_dir}", err=True)
+            raise typer.Exit(exc.exit_code)
+        except KeyboardInterrupt:
+            typer.echo("kdx: interrupted", err=True)
+            raise typer.Exit(130)
+
+    return wrapper
+
+
+# ------------------------------------------------------------------ shared training options
+
+def _opt(name, annotation, help, panel, *flags):
+    decls = flags or ("--" + name.replace("_", "-"),)
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
+                             default=typer.Option(None, *decls, help=help, rich_help_panel=panel, show_default=False))
+
+
+D, O, R = "Data", "Optimisation", "Runtime"
+RUN_OPTIONS = [
+    _opt("out", Optional[Path], "Run directory to write (required unless --resume).", "Run", "--out", "-o"),
+    _opt("config", Optional[Path], "JSON or TOML file (or a run directory) with options; flags override it.", "Run"),
+    _opt("preset", Optional[str], "Named recipe (see the command's help); flags override it.", "Run"),
+    _opt("resume", Optional[Path], "Continue the run in this directory exactly where it stopped.", "Run"),
+    _opt("overwrite", Optional[bool], "Replace a run already in --out.", "Run", "--overwrite/--no-overwrite"),
+    _opt("dataset", Optional[str], "Dataset: cifar10, cifar100, fashion-mnist, mnist, tiny-imagenet, folder:PATH, "
+         "fashion-mnist-mini (default, embedded).", D, "--dataset", "-d"),
+    _opt("data_root", Optional[Path], "Folder holding the dataset files (default $KDX_DATA or ~/.cache/kdx/data).", D),
+    _opt("download", Optional[bool], "Download the dataset if missing (opt-in).", D, "--download/--no-download"),
+    _opt("val_fraction", Optional[float], "Share of train held out for validation and best-epoch selection [0.1].", D),
+    _opt("batch_size", Optional[int], "Training batch size per process [64; quick: 128].", D, "--batch-size", "-b"),
+    _opt("eval_batch_size", Optional[int], "Evaluation batch size [256].", D),
+    _opt("num_workers", Optional[int], "DataLoader workers for image-folder datasets [2].", D),
+    _opt("augment", Optional[bool], "Random crop + flip on training batches [on].", D, "--augment/--no-augment"),
+    _opt("epochs", Optional[int], "Training epochs [240; quick: 15].", O, "--epochs", "-e"),
+    _opt("optimizer", Optional[str], "sgd | adam | adamw [sgd].", O),
+    _opt("lr", Optional[float], "Base learning rate [0.05; quick: 0.1].", O),
+    _opt("momentum", Optional[float], "SGD momentum [0.9].", O),
+    _opt("weight_decay", Optional[float], "Weight decay [5e-4].", O),
+    _opt("schedule", Optional[str], "multistep | cosine | constant | halving [multistep; quick: cosine].", O),
+    _opt("milestones", Optional[str], "Comma-separated epochs for multistep decay [150,180,210].", O),
+    _opt("gamma", Optional[float], "Multistep decay factor [0.1].", O),
+    _opt("warmup_epochs", Optional[int], "Linear warm-up epochs [0; quick: 1].", O),
+    _opt("label_smoothing", Optional[float], "Label smoothing of the cross-entropy [0].", O),
+    _opt("device", Optional[str], "auto | cpu | cuda | cuda:N | mps [auto].", R),
+    _opt("precision", Optional[str], "auto | fp32 | bf16 | fp16 autocast [auto: bf16 where the hardware has it].", R),
+    _opt("channels_last", Optional[str], "auto | on | off [auto: on for CUDA and CPU bf16].", R),
+    _opt("seed", Optional[int], "Random seed [1029].", R),
+    _opt("deterministic", Optional[bool], "Deterministic algorithms (bit-exact resume).", R, "--deterministic/--no-deterministic"),
+    _opt("quiet", Optional[bool], "One line per epoch instead of progress bars.", R, "--quiet/--no-quiet", "-q"),
+    _opt("max_steps", Optional[int], "Stop (resumably) after this many optimizer steps.", R),
+]
+
+
+def training_command(fn):
+    """Append RUN_OPTIONS to ``fn``'s signature; ``fn`` receives them in ``**run``."""
+    sig = inspect.signature(fn)
+    own = [p for p in sig.parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD]
+    names = {p.name for p in own}
+    params = own + [p for p in RUN_OPTIONS if p.name not in names]
+
+    @functools.wraps(fn)
+    def wrapper(**kwargs):
+        return fn(**kwargs)
+
+    wrapper.__signature__ = sig.replace(parameters=params)
+    return handle_errors(wrapper)
+
+
+def make_config(cls, presets, recipe, options: dict):
+    """Options of a training command -> a validated config of dataclass ``cls``."""
+    from kdx.config import build_config
+    from kdx.engine.rundir import config_for_resume
+
+    options = dict(options)
+    config_file = options.pop("config", None)
+    cli = {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items() if v is not None}
+    if cli.get("resume"):
+        cfg = config_for_resume(cls, cli["resume"], cli)
+    else:
+        cfg = build_config(cls, presets=presets, config_file=str(config_file) if config_file else None, cli=cli,
+                           recipe_for_dataset=recipe)
+    cfg.validate()
+    return cfg
+
+
+# ------------------------------------------------------------------ commands
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"kdx {kdx.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Optional[bool] = typer.Option(None, "--version", "-V", callback=_version, is_eager=True,
+                                                   help="Print the kdx version and exit.")):
+    """kdx: explainable knowledge distillation."""
+
+
+@app.command("train-teacher")
+@training_command
+def train_teacher(arch: Optional[str] = typer.Option(None, "--arch", "-a", help="Zoo architecture [resnet56]; "
+                                                      "`kdx models` lists them."), **run):
+    """Train a teacher (any zoo architecture) with cross-entropy.
+
+    The CIFAR recipe of the paper is the default (SGD 0.05, 240 epochs, x0.1 at 150/180/210,
+    batch 64). Presets: paper (the same), quick (15 epochs, cosine, batch 128: a CPU-sized run).
+    """
+    from kdx.commands import train_teacher as cmd
+    from kdx.config import TEACHER_PRESETS, TeacherConfig, teacher_recipe
+
+    cfg = make_config(TeacherConfig, TEACHER_PRESETS, teacher_recipe, dict(run, arch=arch))
+    cmd.run(cfg)
+
+
+@app.command("distill-explainer")
+@handle_errors
+def distill_explainer():
+    """Distill a teacher into KDExplainer (hierarchical mixture of experts). [coming next]"""
+    raise KdxError("distill-explainer is not available in this kdx build yet")
+
+
+@app.command("analyze-conflicts")
+@handle_errors
+def analyze_conflicts():
+    """Subtask attention, entropy, sharing and gradient conflicts of explainer runs. [coming next]"""
+    raise KdxError("analyze-conflicts is not available in this kdx build yet")
+
+
+@app.command("train-vam-student")
+@handle_errors
+def train_vam_student():
+    """Train a student with KD and a virtual attention module. [coming next]"""
+    raise KdxError("train-vam-student is not available in this kdx build yet")
+
+
+@app.command("evaluate")
+@handle_errors
+def evaluate_cmd(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint file or a run directory."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Dataset [the checkpoint's]."),
+    split: str = typer.Option("test", "--split", help="test | val"),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset folder."),
+    which: str = typer.Option("model", "--which", help="In a run directory: model (last epoch) or best."),
+    routing: Optional[str] = typer.Option(None, "--routing", help="Explainers/VAM: soft | hard | gumbel [from metadata]."),
+    tau: Optional[float] = typer.Option(None, "--tau", help="Explainers/VAM: routing temperature [from metadata]."),
+    per_class_csv: Optional[Path] = typer.Option(None, "--per-class-csv", help="Where to write per-class accuracy "
+                                                 "[RUN/eval_<dataset>_<split>.csv, or beside the file]."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | mps"),
+    batch_size: int = typer.Option(256, "--batch-size", "-b"),
+    val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Validation share [the run's, or 0.1]."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the validation split [the run's]."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object (top1, top5 as fractions) for scripts."),
+):
+    """Top-1, top-5 and per-class accuracy of a checkpoint on a dataset split."""
+    from kdx.commands import evaluate as cmd
+
+    cmd.run(checkpoint, dataset=dataset, split=split, data_root=data_root, which=which, routing=routing, tau=tau,
+            per_class_csv=per_class_csv, device=device, batch_size=batch_size, val_fraction=val_fraction, seed=seed,
+            json_out=json_out)
+
+
+@app.command("info")
+@handle_errors
+def info_cmd(checkpoint: Path = typer.Argument(..., help="A checkpoint file or a run directory."),
+             json_out: bool = typer.Option(False, "--json", help="Print the metadata as JSON.")):
+    """Show a checkpoint's metadata (kind, arch, dataset, metrics...) as a table."""
+    from kdx.commands import info as cmd
+
+    cmd.run(checkpoint, json_out=json_out)
+
+
+@app.command("import-checkpoint")
+@handle_errors
+def import_checkpoint_cmd(
+    file: Path = typer.Argument(..., help="A .pth/.pt state dict (RepDistiller {'model': ...} or bare)."),
+    out: Path = typer.Option(..., "--out", "-o", help="The .safetensors file to write."),
+    kind: str = typer.Option("classifier", "--kind", help="classifier (zoo model) | explainer (official KDExplainer)."),
+    arch: Optional[str] = typer.Option(None, "--arch", "-a", help="Zoo architecture (kind classifier)."),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Number of classes [from the weights]."),
+    in_channels: Optional[int] = typer.Option(None, "--in-channels", help="Input channels [from the weights]."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Dataset the weights were trained on "
+                                          "(sets input shape and normalisation in the metadata)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
+):
+    """Convert a foreign PyTorch checkpoint into a kdx safetensors checkpoint (no pickle code runs)."""
+    from kdx.commands import import_checkpoint as cmd
+
+    cmd.run(file, out=out, kind=kind, arch=arch, num_classes=num_classes, in_channels=in_channels, dataset=dataset,
+            force=force)
+
+
+@app.command("models")
+@handle_errors
+def models_cmd():
+    """List the architectures of the model zoo."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from kdx.models import get_model_meta, list_models
+
+    table = Table(title="kdx model zoo")
+    table.add_column("arch")
+    table.add_column("family")
+    table.add_column("description")
+    for name in list_models():
+        meta = get_model_meta(name)
+        table.add_row(name, str(meta.get("family", "")), str(meta.get("description", "")))
+    Console().print(table)
+
+
+@app.command("datasets")
+@handle_errors
+def datasets_cmd():
+    """List the datasets kdx knows."""
+    from kdx.data import list_datasets
+
+    for name in list_datasets():
+        typer.echo(name)
+
+
+def main():  # console-script entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

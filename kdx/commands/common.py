@@ -1,0 +1,35 @@
+"""Pieces several commands share: loading the dataset of a config, printing results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+
+def load_bundle(cfg, dataset: str | None = None):
+    from kdx.data import load_dataset
+
+    return load_dataset(dataset or cfg.dataset, root=cfg.data_root, download=cfg.download,
+                        val_fraction=cfg.val_fraction, seed=cfg.seed)
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def print_results(title: str, run_dir: Path, results: dict) -> None:
+    table = Table(title=title)
+    table.add_column("checkpoint")
+    table.add_column("epoch", justify="right")
+    table.add_column("val top-1", justify="right")
+    table.add_column("test top-1", justify="right")
+    table.add_column("test top-5", justify="right")
+    table.add_row("last (model.safetensors)", str(results["last_epoch"]), _pct(results.get("val_top1_last")),
+                  _pct(results["test_top1_last"]), _pct(results["test_top5_last"]))
+    table.add_row(f"best on {results['best_selected_on']} (best.safetensors)", str(results["best_epoch"]),
+                  _pct(results.get("val_top1_best")), _pct(results["test_top1_best"]), _pct(results["test_top5_best"]))
+    console = Console()
+    console.print(table)
+    console.print(f"run directory: {run_dir}")

@@ -1,0 +1,94 @@
+"""`kdx evaluate`: top-1, top-5 and per-class accuracy of any kdx checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from kdx.engine import checkpoint as ckpt
+from kdx.engine.device import resolve_device, resolve_precision
+from kdx.engine.evaluate import evaluate
+from kdx.engine.io import atomic_write_csv
+from kdx.errors import KdxError
+
+
+def check_compatible(meta: dict, bundle, source: str) -> None:
+    """Refuse a dataset whose classes or input shape do not fit the checkpoint."""
+    if int(meta.get("num_classes", bundle.num_classes)) != bundle.num_classes:
+        raise KdxError(f"{source} predicts {meta['num_classes']} classes but dataset '{bundle.name}' has {bundle.num_classes}")
+    shape = meta.get("input_shape")
+    if shape and int(shape[0]) != bundle.in_channels:
+        raise KdxError(f"{source} expects {shape[0]}-channel input but dataset '{bundle.name}' has {bundle.in_channels}")
+
+
+def run(checkpoint: Path, *, dataset=None, split="test", data_root=None, which="model", routing=None, tau=None,
+        per_class_csv=None, device="auto", batch_size=256, val_fraction=None, seed=None, json_out=False) -> dict:
+    from kdx.data import load_dataset, make_loader
+
+    if split not in ("test", "val"):
+        raise KdxError(f"--split must be test or val, got '{split}'")
+    if batch_size <= 0:
+        raise KdxError("--batch-size must be positive")
+    file = ckpt.resolve_checkpoint(checkpoint, which=which)
+    model, meta = ckpt.load_model(file, which=which)
+    if routing is not None:
+        if not hasattr(model, "routing"):
+            raise KdxError(f"{file} has no routing (kind {meta.get('kind')}); --routing applies to explainers and VAM students")
+        model.routing = routing
+    if tau is not None:
+        if not hasattr(model, "tau"):
+            raise KdxError(f"{file} has no routing temperature; --tau applies to explainers and VAM students")
+        model.tau = float(tau)
+    run_cfg = {}
+    run_dir = file.parent if (file.parent / "config.json").is_file() else None
+    if run_dir is not None:
+        run_cfg = json.loads((run_dir / "config.json").read_text())
+    dataset = dataset or meta.get("dataset")
+    if not dataset:
+        raise KdxError(f"{file} does not record its dataset; pass --dataset")
+    vf = val_fraction if val_fraction is not None else run_cfg.get("val_fraction", 0.1)
+    sd = seed if seed is not None else run_cfg.get("seed", 0)
+    bundle = load_dataset(dataset, root=str(data_root) if data_root else run_cfg.get("data_root"), val_fraction=vf, seed=sd)
+    check_compatible(meta, bundle, str(file))
+    data = bundle.test if split == "test" else bundle.val
+    if data is None:
+        raise KdxError(f"dataset '{dataset}' has no validation split with --val-fraction {vf}")
+    dev = resolve_device(device)
+    precision = resolve_precision("fp32", dev)
+    model.to(dev).eval()
+    loader = make_loader(data, batch_size, train=False, device=dev, mean=bundle.mean, std=bundle.std)
+    res = evaluate(model, loader, bundle.num_classes, precision, device=dev)
+    per_class = pd.DataFrame({
+        "class": list(range(bundle.num_classes)),
+        "name": bundle.class_names,
+        "correct": res.per_class_correct,
+        "total": res.per_class_total,
+        "accuracy": res.per_class_accuracy,
+    })
+    if per_class_csv is None:
+        base = run_dir if run_dir is not None else file.parent
+        per_class_csv = base / f"eval_{dataset.replace(':', '_').replace('/', '_')}_{split}.csv"
+    atomic_write_csv(per_class_csv, per_class)
+    result = {"checkpoint": str(file), "dataset": dataset, "split": split, "top1": res.top1, "top5": res.top5,
+              "loss": res.loss, "count": res.count, "per_class_csv": str(per_class_csv)}
+    if hasattr(model, "routing"):
+        result["routing"] = model.routing
+        result["tau"] = float(getattr(model, "tau", float("nan")))
+    if json_out:
+        print(json.dumps(result))
+        return result
+    table = Table(title=f"{file} on {dataset} ({split}, {res.count} images)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("top-1", f"{100 * res.top1:.2f}%")
+    table.add_row("top-5", f"{100 * res.top5:.2f}%")
+    table.add_row("loss", f"{res.loss:.4f}")
+    for name, acc in zip(bundle.class_names, res.per_class_accuracy):
+        table.add_row(f"  {name}", f"{100 * acc:.1f}%")
+    Console().print(table)
+    Console().print(f"per-class accuracy: {per_class_csv}")
+    return result

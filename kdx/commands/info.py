@@ -1,0 +1,42 @@
+"""`kdx info`: a checkpoint's metadata as a table (or JSON)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from kdx.engine.checkpoint import load_state, read_metadata, resolve_checkpoint
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (list, dict)):
+        text = json.dumps(value)
+        return text if len(text) <= 120 else text[:117] + "..."
+    return str(value)
+
+
+def run(checkpoint: Path, json_out: bool = False) -> dict:
+    file = resolve_checkpoint(checkpoint)
+    meta = read_metadata(file)
+    state = load_state(file)
+    n_params = sum(v.numel() for k, v in state.items() if v.is_floating_point() and "running_" not in k)
+    if json_out:
+        print(json.dumps(dict(meta, file=str(file), parameters=n_params), indent=2))
+        return meta
+    table = Table(title=str(file), show_header=True)
+    table.add_column("field")
+    table.add_column("value")
+    for key in sorted(meta):
+        if key == "metrics":
+            continue
+        table.add_row(key, _fmt(meta[key]))
+    table.add_row("tensors / parameters", f"{len(state)} / {n_params:,}")
+    for key, value in sorted((meta.get("metrics") or {}).items()):
+        table.add_row(f"metrics.{key}", _fmt(value))
+    Console().print(table)
+    return meta

@@ -1,0 +1,218 @@
+"""Dataclass configs for every command.
+
+A config is filled, lowest precedence first, from: the dataclass defaults, the
+recipe of the dataset (the CIFAR recipe of the spec is the default), a
+``--preset``, a ``--config`` file (JSON or TOML), and finally the options given
+explicitly on the command line. The effective config is saved as
+``config.json`` beside every run, and ``--config RUN/config.json`` reproduces it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional
+
+from kdx.errors import KdxError
+
+try:  # Python >= 3.11
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover
+    import tomli as tomllib  # type: ignore
+
+
+@dataclass
+class RunConfig:
+    """Options every training command shares (data, optimisation, runtime)."""
+
+    out: Optional[str] = None
+    # data
+    dataset: str = "fashion-mnist-mini"
+    data_root: Optional[str] = None
+    download: bool = False
+    val_fraction: float = 0.1
+    batch_size: int = 64
+    eval_batch_size: int = 256
+    num_workers: int = 2
+    augment: bool = True
+    # optimisation
+    epochs: int = 240
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    schedule: str = "multistep"
+    milestones: list = field(default_factory=lambda: [150, 180, 210])
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+    label_smoothing: float = 0.0
+    # runtime
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: str = "auto"
+    seed: int = 1029
+    deterministic: bool = False
+    quiet: bool = False
+    save_every: int = 1
+    max_steps: Optional[int] = None  # stop (resumably) after this many optimizer steps in total; for tests/debugging
+    preset: Optional[str] = None
+    resume: Optional[str] = None
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        positive_int = ["epochs", "batch_size", "eval_batch_size", "save_every"]
+        for name in positive_int:
+            if getattr(self, name) <= 0:
+                raise KdxError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        if self.num_workers < 0:
+            raise KdxError(f"--num-workers must be >= 0, got {self.num_workers}")
+        if not (self.lr > 0) or not math.isfinite(self.lr):
+            raise KdxError(f"--lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0 or self.momentum < 0:
+            raise KdxError("--weight-decay and --momentum must be >= 0")
+        if not 0 <= self.val_fraction < 1:
+            raise KdxError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0 <= self.label_smoothing < 1:
+            raise KdxError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.warmup_epochs < 0:
+            raise KdxError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}")
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise KdxError(f"--max-steps must be positive, got {self.max_steps}")
+        choices = {
+            "device": ("auto", "cpu", "cuda", "mps"),
+            "precision": ("auto", "fp32", "bf16", "fp16"),
+            "channels_last": ("auto", "on", "off"),
+            "optimizer": ("sgd", "adam", "adamw"),
+        }
+        for name, valid in choices.items():
+            value = getattr(self, name)
+            if name == "device" and isinstance(value, str) and value.startswith("cuda:"):
+                continue
+            if value not in valid:
+                raise KdxError(f"--{name.replace('_', '-')} must be one of {', '.join(valid)}; got '{value}'")
+        if self.out is None and self.resume is None:
+            raise KdxError("--out RUN_DIR is required")
+
+
+@dataclass
+class TeacherConfig(RunConfig):
+    arch: str = "resnet56"
+
+
+# ---------------------------------------------------------------- presets / recipes
+
+CIFAR_RECIPE: dict[str, Any] = dict(
+    epochs=240, optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="multistep",
+    milestones=[150, 180, 210], gamma=0.1, batch_size=64, seed=1029,
+)
+"""Spec section 4: the teacher/student recipe of the official code (the default everywhere)."""
+
+TEACHER_PRESETS: dict[str, dict[str, Any]] = {
+    "paper": dict(CIFAR_RECIPE),
+    # a CPU-sized run: a few minutes on 2 cores for a small net on fashion-mnist-mini
+    "quick": dict(epochs=15, batch_size=128, lr=0.1, schedule="cosine", warmup_epochs=1, weight_decay=5e-4),
+}
+
+
+def config_to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def read_config_file(path: str | Path) -> dict:
+    """Read a JSON or TOML config; TOML tables are flattened (``[optim] lr = 0.1`` -> ``lr``)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise KdxError(f"config file not found: {path}")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() == ".toml":
+            data = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise KdxError(f"cannot parse config file {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise KdxError(f"config file {path} must hold a table/object of options")
+    flat: dict = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key not in ("kdx",):
+            flat.update(value)
+        else:
+            flat[key] = value
+    flat.pop("kdx", None)
+    return {k.replace("-", "_"): v for k, v in flat.items()}
+
+
+def _coerce(cls, name: str, value):
+    """Coerce JSON/TOML values to the field's type (ints stay ints, lists stay lists)."""
+    default = next(f for f in fields(cls) if f.name == name)
+    kind = default.type if isinstance(default.type, str) else getattr(default.type, "__name__", "")
+    if value is None:
+        return None
+    try:
+        if kind in ("int", "Optional[int]") and not isinstance(value, bool):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if kind in ("float", "Optional[float]"):
+            return float(value)
+        if kind == "bool":
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError
+            return bool(value)
+        if kind == "list":
+            if isinstance(value, str):
+                return [int(v) if v.strip().lstrip("-").isdigit() else v.strip() for v in value.split(",") if v.strip()]
+            return list(value)
+    except (TypeError, ValueError):
+        raise KdxError(f"option '{name}': cannot use value {value!r} (expected {kind})") from None
+    return value
+
+
+def build_config(cls, *, presets: dict[str, dict] | None = None, config_file: str | None = None,
+                 cli: dict | None = None, recipe_for_dataset=None):
+    """Build a config of dataclass ``cls`` from defaults < recipe < preset < file < CLI."""
+    cli = {k: v for k, v in (cli or {}).items() if v is not None}
+    file_values = read_config_file(config_file) if config_file else {}
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(file_values) - names)
+    if unknown:
+        raise KdxError(f"unknown option(s) in {config_file}: {', '.join(unknown)}")
+
+    values: dict = {}
+    dataset = cli.get("dataset", file_values.get("dataset", cls.dataset if hasattr(cls, "dataset") else None))
+    if recipe_for_dataset is not None:
+        values.update(recipe_for_dataset(dataset))
+    preset = cli.get("preset", file_values.get("preset"))
+    if preset is not None:
+        if not presets or preset not in presets:
+            valid = ", ".join(sorted(presets or {}))
+            raise KdxError(f"unknown preset '{preset}'; valid presets: {valid}")
+        values.update(presets[preset])
+    values.update(file_values)
+    values.update(cli)
+    values = {k: _coerce(cls, k, v) for k, v in values.items() if k in names}
+    cfg = cls(**values)
+    return cfg
+
+
+def teacher_recipe(dataset: str | None) -> dict:
+    return dict(CIFAR_RECIPE)
+
+
+def save_config(cfg, path: Path) -> None:
+    from kdx.engine.io import atomic_write_text
+
+    data = {"kdx": {"command": type(cfg).__name__}}
+    data.update(config_to_dict(cfg))
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")

@@ -1,0 +1,105 @@
+"""Devices, precision (autocast) and determinism."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from kdx.errors import KdxError
+
+
+def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.device:
+    """``auto|cpu|cuda|cuda:N|mps`` -> a torch.device; clear error when the device is absent."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            name = "cuda"
+        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            name = "mps"
+        else:
+            name = "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise KdxError("--device cuda was asked for, but CUDA is not available on this machine (use --device cpu or auto)")
+        if name == "cuda" and local_rank is not None:
+            name = f"cuda:{local_rank}"
+        dev = torch.device(name)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise KdxError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
+        return dev
+    if name == "mps":
+        if getattr(torch.backends, "mps", None) is None or not torch.backends.mps.is_available():
+            raise KdxError("--device mps was asked for, but MPS is not available on this machine")
+        return torch.device("mps")
+    if name == "cpu":
+        return torch.device("cpu")
+    raise KdxError(f"unknown device '{name}'; valid devices: auto, cpu, cuda, cuda:N, mps")
+
+
+def bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+@dataclass
+class Precision:
+    name: str  # fp32 | bf16 | fp16
+    device: torch.device
+
+    @property
+    def dtype(self):
+        return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.name]
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def grad_scaler(self):
+        enabled = self.name == "fp16"
+        return torch.amp.GradScaler(self.device.type, enabled=enabled)
+
+
+def resolve_precision(name: str, device: torch.device) -> Precision:
+    """``auto`` is bf16 where the hardware has it (CPU with AVX512-BF16/AMX, Ampere+ GPUs), else fp32."""
+    if name == "auto":
+        name = "bf16" if bf16_supported(device) else "fp32"
+    if name == "bf16" and not bf16_supported(device) and device.type != "cpu":
+        raise KdxError(f"--precision bf16 is not supported on {device}")
+    if name == "fp16" and device.type == "mps":
+        pass
+    if name not in ("fp32", "bf16", "fp16"):
+        raise KdxError(f"unknown precision '{name}'; valid: auto, fp32, bf16, fp16")
+    return Precision(name, device)
+
+
+def resolve_channels_last(setting: str, device: torch.device, precision: Precision) -> bool:
+    """``auto``: channels_last on CUDA and for bf16 on CPU (oneDNN prefers NHWC there)."""
+    if setting in ("on", "true", True):
+        return True
+    if setting in ("off", "false", False):
+        return False
+    return device.type == "cuda" or (device.type == "cpu" and precision.name == "bf16")
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    elif torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True

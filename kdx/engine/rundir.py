@@ -1,0 +1,59 @@
+"""Run directories: create, refuse to clobber, resume, overwrite."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+from kdx.config import build_config, read_config_file, save_config
+from kdx.engine.checkpoint import MODEL_FILE, has_resume
+from kdx.errors import KdxError
+
+# options that may change when a run is resumed (they do not change the result)
+RESUME_OVERRIDABLE = {"device", "quiet", "num_workers", "epochs", "max_steps", "eval_batch_size"}
+
+
+def holds_run(path: Path) -> bool:
+    return (path / "config.json").is_file() or (path / MODEL_FILE).is_file() or has_resume(path)
+
+
+def config_for_resume(cls, run_dir: str, cli: dict):
+    """The saved config of ``run_dir``, with the few options that may change on resume."""
+    path = Path(run_dir)
+    if not (path / "config.json").is_file():
+        raise KdxError(f"--resume {run_dir}: no config.json there, so there is no kdx run to resume")
+    saved = read_config_file(path / "config.json")
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in saved.items() if k in names}
+    for key, value in cli.items():
+        if value is not None and key in RESUME_OVERRIDABLE:
+            values[key] = value
+    values["out"] = str(path)
+    values["resume"] = str(path)
+    values["overwrite"] = False
+    return build_config(cls, cli=values)
+
+
+def prepare_run_dir(cfg, main_process: bool = True) -> Path:
+    """Create (or check) ``cfg.out``; save ``config.json``. Returns the run directory."""
+    out = Path(cfg.resume or cfg.out)
+    if not main_process:  # rank 0 checks and writes; the others wait at a barrier
+        return out
+    if cfg.resume:
+        if not has_resume(out) and not (out / MODEL_FILE).is_file():
+            raise KdxError(f"--resume {out}: the run has no resume/ state to continue from")
+    elif out.exists():
+        if not out.is_dir():
+            raise KdxError(f"--out {out} exists and is not a directory")
+        if holds_run(out):
+            if not cfg.overwrite:
+                raise KdxError(f"--out {out} already holds a run; use --resume {out} to continue it or --overwrite to replace it")
+            for child in out.iterdir():
+                if child.is_dir():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.json")
+    return out

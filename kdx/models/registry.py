@@ -1,0 +1,92 @@
+"""Name -> factory registry of the model zoo.
+
+A factory is ``fn(num_classes=100, in_channels=3, **kw) -> nn.Module``; its registry name is
+its function name, its one-line description the first line of its docstring::
+
+    @register_model                      # family defaults to the defining module's name
+    def my_net(num_classes=100, in_channels=3, **kw): ...
+
+    @register_model(family="resnet_cifar", description="...")
+    def resnet8(...): ...
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import torch
+from torch import nn
+
+from kdx.errors import KdxError, did_you_mean
+
+_FACTORIES: dict[str, Callable[..., nn.Module]] = {}
+_META: dict[str, dict] = {}
+
+
+def register_model(fn: Callable | None = None, *, family: str | None = None, description: str | None = None):
+    """Register a model factory under its function name (usable with or without arguments)."""
+
+    def deco(f: Callable) -> Callable:
+        name = f.__name__
+        prev = _FACTORIES.get(name)
+        if prev is not None and prev.__module__ != f.__module__:
+            raise ValueError(f"model '{name}' is already registered by {prev.__module__}")
+
+        @functools.wraps(f)
+        def factory(*args, **kwargs):
+            model = f(*args, **kwargs)
+            model.arch = name
+            return model
+
+        doc = (f.__doc__ or "").strip().splitlines()
+        _FACTORIES[name] = factory
+        _META[name] = {
+            "name": name,
+            "family": family or f.__module__.rsplit(".", 1)[-1],
+            "description": description or (doc[0].strip() if doc else name),
+        }
+        return factory
+
+    return deco(fn) if fn is not None else deco
+
+
+def list_models() -> list[str]:
+    """All registered architecture names, sorted."""
+    return sorted(_FACTORIES)
+
+
+def _check(name: str) -> Callable[..., nn.Module]:
+    if name not in _FACTORIES:
+        raise did_you_mean("arch", name, list_models())
+    return _FACTORIES[name]
+
+
+def create_model(name: str, num_classes: int = 100, in_channels: int = 3, **kwargs) -> nn.Module:
+    """Build a freshly initialised ``name`` model (raises ``KdxError`` for unknown names)."""
+    factory = _check(name)
+    if int(num_classes) < 1 or int(in_channels) < 1:
+        raise KdxError(f"arch '{name}' needs num_classes >= 1 and in_channels >= 1 "
+                       f"(got num_classes={num_classes}, in_channels={in_channels})")
+    return factory(num_classes=int(num_classes), in_channels=int(in_channels), **kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def _structure(name: str) -> dict:
+    # Built on the meta device: no memory, no real init, ~milliseconds.
+    with torch.device("meta"):
+        model = _FACTORIES[name](num_classes=100, in_channels=3)
+    info = {"num_params": sum(p.numel() for p in model.parameters())}
+    for key in ("num_features", "stage_names", "stage_channels", "classifier_name"):
+        if hasattr(model, key):
+            value = getattr(model, key)
+            info[key] = list(value) if isinstance(value, (list, tuple)) else value
+    return info
+
+
+def get_model_meta(name: str) -> dict:
+    """``{name, family, description, num_params (at 100 classes, 3 channels), num_features,
+    stage_names, stage_channels, classifier_name}`` for ``kdx`` help tables."""
+    _check(name)
+    info = {**_META[name], **_structure(name)}
+    return {k: list(v) if isinstance(v, list) else v for k, v in info.items()}
