@@ -79,6 +79,7 @@ RUN_OPTIONS = [
     _opt("batch_size", Optional[int], "Training batch size per process [64; quick: 128].", D, "--batch-size", "-b"),
     _opt("eval_batch_size", Optional[int], "Evaluation batch size [256].", D),
     _opt("num_workers", Optional[int], "DataLoader workers for image-folder datasets [2].", D),
+    _opt("max_train_samples", Optional[int], "Train on a seeded, stratified subset of this size.", D),
     _opt("augment", Optional[bool], "Random crop + flip on training batches [on].", D, "--augment/--no-augment"),
     _opt("epochs", Optional[int], "Training epochs [240; quick: 15].", O, "--epochs", "-e"),
     _opt("optimizer", Optional[str], "sgd | adam | adamw [sgd].", O),
@@ -141,7 +142,7 @@ def _version(value: bool):
 
 
 @app.callback()
-def _root(version: Optional[bool] = typer.Option(None, "--version", "-V", callback=_version, is_eager=True,
+def _root(version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True,
                                                    help="Print the kdx version and exit.")):
     """kdx: explainable knowledge distillation."""
 

@@ -38,6 +38,7 @@ class RunConfig:
     eval_batch_size: int = 256
     num_workers: int = 2
     augment: bool = True
+    max_train_samples: Optional[int] = None  # a seeded, stratified subset of train (debugging, tests)
     # optimisation
     epochs: int = 240
     optimizer: str = "sgd"
@@ -80,6 +81,8 @@ class RunConfig:
             raise KdxError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.warmup_epochs < 0:
             raise KdxError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}")
+        if self.max_train_samples is not None and self.max_train_samples <= 0:
+            raise KdxError(f"--max-train-samples must be positive, got {self.max_train_samples}")
         if self.max_steps is not None and self.max_steps <= 0:
             raise KdxError(f"--max-steps must be positive, got {self.max_steps}")
         choices = {

@@ -11,8 +11,15 @@ from rich.table import Table
 def load_bundle(cfg, dataset: str | None = None):
     from kdx.data import load_dataset
 
-    return load_dataset(dataset or cfg.dataset, root=cfg.data_root, download=cfg.download,
-                        val_fraction=cfg.val_fraction, seed=cfg.seed)
+    bundle = load_dataset(dataset or cfg.dataset, root=cfg.data_root, download=cfg.download,
+                          val_fraction=cfg.val_fraction, seed=cfg.seed)
+    limit = getattr(cfg, "max_train_samples", None)
+    if limit is not None and limit < len(bundle.train):
+        from kdx.data import stratified_split
+
+        _, keep = stratified_split(bundle.train.labels, limit / len(bundle.train), cfg.seed)
+        bundle.train = bundle.train.subset(keep)
+    return bundle
 
 
 def _pct(value) -> str:

@@ -126,6 +126,8 @@ def _class_dirs(d: Path) -> list[str]:
 
 
 def _load_folder(path: Path, image_size: int | None):
+    """``path/train/<class>/*`` (train+val) and ``path/val/<class>/*`` (test), RGB, resized to
+    ``image_size`` (default: the first training image's side if it is square, else 32)."""
     train_dir, val_dir = path / "train", path / "val"
     classes = _class_dirs(train_dir)
     if not classes or not _class_dirs(val_dir):
@@ -254,3 +256,22 @@ def load_dataset(name: str = DEFAULT_DATASET, root=None, download: bool = False,
     channels = 3 if isinstance(train, FolderSplit) else train.images.shape[1]
     return DatasetBundle(name=name, class_names=list(classes), in_channels=channels, image_size=int(size),
                          mean=tuple(mean), std=tuple(std), train=train, val=val, test=test, augment=dict(augment))
+
+
+_STATIC_SHAPES = {"cifar10": (10, [3, 32, 32]), "cifar100": (100, [3, 32, 32]), "fashion-mnist": (10, [1, 28, 28]),
+                  "fashion-mnist-mini": (10, [1, 28, 28]), "mnist": (10, [1, 28, 28]), "tiny-imagenet": (200, [3, 64, 64])}
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def get_dataset_info(name: str) -> dict:
+    """What a checkpoint's metadata records about a dataset, without reading its files."""
+    if name not in _STATIC_SHAPES:
+        raise did_you_mean("dataset", name, list(_STATIC_SHAPES))
+    n, shape = _STATIC_SHAPES[name]
+    mean, std, _ = _SPECS[name]
+    info = {"dataset": name, "num_classes": n, "input_shape": shape, "mean": list(mean), "std": list(std)}
+    names = {"cifar10": CIFAR10_CLASSES, "fashion-mnist": FASHION_CLASSES, "fashion-mnist-mini": FASHION_CLASSES,
+             "mnist": [str(i) for i in range(10)]}.get(name)
+    if names:
+        info["class_names"] = list(names)
+    return info

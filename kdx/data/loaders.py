@@ -39,6 +39,9 @@ class _Loader:
         std = split.std if std is None else std
         if mean is None or std is None:
             raise ValueError("make_loader needs mean and std (e.g. bundle.mean, bundle.std)")
+        channels = split.images.shape[1] if isinstance(split, TensorSplit) else 3
+        if not len(mean) == len(std) == channels:
+            raise ValueError(f"mean/std have {len(mean)}/{len(std)} entries for {channels}-channel images")
         self.split, self.batch_size, self.train, self.seed = split, batch_size, train, seed
         self.device = torch.device(device)
         self.augment, self.rank, self.world_size = augment or {}, rank, world_size
@@ -67,7 +70,7 @@ class _Loader:
         if not self.train:
             return torch.arange(self._start, self._end)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(self.seed, epoch)))
-        if self.world_size > 1:
+        if self.world_size > 1 and n:
             total = self._per_rank * self.world_size
             perm = perm.repeat(math.ceil(total / n))[:total][self.rank::self.world_size]
         return perm

@@ -77,7 +77,8 @@ def decode_image(path: str, size: int | None) -> torch.Tensor:
 def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded, stratified split into (keep, held_out) index tensors, each in ascending order.
 
-    Each class contributes ``round(fraction * count)`` samples to ``held_out``.
+    Each class of ``count`` samples contributes ``floor(fraction * count + 0.5)`` to ``held_out``,
+    but at least 1 and at most ``count - 1`` when ``fraction > 0`` and ``count >= 2``.
     """
     if not 0.0 <= fraction < 1.0:
         raise KdxError(f"val_fraction must be in [0, 1), got {fraction}")
@@ -85,7 +86,9 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
     held = []
     for c in torch.unique(labels).tolist():
         idx = torch.nonzero(labels == c).flatten()
-        n_val = int(round(fraction * len(idx)))
+        n_val = int(fraction * len(idx) + 0.5)
+        if fraction > 0 and len(idx) >= 2:
+            n_val = min(max(n_val, 1), len(idx) - 1)
         held.append(idx[torch.randperm(len(idx), generator=g)[:n_val]])
     held_out = torch.cat(held).sort().values if held else torch.zeros(0, dtype=torch.long)
     mask = torch.ones(len(labels), dtype=torch.bool)

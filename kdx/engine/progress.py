@@ -45,11 +45,11 @@ class EpochProgress:
             self._progress.stop()
             self._progress = None
         if self.enabled:
-            console.print(line, highlight=False)
+            console.print(line, highlight=False, soft_wrap=True)
 
     def log(self, message: str):
         if self.enabled:
-            console.print(message, highlight=False)
+            console.print(message, highlight=False, soft_wrap=True)
 
     def close(self):
         if self._progress is not None:

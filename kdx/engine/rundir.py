@@ -26,6 +26,7 @@ def config_for_resume(cls, run_dir: str, cli: dict):
     saved = read_config_file(path / "config.json")
     names = {f.name for f in dataclasses.fields(cls)}
     values = {k: v for k, v in saved.items() if k in names}
+    values["max_steps"] = None  # a stop request of the earlier session, not part of the run
     for key, value in cli.items():
         if value is not None and key in RESUME_OVERRIDABLE:
             values[key] = value

@@ -60,6 +60,8 @@ class Runtime:
         device = resolve_device(cfg.device, local_rank=dist.local_rank if dist.enabled else None)
         precision = resolve_precision(cfg.precision, device)
         channels_last = resolve_channels_last(cfg.channels_last, device, precision)
+        # seed before the command builds its models, so initial weights follow --seed
+        seed_everything(cfg.seed, cfg.deterministic)
         return cls(device, precision, channels_last, dist)
 
     def describe(self) -> str:

@@ -57,7 +57,7 @@ def route(logits: Tensor, tau: float = 1.0, mode: str = "soft", generator: torch
         u = torch.rand(logp.shape, generator=generator, device=logp.device if generator is None
                        else generator.device, dtype=logp.dtype).to(logp.device)
         tiny = torch.finfo(logp.dtype).tiny
-        logp = logp - torch.log(-torch.log(u.clamp_min(tiny)).clamp_min(tiny))
+        logp = logp - torch.log((-torch.log(u.clamp_min(tiny))).clamp_min(tiny))  # + Gumbel(0, 1)
     return torch.softmax(logp / tau, dim=-1).to(logits.dtype)
 
 

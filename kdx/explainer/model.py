@@ -1,0 +1,376 @@
+"""KDExplainer: the hierarchical mixture of experts (HME) of KDEXPLAINER.md section 2, vectorised.
+
+Tree (32x32 inputs, official): 3 expert layers of 2, 4 and 8 experts, then C leaves.
+Expert block: conv3x3(bias) -> BN -> ReLU -> conv3x3(bias) -> BN -> ReLU -> maxpool 2;
+widths (mid, out): (64, 64), (64, 64), (64, 32). All layer-1 experts read the image. A
+routing matrix R (children x parents) sits between consecutive layers and between the
+last layer and the C leaves; child input = sum_j a_ij * out_j with ``a = route(R, tau,
+mode)`` (see :mod:`kdx.explainer.routing`). Leaf head per class: adaptive avg pool 7x7
+-> flatten -> Linear(hidden) -> ReLU -> Dropout -> Linear(hidden) -> ReLU -> Dropout ->
+Linear(1) ("ce") or Linear(2) + max ("nce").
+
+Inputs larger than 32 px (official code): the stem (7x7 conv 64, stride 2, padding 3
+like the official ``conv1_0``; BN; ReLU; maxpool 2) is applied first and the default
+tree gets a 4th layer of 16 experts. [kdx] widths of that tree: (64, 64) for layers 1-3,
+(64, 32) for layer 4 (the last expert layer always ends at 32 channels by default).
+The stem parameters always exist (the CIFAR state dict carries them, unused).
+
+Vectorisation
+-------------
+* Parameters of all experts of a layer are stored stacked (leading dim = expert), the C
+  leaf heads too (leading dim = class); activations between layers are stacked as
+  ``(E, N, ch, h, w)`` with every ``[e]`` slice a dense tensor in the input's memory
+  format (so channels_last survives).
+* Mixing of a layer is one ``mm`` of the (children x parents) weights with the stacked
+  parent outputs. The leaf mixing is done after pooling each parent to 7x7 (pooling is
+  linear, so this equals the official mix-then-pool up to rounding).
+* The C heads run as three ``baddbmm`` calls; nothing loops over classes or expert pairs.
+* Expert convs: one Python loop over the E experts of a layer. Candidates measured on
+  the 2-core dev CPU (Xeon with AVX-512/AMX; training step = forward + backward of one
+  expert layer, batch 128, median ms; ``benchmarks/explainer_throughput.py --conv``)::
+
+      layer (E, widths, px)     loop fp32  grouped fp32  loop bf16  grouped bf16
+                                NCHW / CL  NCHW / CL     NCHW / CL  NCHW / CL
+      1 (2, 3-64-64, 32)        __L1__
+      2 (4, 64-64-64, 16)       __L2__
+      3 (8, 64-64-32, 8)        __L3__
+
+  (bf16 = ``torch.autocast("cpu", dtype=torch.bfloat16)``, CL = channels_last input).
+  The per-expert loop is fastest in every configuration that wins overall, and
+  bf16 autocast + channels_last input is the fastest training configuration.
+  Layer 1 convolves the shared image once per expert (a single dense conv with
+  stacked output channels measured slower).
+
+Expert parameters for analysis: ``model.layers[l]`` holds the stacked parameters of layer
+``l``; ``KDExplainer.per_expert(tensors)`` turns them (or their gradients) into an
+``(E, n)`` matrix whose row e belongs to expert e.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdx.errors import KdxError
+from kdx.explainer.routing import MODES, route
+
+HEADS = ("ce", "nce")
+STEM_CHANNELS = 64
+BN_MOMENTUM, BN_EPS = 0.1, 1e-5
+
+
+def _stack(ts: Sequence[Tensor]) -> Tensor:
+    """Stack 4-d tensors on a new dim 0, each slice keeping the memory format of ``ts[0]``."""
+    if not ts[0].is_contiguous() and ts[0].is_contiguous(memory_format=torch.channels_last):
+        return torch.stack([t.permute(0, 2, 3, 1) for t in ts]).permute(0, 1, 4, 2, 3)
+    return torch.stack(list(ts))
+
+
+def _mix(a: Tensor, x: Tensor) -> Tensor:
+    """``y[i] = sum_p a[i, p] * x[p]`` as one matmul over x's physical layout; x: (P, ...)."""
+    order = [0] + sorted(range(1, x.dim()), key=lambda d: -x.stride(d))
+    xp = x.permute(order)
+    y = torch.mm(a.to(x.dtype), xp.reshape(x.shape[0], -1)).view(a.shape[0], *xp.shape[1:])
+    return y.permute([order.index(d) for d in range(x.dim())])
+
+
+class ExpertLayer(nn.Module):
+    """E expert blocks with stacked parameters; every tensor here has the expert as dim 0."""
+
+    def __init__(self, experts: int, cin: int, mid: int, cout: int):
+        super().__init__()
+        self.experts, self.cin, self.mid, self.cout = experts, cin, mid, cout
+        for i, (co, ci) in enumerate(((mid, cin), (cout, mid)), start=1):
+            setattr(self, f"conv{i}_weight", nn.Parameter(torch.empty(experts, co, ci, 3, 3)))
+            setattr(self, f"conv{i}_bias", nn.Parameter(torch.empty(experts, co)))
+            setattr(self, f"bn{i}_weight", nn.Parameter(torch.empty(experts, co)))
+            setattr(self, f"bn{i}_bias", nn.Parameter(torch.empty(experts, co)))
+            self.register_buffer(f"bn{i}_running_mean", torch.zeros(experts, co))
+            self.register_buffer(f"bn{i}_running_var", torch.ones(experts, co))
+            self.register_buffer(f"bn{i}_num_batches_tracked", torch.zeros(experts, dtype=torch.long))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            for i in (1, 2):
+                w = getattr(self, f"conv{i}_weight")  # kaiming normal, fan_out of ONE expert, relu
+                w.normal_(0.0, math.sqrt(2.0 / (w.shape[1] * w.shape[3] * w.shape[4])))
+                getattr(self, f"conv{i}_bias").zero_()
+                getattr(self, f"bn{i}_weight").fill_(1.0)
+                getattr(self, f"bn{i}_bias").zero_()
+                getattr(self, f"bn{i}_running_mean").zero_()
+                getattr(self, f"bn{i}_running_var").fill_(1.0)
+                getattr(self, f"bn{i}_num_batches_tracked").zero_()
+
+    def _conv_bn_relu(self, x: Tensor, i: int, e: int) -> Tensor:
+        conv, bn = (lambda k: getattr(self, f"conv{i}_{k}")[e]), (lambda k: getattr(self, f"bn{i}_{k}")[e])
+        y = F.conv2d(x, conv("weight"), conv("bias"), padding=1)
+        y = F.batch_norm(y, bn("running_mean"), bn("running_var"), bn("weight"), bn("bias"),
+                         self.training, BN_MOMENTUM, BN_EPS)
+        return F.relu(y)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (N, cin, h, w) shared by all experts, or (E, N, cin, h, w) one input per expert.
+        Returns (E, N, cout, h/2, w/2)."""
+        shared = x.dim() == 4
+        outs = [F.max_pool2d(self._conv_bn_relu(self._conv_bn_relu(x if shared else x[e], 1, e), 2, e), 2)
+                for e in range(self.experts)]
+        if self.training:
+            self.bn1_num_batches_tracked.add_(1)
+            self.bn2_num_batches_tracked.add_(1)
+        return _stack(outs)
+
+
+class LeafHeads(nn.Module):
+    """C per-class MLP heads stored stacked: w1 (C, hidden, features), w2 (C, hidden, hidden), w3 (C, k, hidden)."""
+
+    def __init__(self, classes: int, features: int, hidden: int, outputs: int, dropout: float):
+        super().__init__()
+        self.dropout = dropout
+        self.w1 = nn.Parameter(torch.empty(classes, hidden, features))
+        self.b1 = nn.Parameter(torch.empty(classes, hidden))
+        self.w2 = nn.Parameter(torch.empty(classes, hidden, hidden))
+        self.b2 = nn.Parameter(torch.empty(classes, hidden))
+        self.w3 = nn.Parameter(torch.empty(classes, outputs, hidden))
+        self.b3 = nn.Parameter(torch.empty(classes, outputs))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            for w, b in ((self.w1, self.b1), (self.w2, self.b2), (self.w3, self.b3)):
+                w.normal_(0.0, 0.01)
+                b.zero_()
+
+    def forward(self, z: Tensor) -> Tensor:
+        """z: (C, N, features) -> (C, N, k)."""
+        h = F.relu(torch.baddbmm(self.b1.unsqueeze(1), z, self.w1.transpose(1, 2)))
+        h = F.dropout(h, self.dropout, self.training)
+        h = F.relu(torch.baddbmm(self.b2.unsqueeze(1), h, self.w2.transpose(1, 2)))
+        h = F.dropout(h, self.dropout, self.training)
+        return torch.baddbmm(self.b3.unsqueeze(1), h, self.w3.transpose(1, 2))
+
+
+class KDExplainer(nn.Module):
+    """The KDExplainer HME. ``forward(x) -> (N, C)`` class logits.
+
+    ``experts=None`` means (2, 4, 8) for ``image_size <= 32`` and (2, 4, 8, 16) above.
+    ``widths``: one (mid, out) pair per expert layer (a 3-tuple (in, mid, out) is accepted,
+    its ``in`` must match); default (64, 64) everywhere but (64, 32) for the last layer.
+    ``routing`` ("soft" | "hard" | "gumbel") and ``tau`` are plain attributes read by every
+    forward: any checkpoint can be evaluated under any routing.
+    """
+
+    def __init__(self, num_classes: int, in_channels: int = 3, image_size: int = 32,
+                 experts: Sequence[int] | None = None, widths: Sequence[Sequence[int]] | None = None,
+                 head: str = "ce", routing: str = "soft", tau: float = 10.0, dropout: float = 0.15,
+                 hidden: int = 128, pool: int = 7):
+        super().__init__()
+        if head not in HEADS:
+            raise KdxError(f"unknown head '{head}'; valid heads: {', '.join(HEADS)}")
+        if num_classes < 1 or in_channels < 1:
+            raise KdxError("num_classes and in_channels must be >= 1")
+        experts = tuple(int(e) for e in (experts or ((2, 4, 8) if image_size <= 32 else (2, 4, 8, 16))))
+        if not experts or min(experts) < 1:
+            raise KdxError(f"experts must be a non-empty sequence of positive counts, got {experts}")
+        use_stem = image_size > 32
+        cin = STEM_CHANNELS if use_stem else in_channels
+        if widths is None:
+            widths = [(64, 64)] * (len(experts) - 1) + [(64, 32)]
+        if len(widths) != len(experts):
+            raise KdxError(f"widths has {len(widths)} entries but there are {len(experts)} expert layers")
+        pairs = []
+        for w in widths:
+            w = tuple(int(v) for v in w)
+            if len(w) == 3:
+                if w[0] != cin:
+                    raise KdxError(f"widths {w}: input channels must be {cin}")
+                w = w[1:]
+            if len(w) != 2:
+                raise KdxError(f"widths entries are (mid, out) or (in, mid, out), got {w}")
+            pairs.append(w)
+            cin = w[1]
+        size = image_size // 4 if use_stem else image_size
+        if size >> len(experts) < 1:
+            raise KdxError(f"image_size {image_size} is too small for {len(experts)} expert layers")
+
+        self.num_classes, self.in_channels, self.image_size = num_classes, in_channels, image_size
+        self.experts, self.widths, self.head_type = experts, [list(p) for p in pairs], head
+        self.dropout, self.hidden, self.pool, self.use_stem = dropout, hidden, pool, use_stem
+        self.routing, self.tau = routing, tau
+
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, STEM_CHANNELS, 7, stride=2, padding=3),
+                                  nn.BatchNorm2d(STEM_CHANNELS), nn.ReLU(inplace=True), nn.MaxPool2d(2))
+        cin, layers = (STEM_CHANNELS if use_stem else in_channels), []
+        for e, (mid, out) in zip(experts, pairs):
+            layers.append(ExpertLayer(e, cin, mid, out))
+            cin = out
+        self.layers = nn.ModuleList(layers)
+        children = list(experts[1:]) + [num_classes]
+        self.branches = nn.ParameterList([nn.Parameter(torch.rand(c, p)) for c, p in zip(children, experts)])
+        self.heads = LeafHeads(num_classes, cin * pool * pool, hidden, 1 if head == "ce" else 2, dropout)
+        self.reset_parameters(keep_routing=True)
+
+    # ---------------------------------------------------------------- config / params
+    @property
+    def routing(self) -> str:
+        return self._routing
+
+    @routing.setter
+    def routing(self, mode: str) -> None:
+        if mode not in MODES:
+            raise KdxError(f"unknown routing mode '{mode}'; valid routing modes: {', '.join(MODES)}")
+        self._routing = mode
+
+    def config_dict(self) -> dict:
+        """JSON-able constructor arguments: ``KDExplainer(**model.config_dict())`` rebuilds it."""
+        return dict(num_classes=self.num_classes, in_channels=self.in_channels, image_size=self.image_size,
+                    experts=list(self.experts), widths=[list(w) for w in self.widths], head=self.head_type,
+                    routing=self.routing, tau=float(self.tau), dropout=self.dropout, hidden=self.hidden,
+                    pool=self.pool)
+
+    def reset_parameters(self, keep_routing: bool = True) -> None:
+        """Official init of every conv/BN/Linear (stage 2 re-init); routing U(0,1) unless kept."""
+        conv, bn = self.stem[0], self.stem[1]
+        nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+        nn.init.zeros_(conv.bias)
+        bn.reset_parameters()
+        for layer in self.layers:
+            layer.reset_parameters()
+        self.heads.reset_parameters()
+        if not keep_routing:
+            with torch.no_grad():
+                for r in self.branches:
+                    r.uniform_(0.0, 1.0)
+
+    def routing_parameters(self) -> list[nn.Parameter]:
+        return list(self.branches)
+
+    def non_routing_parameters(self) -> list[nn.Parameter]:
+        ids = {id(p) for p in self.branches}
+        return [p for p in self.parameters() if id(p) not in ids]
+
+    def routing_logits(self) -> list[nn.Parameter]:
+        """The routing matrices R (children x parents), first layer first, leaves (C x E_last) last."""
+        return list(self.branches)
+
+    def routing_weights(self, mode: str | None = None, tau: float | None = None) -> list[Tensor]:
+        """Routing weights a (children x parents) per routing layer under ``mode``/``tau``
+        (default: the model's). Gumbel noise is drawn only in training mode."""
+        mode = self.routing if mode is None else mode
+        tau = self.tau if tau is None else tau
+        return [route(r, tau, mode, training=self.training) for r in self.branches]
+
+    @staticmethod
+    def per_expert(tensors: Sequence[Tensor]) -> Tensor:
+        """Stacked per-expert tensors (e.g. ``layer.parameters()`` or their grads) -> (E, n)."""
+        return torch.cat([t.reshape(t.shape[0], -1) for t in tensors], dim=1)
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, x: Tensor, return_experts: bool = False):
+        """x: (N, in_channels, H, W) -> logits (N, C).
+
+        With ``return_experts=True`` returns ``(logits, experts)``; ``experts[l]`` is the
+        output of expert layer l as an (N, E_l, ch, h, w) view (part of the graph, so
+        autograd through it and through the stacked expert parameters works).
+        """
+        if self.use_stem:
+            x = self.stem(x)
+        weights = self.routing_weights()
+        outs = []
+        for layer, a in zip(self.layers, weights):
+            y = layer(x)
+            outs.append(y)
+            x = _mix(a, y)
+        z = F.adaptive_avg_pool2d(outs[-1].flatten(0, 1), self.pool)  # (E_last*N, ch, pool, pool)
+        z = z.reshape(outs[-1].shape[0], -1)  # NCHW flatten order (official)
+        z = _mix(weights[-1], z).view(self.num_classes, outs[-1].shape[1], -1)  # (C, N, features)
+        leaf = self.heads(z)
+        logits = (leaf[..., 0] if self.head_type == "ce" else leaf.amax(dim=-1)).t()
+        if return_experts:
+            return logits, [o.transpose(0, 1) for o in outs]
+        return logits
+
+
+# ---------------------------------------------------------------- official checkpoints
+def _official_pairs(model: KDExplainer) -> Iterator[tuple[str, Tensor]]:
+    """(official key, view into the kdx parameter/buffer) in the official state-dict order."""
+    for i in (0, 1):  # stem conv, stem BN
+        for k, v in model.stem[i].state_dict(keep_vars=True).items():
+            yield f"conv1_0.{i}.{k}", v
+    for l, layer in enumerate(model.layers):
+        for e in range(layer.experts):
+            for idx, name in ((0, "conv1"), (1, "bn1"), (3, "conv2"), (4, "bn2")):
+                keys = ("weight", "bias") if name.startswith("conv") else \
+                    ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+                for k in keys:
+                    yield f"conv{l + 2}_{e}.{idx}.{k}", getattr(layer, f"{name}_{k}")[e]
+        yield f"branch_{l + 2}.0", model.branches[l]
+    h = model.heads
+    for c in range(model.num_classes):
+        yield from ((f"fc1_{c}.0.weight", h.w1[c]), (f"fc1_{c}.0.bias", h.b1[c]),
+                    (f"fc2_{c}.0.weight", h.w2[c]), (f"fc2_{c}.0.bias", h.b2[c]),
+                    (f"fc2_{c}.3.weight", h.w3[c]), (f"fc2_{c}.3.bias", h.b3[c]))
+
+
+def to_official_state_dict(model: KDExplainer) -> dict[str, Tensor]:
+    """The model's weights under the official names and shapes (stem, BN stats and counters included)."""
+    return {k: v.detach().clone() for k, v in _official_pairs(model)}
+
+
+def _get(sd: Mapping[str, Tensor], key: str) -> Tensor:
+    if key not in sd:
+        raise KdxError(f"official KDExplainer state dict: missing key '{key}'")
+    return sd[key]
+
+
+def from_official_state_dict(sd: Mapping[str, Tensor], head: str | None = None,
+                             image_size: int | None = None) -> KDExplainer:
+    """Build a :class:`KDExplainer` from an official state dict (classes, experts, widths, head,
+    stem use inferred from the keys and shapes). ``head`` / ``image_size`` may be given to check
+    or override the inference (``image_size`` only decides whether the stem is applied)."""
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    stem_w = _get(sd, "conv1_0.0.weight")
+    experts, widths = [], []
+    while f"conv{len(experts) + 2}_0.0.weight" in sd:
+        L = len(experts) + 2
+        experts.append(sum(1 for k in sd if k.startswith(f"conv{L}_") and k.endswith(".0.weight")))
+        widths.append((int(sd[f"conv{L}_0.0.weight"].shape[0]), int(_get(sd, f"conv{L}_0.3.weight").shape[0])))
+    if not experts:
+        raise KdxError("official KDExplainer state dict: missing key 'conv2_0.0.weight'")
+    classes = sum(1 for k in sd if k.startswith("fc1_") and k.endswith(".0.weight"))
+    if classes == 0:
+        raise KdxError("official KDExplainer state dict: missing key 'fc1_0.0.weight'")
+    k = int(_get(sd, "fc2_0.3.weight").shape[0])
+    inferred = {1: "ce", 2: "nce"}.get(k)
+    if inferred is None:
+        raise KdxError(f"official KDExplainer state dict: 'fc2_0.3.weight' has {k} outputs; expected 1 (ce) or 2 (nce)")
+    if head is not None and head != inferred:
+        raise KdxError(f"head '{head}' requested but the state dict holds '{inferred}' heads")
+    w1 = _get(sd, "fc1_0.0.weight")
+    pool = math.isqrt(int(w1.shape[1]) // widths[-1][1])
+    if image_size is None:
+        l1_in = int(sd["conv2_0.0.weight"].shape[1])
+        image_size = 64 if l1_in == stem_w.shape[0] and l1_in != stem_w.shape[1] else 32
+    model = KDExplainer(classes, in_channels=int(stem_w.shape[1]), image_size=image_size, experts=experts,
+                        widths=widths, head=inferred, hidden=int(w1.shape[0]), pool=pool)
+    pairs = list(_official_pairs(model))
+    for key, dst in pairs:
+        src = _get(sd, key)
+        if tuple(src.shape) != tuple(dst.shape):
+            raise KdxError(f"official KDExplainer state dict: '{key}' has shape {tuple(src.shape)}, "
+                           f"expected {tuple(dst.shape)}")
+    expected = {key for key, _ in pairs}
+    extra = [key for key in sd if key not in expected]
+    if extra:
+        raise KdxError(f"official KDExplainer state dict: unexpected key '{extra[0]}'")
+    with torch.no_grad():
+        for key, dst in pairs:
+            dst.copy_(sd[key])
+    return model
+
+
+__all__ = ["KDExplainer", "ExpertLayer", "LeafHeads", "from_official_state_dict", "to_official_state_dict"]
