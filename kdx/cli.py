@@ -101,11 +101,13 @@ RUN_OPTIONS = [
 ]
 
 
-def training_command(fn):
-    """Append RUN_OPTIONS to ``fn``'s signature; ``fn`` receives them in ``**run``."""
+def training_command(fn=None, *, exclude: tuple = ()):
+    """Append RUN_OPTIONS (less ``exclude``) to ``fn``'s signature; ``fn`` receives them in ``**run``."""
+    if fn is None:
+        return functools.partial(training_command, exclude=exclude)
     sig = inspect.signature(fn)
     own = [p for p in sig.parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD]
-    names = {p.name for p in own}
+    names = {p.name for p in own} | set(exclude)
     params = own + [p for p in RUN_OPTIONS if p.name not in names]
 
     @functools.wraps(fn)
@@ -163,11 +165,51 @@ def train_teacher(arch: Optional[str] = typer.Option(None, "--arch", "-a", help=
     cmd.run(cfg)
 
 
+def _o(default, *flags, help, panel="Explainer"):
+    return typer.Option(default, *flags, help=help, rich_help_panel=panel, show_default=False)
+
+
 @app.command("distill-explainer")
-@handle_errors
-def distill_explainer():
-    """Distill a teacher into KDExplainer (hierarchical mixture of experts). [coming next]"""
-    raise KdxError("distill-explainer is not available in this kdx build yet")
+@training_command(exclude=("epochs", "optimizer", "lr", "schedule", "milestones", "gamma", "warmup_epochs",
+                           "label_smoothing"))
+def distill_explainer(
+    objective: Optional[str] = _o(None, "--objective", help="ce | ls | kd [kd].", panel="Objective"),
+    teacher: Optional[Path] = _o(None, "--teacher", "-t", help="Teacher run or checkpoint (for kd).", panel="Objective"),
+    smoothing: Optional[float] = _o(None, "--smoothing", help="Label smoothing of ls [0.1].", panel="Objective"),
+    kd_temperature: Optional[float] = _o(None, "--kd-temperature", help="KD temperature T [4].", panel="Objective"),
+    kd_weight: Optional[float] = _o(None, "--kd-weight", help="Weight of KL * T^2 [0.9].", panel="Objective"),
+    ce_weight: Optional[float] = _o(None, "--ce-weight", help="Weight of CE under kd [0.1].", panel="Objective"),
+    stage: Optional[str] = _o(None, "--stage", help="1 | 2 | both [both]."),
+    from_run: Optional[Path] = _o(None, "--from", help="Stage-1 run (or checkpoint) that --stage 2 starts from."),
+    experts: Optional[str] = _o(None, "--experts", help="Experts per layer [2,4,8; 2,4,8,16 above 32 px]."),
+    widths: Optional[str] = _o(None, "--widths", help="mid:out channels per expert layer [64:64,64:64,64:32]."),
+    head: Optional[str] = _o(None, "--head", help="Leaf head: ce (1 output) | nce (2 outputs, max) [ce]."),
+    routing: Optional[str] = _o(None, "--routing", help="Stage-1 routing: soft (official) | gumbel [soft]."),
+    tau0: Optional[float] = _o(None, "--tau0", help="Stage-1 temperature tau = tau0 / epoch [10]."),
+    stage1_epochs: Optional[int] = _o(None, "--stage1-epochs", help="Stage-1 epochs [300; quick: 4]."),
+    stage1_lr: Optional[float] = _o(None, "--stage1-lr", help="Stage-1 Adam lr of experts and heads [0.05]."),
+    routing_lr: Optional[float] = _o(None, "--routing-lr", help="Stage-1 Adam lr of the routing [0.01]."),
+    stage2_epochs: Optional[int] = _o(None, "--stage2-epochs", help="Stage-2 epochs [300; quick: 4]."),
+    stage2_lr: Optional[float] = _o(None, "--stage2-lr", help="Stage-2 SGD lr [0.05]."),
+    halve_every: Optional[int] = _o(None, "--halve-every", help="Stage-2 lr halving period in epochs [30]."),
+    **run,
+):
+    """Distill a teacher into KDExplainer (a hierarchical mixture of experts, one binary subtask per class).
+
+    Stage 1 learns the tree with soft routing (tau = tau0/epoch, Adam, official warm-up/decay);
+    stage 2 keeps the tree (hard routing, frozen), re-initialises the rest and trains with SGD.
+    Official values are the defaults; --preset quick is a CPU-sized run (narrower tree, few epochs).
+    """
+    from kdx.commands import distill_explainer as cmd
+    from kdx.config import EXPLAINER_PRESETS, ExplainerConfig, explainer_recipe
+
+    options = dict(run, objective=objective, teacher=teacher, smoothing=smoothing, kd_temperature=kd_temperature,
+                   kd_weight=kd_weight, ce_weight=ce_weight, stage=stage, from_run=from_run, experts=experts,
+                   widths=widths, head=head, routing=routing, tau0=tau0, stage1_epochs=stage1_epochs,
+                   stage1_lr=stage1_lr, routing_lr=routing_lr, stage2_epochs=stage2_epochs, stage2_lr=stage2_lr,
+                   halve_every=halve_every)
+    cfg = make_config(ExplainerConfig, EXPLAINER_PRESETS, explainer_recipe, options)
+    cmd.run(cfg)
 
 
 @app.command("analyze-conflicts")

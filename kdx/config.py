@@ -106,6 +106,78 @@ class TeacherConfig(RunConfig):
     arch: str = "resnet56"
 
 
+@dataclass
+class ExplainerConfig(RunConfig):
+    """``kdx distill-explainer``: the two stages of spec section 3 (official values by default)."""
+
+    objective: str = "kd"
+    teacher: Optional[str] = None
+    smoothing: float = 0.1
+    kd_temperature: float = 4.0
+    kd_weight: float = 0.9
+    ce_weight: float = 0.1
+    stage: str = "both"
+    from_run: Optional[str] = None
+    experts: Optional[list] = None  # None: 2,4,8 (and 16 for inputs > 32 px)
+    widths: Optional[str] = None  # "mid:out,..." per expert layer; None: 64:64,64:64,64:32
+    head: str = "ce"
+    routing: str = "soft"  # stage-1 training routing: soft (official) | gumbel
+    tau0: float = 10.0
+    stage1_epochs: int = 300
+    stage1_lr: float = 0.05
+    routing_lr: float = 0.01
+    stage2_epochs: int = 300
+    stage2_lr: float = 0.05
+    halve_every: int = 30
+    batch_size: int = 128
+    routing_every: int = 1
+
+    def validate(self) -> None:
+        super().validate()
+        if self.stage not in ("1", "2", "both"):
+            raise KdxError(f"--stage must be 1, 2 or both; got '{self.stage}'")
+        if self.stage == "2" and not self.from_run:
+            raise KdxError("--stage 2 needs --from RUN (a stage-1 run or its stage1/model.safetensors)")
+        for name in ("stage1_epochs", "stage2_epochs", "halve_every"):
+            if getattr(self, name) <= 0:
+                raise KdxError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        for name in ("stage1_lr", "stage2_lr", "tau0", "kd_temperature"):
+            if not getattr(self, name) > 0:
+                raise KdxError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        if self.routing_lr < 0:
+            raise KdxError(f"--routing-lr must be >= 0, got {self.routing_lr}")
+        if not 0 <= self.smoothing < 1:
+            raise KdxError(f"--smoothing must be in [0, 1), got {self.smoothing}")
+        if self.head not in ("ce", "nce"):
+            raise KdxError(f"--head must be ce or nce; got '{self.head}'")
+        if self.routing not in ("soft", "gumbel"):
+            raise KdxError(f"--routing must be soft or gumbel for training; got '{self.routing}'")
+        if self.experts is not None and (not self.experts or min(int(e) for e in self.experts) < 1):
+            raise KdxError(f"--experts must be positive counts, e.g. 2,4,8; got {self.experts}")
+        parse_widths(self.widths)
+        from kdx.distill.losses import get_objective
+
+        spec = get_objective(self.objective)
+        if spec.needs_teacher and not self.teacher:
+            raise KdxError(f"--objective {self.objective} needs --teacher RUN_OR_CHECKPOINT (or use --objective ce|ls)")
+
+
+def parse_widths(text: Optional[str]):
+    """``"64:64,64:64,64:32"`` -> [(64, 64), (64, 64), (64, 32)] (mid:out per expert layer)."""
+    if text is None:
+        return None
+    out = []
+    try:
+        for part in str(text).split(","):
+            mid, _, cout = part.strip().partition(":")
+            out.append((int(mid), int(cout or mid)))
+    except ValueError:
+        raise KdxError(f"--widths must look like 64:64,64:64,64:32 (mid:out per expert layer); got '{text}'") from None
+    if min(min(p) for p in out) < 1:
+        raise KdxError(f"--widths must be positive; got '{text}'")
+    return out
+
+
 # ---------------------------------------------------------------- presets / recipes
 
 CIFAR_RECIPE: dict[str, Any] = dict(
@@ -119,6 +191,20 @@ TEACHER_PRESETS: dict[str, dict[str, Any]] = {
     # a CPU-sized run: a few minutes on 2 cores for a small net on fashion-mnist-mini
     "quick": dict(epochs=15, batch_size=128, lr=0.1, schedule="cosine", warmup_epochs=1, weight_decay=5e-4),
 }
+
+
+EXPLAINER_PRESETS: dict[str, dict[str, Any]] = {
+    # spec section 3: the official values (also the defaults)
+    "paper": dict(stage1_epochs=300, stage2_epochs=300, stage1_lr=0.05, routing_lr=0.01, stage2_lr=0.05,
+                  batch_size=128, seed=1029, tau0=10.0, weight_decay=5e-4, halve_every=30),
+    # CPU-sized: a narrower tree and a few epochs per stage
+    "quick": dict(stage1_epochs=4, stage2_epochs=4, stage1_lr=0.01, routing_lr=0.01, stage2_lr=0.05,
+                  batch_size=128, widths="32:32,32:32,32:32", tau0=4.0, halve_every=2, eval_batch_size=500),
+}
+
+
+def explainer_recipe(dataset: str | None) -> dict:
+    return dict(EXPLAINER_PRESETS["paper"])
 
 
 def config_to_dict(cfg) -> dict:
@@ -173,7 +259,7 @@ def _coerce(cls, name: str, value):
                     return False
                 raise ValueError
             return bool(value)
-        if kind == "list":
+        if kind in ("list", "Optional[list]"):
             if isinstance(value, str):
                 return [int(v) if v.strip().lstrip("-").isdigit() else v.strip() for v in value.split(",") if v.strip()]
             return list(value)

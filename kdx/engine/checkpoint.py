@@ -41,7 +41,7 @@ def register_kind(kind: str):
 def _import_kinds() -> None:
     import importlib
 
-    for mod in ("kdx.models", "kdx.explainer", "kdx.distill.vam"):
+    for mod in ("kdx.models", "kdx.explainer.training", "kdx.distill.vam"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as exc:  # a later feature may not exist in this build

@@ -44,6 +44,11 @@ class TrainTask(nn.Module):
         """Extra columns for this epoch's metrics.csv row (e.g. tau, routing entropy)."""
         return {}
 
+    def epoch_records(self, epoch: int) -> dict[str, list[dict]]:
+        """Long-format rows to append to ``<name>.csv`` in the run directory after every epoch
+        (e.g. ``{"routing": [...]}``); the engine keeps them consistent across resumes."""
+        return {}
+
     def checkpoint_metadata(self) -> dict:
         """kind/arch/... written into the checkpoint metadata so ``kdx.load`` can rebuild the model."""
         return {"kind": "classifier", "arch": getattr(self.model, "arch", type(self.model).__name__)}

@@ -31,6 +31,15 @@ from kdx.engine.schedule import get_schedule
 from kdx.engine.task import TrainTask
 
 
+def to_channels_last(module: torch.nn.Module) -> torch.nn.Module:
+    """channels_last for every 4-D parameter/buffer (stacked 5-D expert weights stay as they are)."""
+    with torch.no_grad():
+        for t in list(module.parameters()) + list(module.buffers()):
+            if t.dim() == 4:
+                t.data = t.data.contiguous(memory_format=torch.channels_last)
+    return module
+
+
 class TrainingInterrupted(Exception):
     """Raised after a resumable checkpoint was written because of SIGINT/SIGTERM."""
 
@@ -91,6 +100,7 @@ class Trainer:
         self.progress = EpochProgress(quiet=cfg.quiet, enabled=self.is_main)
         self._stop_signal = 0
         self._old_handlers: dict = {}
+        self._records: list[str] = []  # names of the per-epoch long-format reports written so far
 
     # ------------------------------------------------------------------ set-up
     def _loaders(self):
@@ -152,7 +162,7 @@ class Trainer:
         train_loader, val_loader, test_loader = self._loaders()
         task.to(rt.device)
         if rt.channels_last:
-            task.to(memory_format=torch.channels_last)
+            to_channels_last(task)
         groups = task.param_groups(cfg)
         base_lrs = [g["lr"] for g in groups]
         optimizer = self._optimizer(groups)
@@ -167,6 +177,7 @@ class Trainer:
         out = self.run_dir
         metrics_path = out / "metrics.csv"
         rows: list[dict] = []
+        records: dict[str, list[dict]] = {}
         start_epoch, start_step, total_steps = 1, 0, 0
         sums = {"n": 0.0, "correct": 0.0, "loss": 0.0}
         best = {"epoch": 0, "val_top1": -1.0}
@@ -176,11 +187,16 @@ class Trainer:
             total_steps = progress["total_steps"]
             sums = progress["sums"]
             best = progress["best"]
-            if metrics_path.is_file():
-                rows = [r for r in pd.read_csv(metrics_path).to_dict("records") if r["epoch"] < start_epoch]
             if start_step >= len(train_loader):  # the epoch had finished
                 start_epoch, start_step = start_epoch + 1, 0
                 sums = {"n": 0.0, "correct": 0.0, "loss": 0.0}
+            if metrics_path.is_file():
+                rows = [r for r in pd.read_csv(metrics_path).to_dict("records") if r["epoch"] < start_epoch]
+            for name in progress.get("records", []):
+                if (out / f"{name}.csv").is_file():
+                    frame = pd.read_csv(out / f"{name}.csv")
+                    records[name] = frame[frame["epoch"] < start_epoch].to_dict("records")
+            self._records = sorted(progress.get("records", []))
             self.progress.log(f"resuming {out} at epoch {start_epoch}, step {start_step}")
         self.progress.log(f"{self.label}: {rt.describe()}, {len(train_loader)} steps/epoch, {cfg.epochs} epochs")
 
@@ -254,6 +270,8 @@ class Trainer:
                     vres = evaluate(predict, val_loader, self.bundle.num_classes, rt.precision, rt.dist, rt.device)
                     row.update({"val_loss": vres.loss, "val_top1": vres.top1, "val_top5": vres.top5})
                 row.update(task.epoch_metrics(epoch))
+                for name, new_rows in task.epoch_records(epoch).items():
+                    records.setdefault(name, []).extend(dict(r, epoch=epoch) for r in new_rows)
                 row["seconds"] = train_seconds
                 row["images_per_s"] = images * rt.dist.world_size / max(train_seconds, 1e-9)
                 rows.append(row)
@@ -263,11 +281,15 @@ class Trainer:
                     best = {"epoch": epoch, "val_top1": -1.0 if val_score is None else val_score}
                 if self.is_main:
                     atomic_write_csv(metrics_path, pd.DataFrame(rows))
+                    for name, recs in records.items():
+                        frame = pd.DataFrame(recs)
+                        atomic_write_csv(out / f"{name}.csv", frame[["epoch"] + [c for c in frame.columns if c != "epoch"]])
                     if improved:
                         ckpt.save_checkpoint(out / ckpt.BEST_FILE, task.model.state_dict(), self.metadata(epoch, row))
                     if epoch % cfg.save_every == 0 or epoch == cfg.epochs:
                         ckpt.save_checkpoint(out / ckpt.MODEL_FILE, task.model.state_dict(), self.metadata(epoch, row))
                 sums = {"n": 0.0, "correct": 0.0, "loss": 0.0}
+                self._records = sorted(records)
                 self._save_resume(task, optimizer, scaler, epoch, len(train_loader), total_steps, sums, best)
                 self.progress.end_epoch(self._epoch_line(row))
                 start_step = 0
@@ -297,7 +319,8 @@ class Trainer:
         if self.is_main:
             ckpt.save_resume(self.run_dir, model=task, optimizer=optimizer, scaler=scaler,
                              progress={"epoch": epoch, "step": step, "total_steps": total_steps,
-                                       "sums": dict(sums), "best": dict(best)})
+                                       "sums": dict(sums), "best": dict(best),
+                                       "records": list(self._records)})
         barrier(self.rt.dist)
 
     @staticmethod

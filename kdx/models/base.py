@@ -28,12 +28,6 @@ def conv1x1(cin: int, cout: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 1, stride=stride, groups=groups, bias=False)
 
 
-def conv_bn(cin: int, cout: int, stride: int = 1, groups: int = 1, *, kernel: int = 1) -> list[nn.Module]:
-    """``[conv (no bias), BN]``, ready to splice into an ``nn.Sequential``."""
-    conv = conv3x3(cin, cout, stride, groups) if kernel == 3 else conv1x1(cin, cout, stride, groups)
-    return [conv, nn.BatchNorm2d(cout)]
-
-
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     """ShuffleNet channel shuffle: (N, g*c, H, W) -> interleave the g groups."""
     if groups == 1:

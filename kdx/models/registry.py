@@ -74,8 +74,11 @@ def create_model(name: str, num_classes: int = 100, in_channels: int = 3, **kwar
 @functools.lru_cache(maxsize=None)
 def _structure(name: str) -> dict:
     # Built on the meta device: no memory, no real init, ~milliseconds.
-    with torch.device("meta"):
-        model = _FACTORIES[name](num_classes=100, in_channels=3)
+    try:
+        with torch.device("meta"):
+            model = _FACTORIES[name](num_classes=100, in_channels=3)
+    except Exception:  # a third-party factory that cannot be built on "meta": static meta only
+        return {}
     info = {"num_params": sum(p.numel() for p in model.parameters())}
     for key in ("num_features", "stage_names", "stage_channels", "classifier_name"):
         if hasattr(model, key):

@@ -1,0 +1,211 @@
+"""Training throughput of the kdx KDExplainer against an official-style implementation.
+
+The baseline is written like the authors' code: one module per expert and per class,
+Python loops over experts, children and classes, fp32. kdx gets the baseline's weights
+through ``from_official_state_dict``; outputs are compared in fp32 first. Then one
+training step (forward + backward + SGD step, batch 128 of 3x32x32) is timed for the
+baseline and for several kdx configurations, interleaved in the same process (warm-up,
+then ``--repeats`` rounds of ``--iters`` steps; median per step).
+
+    python benchmarks/explainer_throughput.py [--quick] [--classes 10,100] [--threads 2]
+    python benchmarks/explainer_throughput.py --conv   # expert-conv formulation candidates
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from kdx.explainer import from_official_state_dict  # noqa: E402
+
+
+class OfficialStyleExplainer(nn.Module):
+    """Straightforward HME (KDEXPLAINER.md section 2), official module names, Python loops."""
+
+    def __init__(self, num_classes, head="ce", experts=(2, 4, 8), in_ch=3):
+        super().__init__()
+        self.num_classes, self.head, self.experts, self.tau = num_classes, head, experts, 10.0
+        self.conv1_0 = nn.Sequential(nn.Conv2d(in_ch, 64, 7, 2, 3), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2))
+        cin = in_ch
+        for n, E in enumerate(experts):
+            out = 32 if n == len(experts) - 1 else 64
+            for i in range(E):
+                setattr(self, f"conv{n + 2}_{i}", nn.Sequential(
+                    nn.Conv2d(cin, 64, 3, 1, 1), nn.BatchNorm2d(64), nn.ReLU(),
+                    nn.Conv2d(64, out, 3, 1, 1), nn.BatchNorm2d(out), nn.ReLU(), nn.MaxPool2d(2)))
+            children = experts[n + 1] if n + 1 < len(experts) else num_classes
+            setattr(self, f"branch_{n + 2}", nn.ParameterList([nn.Parameter(torch.rand(children, E))]))
+            cin = out
+        for c in range(num_classes):
+            setattr(self, f"fc1_{c}", nn.Sequential(nn.Linear(1568, 128), nn.ReLU(), nn.Dropout(0.15)))
+            setattr(self, f"fc2_{c}", nn.Sequential(nn.Linear(128, 128), nn.ReLU(), nn.Dropout(0.15),
+                                                    nn.Linear(128, 1 if head == "ce" else 2)))
+
+    def forward(self, x):
+        inputs = [x] * self.experts[0]
+        for n, E in enumerate(self.experts):
+            outs = [getattr(self, f"conv{n + 2}_{i}")(inputs[i]) for i in range(E)]
+            p = torch.softmax(getattr(self, f"branch_{n + 2}")[0] / 0.5, dim=1)
+            a = torch.softmax(torch.log(p) / self.tau, dim=1)
+            inputs = [sum(a[c, j] * outs[j] for j in range(E)) for c in range(a.shape[0])]
+        logits = []
+        for c in range(self.num_classes):
+            o = getattr(self, f"fc2_{c}")(getattr(self, f"fc1_{c}")(F.adaptive_avg_pool2d(inputs[c], 7).flatten(1)))
+            logits.append(o[:, 0] if self.head == "ce" else o.max(dim=1).values)
+        return torch.stack(logits, dim=1)
+
+
+def make_step(model, x, y, bf16=False, channels_last=False):
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    x = x.to(memory_format=torch.channels_last) if channels_last else x.contiguous()
+    amp = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+
+    def step():
+        with amp():
+            loss = F.cross_entropy(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def time_interleaved(steps: dict, warmup: int, iters: int, repeats: int) -> dict:
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    times = {k: [] for k in steps}
+    for _ in range(repeats):
+        for k, step in steps.items():
+            t = time.perf_counter()
+            for _ in range(iters):
+                step()
+            times[k].append((time.perf_counter() - t) / iters)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def run_throughput(args):
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}, "
+          f"warmup {args.warmup}, {args.repeats} x {args.iters} steps, load avg {os.getloadavg()[0]:.1f}")
+    rows = []
+    for classes in args.classes:
+        torch.manual_seed(1029)
+        base = OfficialStyleExplainer(classes)
+        kdx = from_official_state_dict(base.state_dict())
+        x = torch.randn(args.batch, 3, 32, 32)
+        y = torch.randint(0, classes, (args.batch,))
+        base.eval(), kdx.eval()
+        with torch.no_grad():
+            ref, out = base(x[:16]), kdx(x[:16])
+        rel = ((out - ref).abs().max() / ref.abs().max()).item()
+        print(f"C={classes}: fp32 eval outputs, max |kdx - baseline| / max |baseline| = {rel:.2e}")
+        base.train(), kdx.train()
+        steps = {"baseline fp32": make_step(base, x, y),
+                 "kdx fp32": make_step(kdx, x, y),
+                 "kdx fp32 channels_last": make_step(kdx, x, y, channels_last=True),
+                 "kdx bf16": make_step(kdx, x, y, bf16=True),
+                 "kdx bf16 channels_last": make_step(kdx, x, y, bf16=True, channels_last=True)}
+        t = time_interleaved(steps, args.warmup, args.iters, args.repeats)
+        best = min((k for k in t if k.startswith("kdx") and k != "kdx fp32"), key=t.get)
+        rows.append((classes, t, best))
+    print(f"\n{'C':>4} | {'configuration':24} | {'ms/step':>8} | {'img/s':>7} | {'vs baseline':>11}")
+    print("-" * 68)
+    for classes, t, best in rows:
+        for k, v in t.items():
+            mark = "  <- best" if k == best else ""
+            print(f"{classes:>4} | {k:24} | {v * 1e3:8.0f} | {args.batch / v:7.1f} | "
+                  f"{t['baseline fp32'] / v:10.2f}x{mark}")
+        print("-" * 68)
+    print("\nsummary:")
+    for classes, t, best in rows:
+        target = 2.5 if classes <= 10 else 3.0
+        r = t["baseline fp32"] / t[best]
+        print(f"  C={classes}: kdx best ({best}) {r:.2f}x, kdx fp32 {t['baseline fp32'] / t['kdx fp32']:.2f}x "
+              f"over the official-style baseline (target >= {target}x: {'met' if r >= target else 'NOT met'})")
+
+
+# ------------------------------------------------------------------ expert-conv candidates
+def _block(x, p, shared, grouped):
+    """One expert layer: conv-BN-ReLU-conv-BN-ReLU-maxpool for E experts, looped or grouped."""
+    w1, b1, g1, c1, w2, b2, g2, c2 = p
+    E = w1.shape[0]
+    if grouped:  # x: (N, E*cin, h, w) or shared (N, cin, h, w)
+        if shared:
+            x = x.repeat(1, E, 1, 1)
+        y = F.relu(F.batch_norm(F.conv2d(x, w1.flatten(0, 1), b1.flatten(), padding=1, groups=E),
+                                None, None, g1.flatten(), c1.flatten(), True))
+        y = F.relu(F.batch_norm(F.conv2d(y, w2.flatten(0, 1), b2.flatten(), padding=1, groups=E),
+                                None, None, g2.flatten(), c2.flatten(), True))
+        return F.max_pool2d(y, 2)
+    outs = []
+    for e in range(E):  # x: (E, N, cin, h, w) or shared (N, cin, h, w)
+        y = F.relu(F.batch_norm(F.conv2d(x if shared else x[e], w1[e], b1[e], padding=1),
+                                None, None, g1[e], c1[e], True))
+        y = F.relu(F.batch_norm(F.conv2d(y, w2[e], b2[e], padding=1), None, None, g2[e], c2[e], True))
+        outs.append(F.max_pool2d(y, 2))
+    return torch.stack(outs)
+
+
+def run_conv_candidates(args):
+    print(f"expert-layer training step (fwd+bwd), batch {args.batch}, threads {torch.get_num_threads()}, "
+          f"median ms of {args.repeats} x {args.iters}, load avg {os.getloadavg()[0]:.1f}")
+    for name, E, cin, mid, cout, hw, shared in (("layer 1 (2, 3-64-64, 32px)", 2, 3, 64, 64, 32, True),
+                                                ("layer 2 (4, 64-64-64, 16px)", 4, 64, 64, 64, 16, False),
+                                                ("layer 3 (8, 64-64-32, 8px)", 8, 64, 64, 32, 8, False)):
+        p = [torch.randn(E, mid, cin, 3, 3) * 0.05, torch.zeros(E, mid), torch.ones(E, mid), torch.zeros(E, mid),
+             torch.randn(E, cout, mid, 3, 3) * 0.05, torch.zeros(E, cout), torch.ones(E, cout), torch.zeros(E, cout)]
+        p = [t.requires_grad_() for t in p]
+        steps = {}
+        for grouped in (False, True):
+            for bf16 in (False, True):
+                for cl in (False, True):
+                    if shared:
+                        x = torch.randn(args.batch, cin, hw, hw)
+                    elif grouped:
+                        x = torch.randn(args.batch, E * cin, hw, hw)
+                    else:
+                        x = torch.randn(E, args.batch, cin, hw, hw)
+                    if cl:
+                        x = x.to(memory_format=torch.channels_last) if x.dim() == 4 else \
+                            x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+                    x.requires_grad_(not shared)
+
+                    def step(x=x, grouped=grouped, bf16=bf16):
+                        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                            y = _block(x, p, shared, grouped)
+                        y.float().sum().backward()
+                    key = f"{'grouped' if grouped else 'loop'} {'bf16' if bf16 else 'fp32'} {'CL' if cl else 'NCHW'}"
+                    steps[key] = step
+        t = time_interleaved(steps, args.warmup, args.iters, args.repeats)
+        print(name + ":  " + ", ".join(f"{k} {v * 1e3:.0f}" for k, v in sorted(t.items(), key=lambda kv: kv[1])))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--classes", default="10,100", help="comma-separated class counts (default 10,100)")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="fewer iterations")
+    ap.add_argument("--warmup", type=int, default=None)
+    ap.add_argument("--iters", type=int, default=None)
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--conv", action="store_true", help="measure expert-conv formulation candidates instead")
+    args = ap.parse_args(argv)
+    args.classes = [int(c) for c in args.classes.split(",") if c]
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
+    args.iters = args.iters if args.iters is not None else (1 if args.quick else 3)
+    args.repeats = args.repeats if args.repeats is not None else (3 if args.quick else 5)
+    torch.set_num_threads(args.threads)
+    run_conv_candidates(args) if args.conv else run_throughput(args)
+
+
+if __name__ == "__main__":
+    main()

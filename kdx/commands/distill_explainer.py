@@ -1,0 +1,162 @@
+"""`kdx distill-explainer`: train KDExplainer in two stages with objective ce | ls | kd.
+
+Run directory: ``config.json``; ``stage1/`` and ``stage2/`` (each an ordinary engine run:
+model.safetensors, best.safetensors, metrics.csv, routing.csv, resume/, results.json);
+at the top ``metrics.csv`` and ``routing.csv`` of both stages (with a ``stage`` column),
+``tree.json`` (the hard tree) and ``results.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from kdx.commands.common import load_bundle
+from kdx.config import ExplainerConfig, parse_widths
+from kdx.distill.task import load_teacher
+from kdx.engine import checkpoint as ckpt
+from kdx.engine.distributed import barrier
+from kdx.engine.io import atomic_write_csv, atomic_write_text
+from kdx.engine.rundir import prepare_run_dir
+from kdx.engine.trainer import Runtime, Trainer
+from kdx.errors import KdxError
+from kdx.explainer.model import KDExplainer
+from kdx.explainer.training import ExplainerTask, hard_tree
+
+
+def _stage_done(stage_dir: Path) -> bool:
+    return (stage_dir / "results.json").is_file() and (stage_dir / ckpt.MODEL_FILE).is_file()
+
+
+def stage1_source(path: str) -> Path:
+    """``--from``: a distill-explainer run (its stage1/) or a stage-1 checkpoint file."""
+    p = Path(path)
+    if p.is_dir():
+        for cand in (p / "stage1" / ckpt.MODEL_FILE, p / ckpt.MODEL_FILE):
+            if cand.is_file():
+                return cand
+        raise KdxError(f"--from {path}: no stage1/model.safetensors there")
+    if not p.is_file():
+        raise KdxError(f"--from {path}: not found")
+    return p
+
+
+def _stage_config(cfg: ExplainerConfig, stage: int) -> ExplainerConfig:
+    if stage == 1:
+        return dataclasses.replace(cfg, epochs=cfg.stage1_epochs, lr=cfg.stage1_lr, optimizer="adam",
+                                   schedule="explainer-stage1", warmup_epochs=0)
+    return dataclasses.replace(cfg, epochs=cfg.stage2_epochs, lr=cfg.stage2_lr, optimizer="sgd",
+                               schedule="halving", warmup_epochs=0)
+
+
+def _merge(run_dir: Path, stages: list[int], name: str) -> pd.DataFrame | None:
+    frames = []
+    for s in stages:
+        f = run_dir / f"stage{s}" / f"{name}.csv"
+        if f.is_file():
+            frame = pd.read_csv(f)
+            if "stage" not in frame.columns:
+                frame.insert(0, "stage", s)
+            frames.append(frame)
+    if not frames:
+        return None
+    merged = pd.concat(frames, ignore_index=True)
+    cols = ["stage", "epoch"] + [c for c in merged.columns if c not in ("stage", "epoch")]
+    merged = merged[cols]
+    atomic_write_csv(run_dir / f"{name}.csv", merged)
+    return merged
+
+
+def run(cfg: ExplainerConfig) -> dict:
+    cfg.validate()
+    rt = Runtime.from_config(cfg)
+    run_dir = prepare_run_dir(cfg, rt.dist.is_main)
+    barrier(rt.dist)
+    bundle = load_bundle(cfg)
+    teacher = teacher_meta = None
+    if cfg.teacher:
+        teacher, teacher_meta = load_teacher(cfg.teacher, bundle)
+        teacher_meta["_path"] = cfg.teacher
+    stages = [1, 2] if cfg.stage == "both" else [int(cfg.stage)]
+    results: dict = {"objective": cfg.objective, "stages": {}}
+
+    if 1 in stages:
+        s1 = run_dir / "stage1"
+        if not _stage_done(s1):
+            model = KDExplainer(bundle.num_classes, in_channels=bundle.in_channels, image_size=bundle.image_size,
+                                experts=[int(e) for e in cfg.experts] if cfg.experts else None,
+                                widths=parse_widths(cfg.widths), head=cfg.head, tau=cfg.tau0)
+            s1.mkdir(parents=True, exist_ok=True)
+            task = ExplainerTask(model, cfg.objective, cfg, stage=1, teacher=teacher, teacher_meta=teacher_meta,
+                                 class_names=bundle.class_names)
+            Trainer(_stage_config(cfg, 1), task, bundle, s1, runtime=rt,
+                    label=f"explainer stage 1 ({cfg.objective})").fit()
+        results["stages"]["1"] = json.loads((s1 / "results.json").read_text())
+        source = s1 / ckpt.MODEL_FILE
+    else:
+        source = stage1_source(cfg.from_run)
+
+    if 2 in stages:
+        s2 = run_dir / "stage2"
+        if not _stage_done(s2):
+            model, meta = ckpt.load_model(source)
+            if meta.get("kind") != "explainer":
+                raise KdxError(f"{source} is a '{meta.get('kind')}' checkpoint, not an explainer")
+            if int(meta["num_classes"]) != bundle.num_classes:
+                raise KdxError(f"{source} has {meta['num_classes']} classes but '{bundle.name}' has {bundle.num_classes}")
+            torch.manual_seed(cfg.seed + 2)
+            model.reset_parameters(keep_routing=True)  # official stage 2: new weights, the learned tree
+            s2.mkdir(parents=True, exist_ok=True)
+            task = ExplainerTask(model, cfg.objective, cfg, stage=2, teacher=teacher, teacher_meta=teacher_meta,
+                                 class_names=bundle.class_names)
+            Trainer(_stage_config(cfg, 2), task, bundle, s2, runtime=rt,
+                    label=f"explainer stage 2 ({cfg.objective})").fit()
+        results["stages"]["2"] = json.loads((s2 / "results.json").read_text())
+        final = s2 / ckpt.MODEL_FILE
+    else:
+        final = run_dir / "stage1" / ckpt.MODEL_FILE
+
+    if rt.dist.is_main:
+        _merge(run_dir, stages, "metrics")
+        _merge(run_dir, stages, "routing")
+        model, meta = ckpt.load_model(final)
+        tree = hard_tree(model, bundle.class_names)
+        atomic_write_text(run_dir / "tree.json", json.dumps(tree, indent=2) + "\n")
+        last = results["stages"][str(stages[-1])]
+        results.update({"final_checkpoint": str(final.relative_to(run_dir)), "test_top1_last": last["test_top1_last"],
+                        "test_top1_best": last["test_top1_best"], "best_epoch": last["best_epoch"]})
+        metrics = pd.read_csv(run_dir / "metrics.csv")
+        s1rows = metrics[metrics["stage"] == 1]
+        if len(s1rows):
+            ent = {c: float(s1rows[c].iloc[-1]) for c in s1rows.columns if c.startswith("entropy_l")}
+            results["stage1_final_entropy"] = ent
+            results["stage1_final_tau"] = float(s1rows["tau"].iloc[-1])
+        atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
+        _print_summary(run_dir, cfg, results, tree)
+    barrier(rt.dist)
+    return results
+
+
+def _print_summary(run_dir: Path, cfg, results: dict, tree: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"KDExplainer ({cfg.objective}) on {cfg.dataset}")
+    for col in ("stage", "best epoch (val)", "val top-1", "test top-1 best", "test top-1 last"):
+        table.add_column(col, justify="right")
+    for s, r in results["stages"].items():
+        table.add_row(s, str(r["best_epoch"]), f"{100 * (r.get('val_top1_best') or 0):.2f}%",
+                      f"{100 * r['test_top1_best']:.2f}%", f"{100 * r['test_top1_last']:.2f}%")
+    console = Console()
+    console.print(table)
+    if "stage1_final_entropy" in results:
+        ent = ", ".join(f"{k[len('entropy_'):]} {v:.3f}" for k, v in results["stage1_final_entropy"].items())
+        console.print(f"stage-1 mean routing entropy at tau {results['stage1_final_tau']:.3g}: {ent}")
+    last = tree["layers"][-1]
+    groups = ["{" + ", ".join(g["names"]) + "}" for g in last["groups"] if g["classes"]]
+    console.print(f"classes per expert of layer {last['layer']}: " + " ".join(groups))
+    console.print(f"run directory: {run_dir}")

@@ -1,0 +1,154 @@
+"""Training the explainer with the engine: the stage-1 schedule, the task, the hard tree.
+
+Stage 1 (official): soft routing with ``tau = tau0 / epoch``, Adam with two parameter groups
+(everything but the routing at ``lr``, routing at ``routing_lr``) and the official warm-up
+and decay schedule (``explainer-stage1``). Stage 2: the stage-1 tree is kept (routing
+frozen, hard), every other weight re-initialised, SGD with the ``halving`` schedule.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kdx.distill.task import DistillTask
+from kdx.engine.checkpoint import register_kind
+from kdx.engine.schedule import register_schedule
+from kdx.explainer.model import KDExplainer, from_official_state_dict
+from kdx.explainer.routing import routing_entropy, tau_at
+
+
+@register_schedule("explainer-stage1")
+def explainer_stage1(epoch, base_lrs, cfg):
+    """Official stage-1 schedule (epochs from 1); group 0 = experts/heads, group 1 = routing.
+
+    e=1: lr/4, routing 0; e=2: lr/2, routing 0; e=3: both full; then on every epoch with
+    e-1 even: base * (1 - (e-1) / int(1.03093 * E)) for both groups, unchanged in between.
+    """
+    if epoch == 1:
+        factors = [0.25, 0.0]
+    elif epoch == 2:
+        factors = [0.5, 0.0]
+    elif epoch <= 4:
+        factors = [1.0, 1.0]
+    else:
+        e = epoch if (epoch - 1) % 2 == 0 else epoch - 1  # the last epoch that updated the rate
+        f = max(0.0, 1.0 - (e - 1) / int(1.03093 * cfg.epochs))
+        factors = [f, f]
+    return [lr * factors[min(i, 1)] for i, lr in enumerate(base_lrs)]
+
+
+@register_kind("explainer")
+def build_explainer(meta: dict) -> KDExplainer:
+    return KDExplainer(**meta["explainer"])
+
+
+def import_official(state: dict, num_classes: int | None = None) -> tuple[KDExplainer, dict]:
+    """An official KDExplainer state dict -> (kdx model, checkpoint metadata)."""
+    from kdx.errors import KdxError
+
+    model = from_official_state_dict(state)
+    if num_classes is not None and num_classes != model.num_classes:
+        raise KdxError(f"--num-classes {num_classes} but the state dict has {model.num_classes} leaf heads")
+    meta = {"kind": "explainer", "arch": "kdexplainer", "explainer": model.config_dict(),
+            "num_classes": model.num_classes, "input_shape": [model.in_channels, model.image_size, model.image_size],
+            "stage": None, "tree": hard_tree(model)}
+    return model, meta
+
+
+def hard_tree(model: KDExplainer, class_names: list[str] | None = None) -> dict:
+    """The tree under hard routing: the parent each child takes, and the classes under each expert.
+
+    Expert layers are numbered from 1; routing layer ``l`` connects the experts of layer ``l``
+    (parents) to those of layer ``l+1`` (children), the last one to the C classes.
+    """
+    parents = [r.detach().argmax(dim=1).tolist() for r in model.routing_logits()]
+    n_layers = len(model.experts)
+    names = class_names or [str(c) for c in range(model.num_classes)]
+    # path of every class: expert index at each layer, found from the leaves upward
+    paths = []
+    for c in range(model.num_classes):
+        path = [0] * n_layers
+        node = parents[-1][c]
+        path[-1] = node
+        for layer in range(n_layers - 2, -1, -1):
+            node = parents[layer][node]
+            path[layer] = node
+        paths.append(path)
+    layers = []
+    for layer in range(n_layers):
+        groups = []
+        for e in range(model.experts[layer]):
+            members = [c for c in range(model.num_classes) if paths[c][layer] == e]
+            groups.append({"expert": e, "classes": members, "names": [names[c] for c in members]})
+        layers.append({"layer": layer + 1, "experts": model.experts[layer],
+                       "parent_of_child": parents[layer], "groups": groups})
+    return {"experts": list(model.experts), "num_classes": model.num_classes, "class_names": names,
+            "class_paths": paths, "layers": layers}
+
+
+class ExplainerTask(DistillTask):
+    """Train a :class:`KDExplainer` (stage 1 or 2) with objective ce | ls | kd."""
+
+    def __init__(self, model: KDExplainer, objective: str, cfg, stage: int, teacher=None, teacher_meta=None,
+                 class_names=None):
+        super().__init__(model, objective, cfg, teacher, teacher_meta)
+        self.stage = stage
+        self.class_names = class_names
+        if stage == 2:
+            for p in model.routing_parameters():
+                p.requires_grad_(False)
+            model.routing = "hard"
+        else:
+            model.routing = cfg.routing
+
+    def param_groups(self, cfg) -> list[dict]:
+        model: KDExplainer = self.model
+        if self.stage == 1:
+            return [{"params": model.non_routing_parameters(), "lr": cfg.lr, "name": "experts"},
+                    {"params": model.routing_parameters(), "lr": cfg.routing_lr, "name": "routing"}]
+        return [{"params": model.non_routing_parameters(), "lr": cfg.lr, "name": "experts"}]
+
+    def on_epoch_start(self, epoch: int) -> None:
+        if self.stage == 1:
+            self.model.tau = tau_at(epoch, self.cfg.tau0)
+
+    @torch.no_grad()
+    def layer_entropies(self) -> list[float]:
+        return [float(routing_entropy(a.float()).mean()) for a in self.model.routing_weights()]
+
+    def epoch_metrics(self, epoch: int) -> dict:
+        row = {"stage": self.stage}
+        if self.stage == 1:
+            row["tau"] = float(self.model.tau)
+        for i, h in enumerate(self.layer_entropies(), start=1):
+            row[f"entropy_l{i}"] = h
+        return row
+
+    @torch.no_grad()
+    def epoch_records(self, epoch: int) -> dict:
+        rows = []
+        weights = self.model.routing_weights()
+        for layer, (logits, a) in enumerate(zip(self.model.routing_logits(), weights), start=1):
+            lg, w = logits.detach().float().cpu(), a.detach().float().cpu()
+            for i in range(lg.shape[0]):
+                for j in range(lg.shape[1]):
+                    rows.append({"stage": self.stage, "layer": layer, "child": i, "parent": j,
+                                 "logit": float(lg[i, j]), "weight": float(w[i, j])})
+        return {"routing": rows}
+
+    def checkpoint_metadata(self) -> dict:
+        model: KDExplainer = self.model
+        cfg = self.cfg
+        return {
+            "kind": "explainer",
+            "arch": "kdexplainer",
+            "explainer": model.config_dict(),
+            "stage": self.stage,
+            "objective": self.objective_name,
+            "objective_params": {"smoothing": cfg.smoothing, "kd_temperature": cfg.kd_temperature,
+                                 "kd_weight": cfg.kd_weight, "ce_weight": cfg.ce_weight},
+            "teacher": self.teacher_record(),
+            "tau_schedule": {"tau0": cfg.tau0, "rule": "tau0 / epoch", "routing": model.routing,
+                             "final_tau": float(model.tau)},
+            "tree": hard_tree(model, self.class_names),
+        }
