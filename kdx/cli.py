@@ -191,6 +191,7 @@ def distill_explainer(
     routing_lr: Optional[float] = _o(None, "--routing-lr", help="Stage-1 Adam lr of the routing [0.01]."),
     stage2_epochs: Optional[int] = _o(None, "--stage2-epochs", help="Stage-2 epochs [300; quick: 4]."),
     stage2_lr: Optional[float] = _o(None, "--stage2-lr", help="Stage-2 SGD lr [0.05]."),
+    stage2_optimizer: Optional[str] = _o(None, "--stage2-optimizer", help="Stage-2 optimizer: sgd (official) | adam [sgd]."),
     halve_every: Optional[int] = _o(None, "--halve-every", help="Stage-2 lr halving period in epochs [30]."),
     **run,
 ):
@@ -207,7 +208,7 @@ def distill_explainer(
                    kd_weight=kd_weight, ce_weight=ce_weight, stage=stage, from_run=from_run, experts=experts,
                    widths=widths, head=head, routing=routing, tau0=tau0, stage1_epochs=stage1_epochs,
                    stage1_lr=stage1_lr, routing_lr=routing_lr, stage2_epochs=stage2_epochs, stage2_lr=stage2_lr,
-                   halve_every=halve_every)
+                   stage2_optimizer=stage2_optimizer, halve_every=halve_every)
     cfg = make_config(ExplainerConfig, EXPLAINER_PRESETS, explainer_recipe, options)
     cmd.run(cfg)
 
@@ -220,10 +221,51 @@ def analyze_conflicts():
 
 
 @app.command("train-vam-student")
-@handle_errors
-def train_vam_student():
-    """Train a student with KD and a virtual attention module. [coming next]"""
-    raise KdxError("train-vam-student is not available in this kdx build yet")
+@training_command
+def train_vam_student(
+    teacher: Optional[Path] = _o(None, "--teacher", "-t", help="Teacher run or checkpoint (KD, --compare).", panel="Objective"),
+    arch: Optional[str] = _o(None, "--arch", "-a", help="Zoo student architecture [resnet8].", panel="Student"),
+    objective: Optional[str] = _o(None, "--objective", help="ce | kd [kd].", panel="Objective"),
+    kd_temperature: Optional[float] = _o(None, "--kd-temperature", help="KD temperature T [4].", panel="Objective"),
+    kd_weight: Optional[float] = _o(None, "--kd-weight", help="Weight of KL * T^2 [0.9].", panel="Objective"),
+    ce_weight: Optional[float] = _o(None, "--ce-weight", help="Weight of CE under kd [0.1].", panel="Objective"),
+    vam: Optional[bool] = _o(None, "--vam/--no-vam", help="Virtual attention module instead of the linear classifier [on].",
+                             panel="VAM"),
+    vam_blocks: Optional[int] = _o(None, "--vam-blocks", help="K virtual experts; must divide the feature channels D "
+                                   "[8, or the largest divisor of D below 8].", panel="VAM"),
+    vam_entropy: Optional[float] = _o(None, "--vam-entropy", help="Weight lambda of the mean attention entropy [0].",
+                                      panel="VAM"),
+    vam_hard_eval: Optional[bool] = _o(None, "--vam-hard-eval/--no-vam-hard-eval", help="Hard routing at evaluation "
+                                       "(always soft while training) [off].", panel="VAM"),
+    vam_tau0: Optional[float] = _o(None, "--vam-tau0", help="tau = tau0 / epoch [10; quick: 4].", panel="VAM"),
+    hierarchy: Optional[List[Path]] = _o(None, "--hierarchy", help="analyze-conflicts dir or clusters/layer{L}.json "
+                                         "file (repeatable).", panel="Hierarchy"),
+    hierarchy_weight: Optional[float] = _o(None, "--hierarchy-weight", help="Weight W of the cluster losses [0.1].",
+                                           panel="Hierarchy"),
+    hierarchy_stages: Optional[str] = _o(None, "--hierarchy-stages", help="Student stages, one per cluster layer "
+                                         "(or STAGE=LAYER items) [by depth].", panel="Hierarchy"),
+    compare: Optional[bool] = _o(None, "--compare/--no-compare", help="Train CE, KD, KD+VAM (and KD+VAM+hierarchy) "
+                                 "and compare them.", panel="Compare"),
+    seeds: Optional[str] = _o(None, "--seeds", help="Comma-separated seeds, one run each, e.g. 0,1,2.", panel="Compare"),
+    **run,
+):
+    """Train a zoo student with KD and a virtual attention module (VAM), optionally hierarchy guidance.
+
+    The student recipe of the paper is the default (SGD 0.05, 240 epochs, x0.1 at 150/180/210,
+    batch 64). Presets: paper (the same), quick (8 epochs, cosine, batch 128: a CPU-sized run).
+    --compare trains CE / KD / KD+VAM / KD+VAM+hierarchy from the same seed into RUN/seed{s}/...
+    and writes comparison.csv, comparison_summary.csv and comparison.png.
+    """
+    from kdx.commands import train_vam_student as cmd
+    from kdx.config import VAM_PRESETS, VamConfig, vam_recipe
+
+    options = dict(run, teacher=teacher, arch=arch, objective=objective, kd_temperature=kd_temperature,
+                   kd_weight=kd_weight, ce_weight=ce_weight, vam=vam, vam_blocks=vam_blocks, vam_entropy=vam_entropy,
+                   vam_hard_eval=vam_hard_eval, vam_tau0=vam_tau0,
+                   hierarchy=[str(h) for h in hierarchy] if hierarchy else None, hierarchy_weight=hierarchy_weight,
+                   hierarchy_stages=hierarchy_stages, compare=compare, seeds=seeds)
+    cfg = make_config(VamConfig, VAM_PRESETS, vam_recipe, options)
+    cmd.run(cfg)
 
 
 @app.command("evaluate")

@@ -128,6 +128,7 @@ class ExplainerConfig(RunConfig):
     routing_lr: float = 0.01
     stage2_epochs: int = 300
     stage2_lr: float = 0.05
+    stage2_optimizer: str = "sgd"
     halve_every: int = 30
     batch_size: int = 128
     routing_every: int = 1
@@ -150,6 +151,8 @@ class ExplainerConfig(RunConfig):
             raise KdxError(f"--smoothing must be in [0, 1), got {self.smoothing}")
         if self.head not in ("ce", "nce"):
             raise KdxError(f"--head must be ce or nce; got '{self.head}'")
+        if self.stage2_optimizer not in ("sgd", "adam"):
+            raise KdxError(f"--stage2-optimizer must be sgd or adam; got '{self.stage2_optimizer}'")
         if self.routing not in ("soft", "gumbel"):
             raise KdxError(f"--routing must be soft or gumbel for training; got '{self.routing}'")
         if self.experts is not None and (not self.experts or min(int(e) for e in self.experts) < 1):
@@ -176,6 +179,63 @@ def parse_widths(text: Optional[str]):
     if min(min(p) for p in out) < 1:
         raise KdxError(f"--widths must be positive; got '{text}'")
     return out
+
+
+@dataclass
+class VamConfig(RunConfig):
+    """``kdx train-vam-student``: a zoo student with KD, the virtual attention module and hierarchy guidance."""
+
+    teacher: Optional[str] = None
+    arch: str = "resnet8"
+    objective: str = "kd"  # ce | kd (kd needs --teacher)
+    kd_temperature: float = 4.0
+    kd_weight: float = 0.9
+    ce_weight: float = 0.1
+    vam: bool = True
+    vam_blocks: Optional[int] = None  # None: 8 if it divides D, else the largest divisor of D below 8
+    vam_entropy: float = 0.0
+    vam_hard_eval: bool = False
+    vam_tau0: float = 10.0
+    hierarchy: Optional[list] = None  # analysis dirs or clusters/layer{L}.json files
+    hierarchy_weight: float = 0.1
+    hierarchy_stages: Optional[list] = None
+    compare: bool = False
+    seeds: Optional[list] = None
+    teacher_cache_mb: int = 256  # --compare: share the frozen teacher's logits between the methods of a seed
+
+    def validate(self) -> None:
+        super().validate()
+        if self.objective not in ("ce", "kd"):
+            raise KdxError(f"--objective must be ce or kd; got '{self.objective}'")
+        if (self.objective == "kd" or self.compare) and not self.teacher:
+            raise KdxError("--teacher RUN_OR_CHECKPOINT is required for KD and --compare (or use --objective ce)")
+        if self.vam_blocks is not None and self.vam_blocks < 1:
+            raise KdxError(f"--vam-blocks must be a positive integer, got {self.vam_blocks}")
+        for name in ("vam_tau0", "kd_temperature"):
+            if not getattr(self, name) > 0:
+                raise KdxError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        for name in ("vam_entropy", "hierarchy_weight", "kd_weight", "ce_weight", "teacher_cache_mb"):
+            if not getattr(self, name) >= 0:
+                raise KdxError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.seeds is not None:
+            if not self.seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in self.seeds):
+                raise KdxError(f"--seeds must be comma-separated integers, e.g. 0,1,2; got {self.seeds}")
+            if len(set(self.seeds)) != len(self.seeds):
+                raise KdxError(f"--seeds repeats a seed: {self.seeds}")
+
+
+VAM_PRESETS: dict[str, dict[str, Any]] = {
+    # spec section 4: the student recipe of the official code (also the defaults)
+    "paper": dict(epochs=240, optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="multistep",
+                  milestones=[150, 180, 210], gamma=0.1, batch_size=64, seed=1029, vam_tau0=10.0),
+    # CPU-sized: a few epochs of a small student on fashion-mnist-mini; tau0 4 as the quick explainer
+    "quick": dict(epochs=8, batch_size=128, lr=0.1, schedule="cosine", warmup_epochs=1, weight_decay=5e-4,
+                  vam_tau0=4.0, eval_batch_size=500),
+}
+
+
+def vam_recipe(dataset: str | None) -> dict:
+    return dict(VAM_PRESETS["paper"])
 
 
 # ---------------------------------------------------------------- presets / recipes

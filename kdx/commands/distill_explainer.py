@@ -49,7 +49,7 @@ def _stage_config(cfg: ExplainerConfig, stage: int) -> ExplainerConfig:
     if stage == 1:
         return dataclasses.replace(cfg, epochs=cfg.stage1_epochs, lr=cfg.stage1_lr, optimizer="adam",
                                    schedule="explainer-stage1", warmup_epochs=0)
-    return dataclasses.replace(cfg, epochs=cfg.stage2_epochs, lr=cfg.stage2_lr, optimizer="sgd",
+    return dataclasses.replace(cfg, epochs=cfg.stage2_epochs, lr=cfg.stage2_lr, optimizer=cfg.stage2_optimizer,
                                schedule="halving", warmup_epochs=0)
 
 

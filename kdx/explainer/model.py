@@ -77,6 +77,19 @@ def _mix(a: Tensor, x: Tensor) -> Tensor:
     return y.permute([order.index(d) for d in range(x.dim())])
 
 
+def _adaptive_pool_flat(x: Tensor, pool: int) -> Tensor:
+    """adaptive_avg_pool2d(x[e], pool) flattened per leading index: (E, N, ch, h, w) -> (E, N*ch*pool*pool).
+
+    Small maps use the pooling as a matmul with its (h*w, pool*pool) averaging matrix (the CPU
+    backward of an upsampling adaptive pool is slow); big maps use the pooling op."""
+    E, N, ch, h, w = x.shape
+    if h * w > 256:
+        return F.adaptive_avg_pool2d(x.flatten(0, 1), pool).reshape(E, -1)
+    basis = torch.eye(h * w, device=x.device).view(h * w, 1, h, w)
+    m = F.adaptive_avg_pool2d(basis, pool).view(h * w, pool * pool)
+    return torch.matmul(x.flatten(3), m.to(x.dtype)).reshape(E, -1)
+
+
 class ExpertLayer(nn.Module):
     """E expert blocks with stacked parameters; every tensor here has the expert as dim 0."""
 
@@ -105,19 +118,22 @@ class ExpertLayer(nn.Module):
                 getattr(self, f"bn{i}_running_var").fill_(1.0)
                 getattr(self, f"bn{i}_num_batches_tracked").zero_()
 
-    def _conv_bn_relu(self, x: Tensor, i: int, e: int) -> Tensor:
-        conv, bn = (lambda k: getattr(self, f"conv{i}_{k}")[e]), (lambda k: getattr(self, f"bn{i}_{k}")[e])
-        y = F.conv2d(x, conv("weight"), conv("bias"), padding=1)
-        y = F.batch_norm(y, bn("running_mean"), bn("running_var"), bn("weight"), bn("bias"),
-                         self.training, BN_MOMENTUM, BN_EPS)
-        return F.relu(y)
-
     def forward(self, x: Tensor) -> Tensor:
         """x: (N, cin, h, w) shared by all experts, or (E, N, cin, h, w) one input per expert.
         Returns (E, N, cout, h/2, w/2)."""
-        shared = x.dim() == 4
-        outs = [F.max_pool2d(self._conv_bn_relu(self._conv_bn_relu(x if shared else x[e], 1, e), 2, e), 2)
-                for e in range(self.experts)]
+        # unbind once: per-expert views whose backward is a single stack (indexing p[e] would
+        # scatter into a zero tensor of the full stacked size for every expert)
+        t = {k: v.unbind(0) for k, v in (*self.named_parameters(), *self.named_buffers())}
+        xs = [x] * self.experts if x.dim() == 4 else x.unbind(0)
+        outs = []
+        for e in range(self.experts):
+            y = xs[e]
+            for i in (1, 2):
+                y = F.conv2d(y, t[f"conv{i}_weight"][e], t[f"conv{i}_bias"][e], padding=1)
+                y = F.batch_norm(y, t[f"bn{i}_running_mean"][e], t[f"bn{i}_running_var"][e], t[f"bn{i}_weight"][e],
+                                 t[f"bn{i}_bias"][e], self.training, BN_MOMENTUM, BN_EPS)
+                y = F.relu(y, inplace=True)
+            outs.append(F.max_pool2d(y, 2))
         if self.training:
             self.bn1_num_batches_tracked.add_(1)
             self.bn2_num_batches_tracked.add_(1)
@@ -284,8 +300,7 @@ class KDExplainer(nn.Module):
             y = layer(x)
             outs.append(y)
             x = _mix(a, y)
-        z = F.adaptive_avg_pool2d(outs[-1].flatten(0, 1), self.pool)  # (E_last*N, ch, pool, pool)
-        z = z.reshape(outs[-1].shape[0], -1)  # NCHW flatten order (official)
+        z = _adaptive_pool_flat(outs[-1], self.pool)  # (E_last, N * ch * pool * pool), official flatten order
         z = _mix(weights[-1], z).view(self.num_classes, outs[-1].shape[1], -1)  # (C, N, features)
         leaf = self.heads(z)
         logits = (leaf[..., 0] if self.head_type == "ce" else leaf.amax(dim=-1)).t()
