@@ -137,10 +137,8 @@ def _block(x, p, shared, grouped):
     """One expert layer: conv-BN-ReLU-conv-BN-ReLU-maxpool for E experts, looped or grouped."""
     w1, b1, g1, c1, w2, b2, g2, c2 = p
     E = w1.shape[0]
-    if grouped:  # x: (N, E*cin, h, w) or shared (N, cin, h, w)
-        if shared:
-            x = x.repeat(1, E, 1, 1)
-        y = F.relu(F.batch_norm(F.conv2d(x, w1.flatten(0, 1), b1.flatten(), padding=1, groups=E),
+    if grouped:  # x: (N, E*cin, h, w), or shared (N, cin, h, w): then conv1 is one dense conv
+        y = F.relu(F.batch_norm(F.conv2d(x, w1.flatten(0, 1), b1.flatten(), padding=1, groups=1 if shared else E),
                                 None, None, g1.flatten(), c1.flatten(), True))
         y = F.relu(F.batch_norm(F.conv2d(y, w2.flatten(0, 1), b2.flatten(), padding=1, groups=E),
                                 None, None, g2.flatten(), c2.flatten(), True))

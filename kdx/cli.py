@@ -215,9 +215,30 @@ def distill_explainer(
 
 @app.command("analyze-conflicts")
 @handle_errors
-def analyze_conflicts():
-    """Subtask attention, entropy, sharing and gradient conflicts of explainer runs. [coming next]"""
-    raise KdxError("analyze-conflicts is not available in this kdx build yet")
+def analyze_conflicts(
+    runs: List[Path] = typer.Argument(..., help="Explainer runs (or VAM student runs / checkpoints) to compare."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write the analysis to."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Dataset [the runs' own]."),
+    split: str = typer.Option("val", "--split", help="val (seeded like the run) | test."),
+    images: int = typer.Option(1024, "--images", "-n", help="Seeded subset of the split, the same for every run."),
+    label: Optional[List[str]] = typer.Option(None, "--label", "-l", help="Name of each run, one per run "
+                                              "[its objective; duplicates get -2, -3...]."),
+    batch_size: int = typer.Option(256, "--batch-size", "-b", help="Images per forward/backward chunk."),
+    conflict_images: Optional[int] = typer.Option(None, "--conflict-images", help="Gradient conflicts on the first "
+                                                  "N of the images [all]."),
+    conflicts: bool = typer.Option(True, "--conflicts/--no-conflicts", help="Compute gradient conflicts."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset folder [the run's]."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N | mps"),
+):
+    """Subtask attention, entropy, sharing, gradient conflicts and class clusters of explainer runs.
+
+    Typically the same data trained with ce, ls and kd; writes CSVs, clusters/layer{L}.json
+    (for the VAM hierarchy guidance), plots and report.md to --out (docs/analyze-conflicts.md).
+    """
+    from kdx.commands import analyze_conflicts as cmd
+
+    cmd.run(runs, dataset=dataset, split=split, images=images, labels=label, batch_size=batch_size, device=device,
+            out=out, data_root=data_root, conflict_images=conflict_images, conflicts=conflicts)
 
 
 @app.command("train-vam-student")
@@ -266,6 +287,43 @@ def train_vam_student(
                    hierarchy_stages=hierarchy_stages, compare=compare, seeds=seeds)
     cfg = make_config(VamConfig, VAM_PRESETS, vam_recipe, options)
     cmd.run(cfg)
+
+
+@app.command("pipeline")
+@handle_errors
+def pipeline_cmd(
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Study folder [runs/study-<preset>]."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Study TOML/JSON with [teacher], [explainer], "
+                                          "[analysis], [student] tables (or a study folder)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="demo | fashion-mnist | cifar10-paper | "
+                                         "cifar100-paper | tiny-imagenet [demo]."),
+    print_config: bool = typer.Option(False, "--print-config", help="Print the effective study config and exit."),
+    teacher: Optional[Path] = typer.Option(None, "--teacher", "-t", help="Use this teacher run instead of training one."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Repeat the whole study for these seeds, e.g. 0,1,2."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Override the preset's dataset."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset folder."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | mps."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="One line per epoch instead of progress bars."),
+):
+    """Run the whole study: teacher -> explainers (ce, ls, kd) -> analyze-conflicts -> VAM students.
+
+    Every step is an ordinary run directory under the study folder; a rerun skips finished
+    steps and resumes an interrupted one. Writes study_report.md and study_summary.csv.
+    """
+    from kdx.commands import pipeline as cmd
+
+    flags = {"teacher_run": str(teacher) if teacher else None, "dataset": dataset,
+             "data_root": str(data_root) if data_root else None, "device": device, "quiet": True if quiet else None}
+    if seeds:
+        try:
+            flags["seeds"] = [int(v) for v in seeds.split(",") if v.strip()]
+        except ValueError:
+            raise KdxError(f"--seeds must be comma-separated integers, got '{seeds}'") from None
+    study = cmd.build_study(preset, str(config) if config else None, flags)
+    if print_config:
+        typer.echo(cmd.print_config(study))
+        return
+    cmd.run(study, out or Path("runs") / f"study-{study['preset']}")
 
 
 @app.command("evaluate")

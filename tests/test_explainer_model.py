@@ -140,11 +140,12 @@ def test_import_matches_oracle(classes, head):
 
 def test_small_grayscale_and_large_inputs_match_oracle():
     torch.manual_seed(1)
-    for in_ch, size, large, experts in ((1, 28, False, (2, 4, 8)), (3, 64, True, (2, 4, 8, 16))):
+    # 28 px: 3x3 leaf maps; 64 px: stem + 4 layers, 1x1 leaf maps; 2 layers: 8x8 maps pooled DOWN to 7x7
+    for in_ch, size, large, experts in ((1, 28, False, (2, 4, 8)), (3, 64, True, (2, 4, 8, 16)), (3, 32, False, (2, 3))):
         oracle = randomize(OfficialExplainer(10, "ce", experts, in_ch=in_ch, large=large), seed=size).eval()
         model = from_official_state_dict(oracle.state_dict()).eval()
         assert model.use_stem == large and model.experts == experts
-        ref_model = KDExplainer(10, in_channels=in_ch, image_size=size)
+        ref_model = KDExplainer(10, in_channels=in_ch, image_size=size, experts=None if size != 32 else experts)
         assert ref_model.experts == experts and ref_model.use_stem == large
         assert layout(to_official_state_dict(ref_model)) == layout(oracle.state_dict())
         x = torch.randn(2, in_ch, size, size)
@@ -276,3 +277,13 @@ def test_experts_gradients_and_formats():
     model(x).sum().backward()
     assert torch.all(model.layers[0].bn1_num_batches_tracked == 1)
     assert model.branches[2].grad is not None
+
+
+def test_dropout_statistics():
+    from kdx.explainer.model import _dropout
+
+    x = torch.ones(400, 1000)
+    y = _dropout(x, 0.15, True)
+    assert abs((y == 0).float().mean().item() - 0.15) < 0.005
+    assert abs(y.mean().item() - 1.0) < 0.01
+    assert torch.equal(_dropout(x, 0.15, False), x) and torch.equal(_dropout(x, 0.0, True), x)

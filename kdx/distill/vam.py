@@ -113,9 +113,8 @@ class VAMStudent(nn.Module):
         the last normalisation layer of the student that writes the D final channels (or, if it
         has none, the head weight as a whole for every expert).
 
-        These are *views*, not autograd leaves: a gradient w.r.t. them is the gradient of the
-        full parameter sliced (``expert_channel_slices()``). Gradient conflicts between subtasks
-        on a virtual expert are best measured on the block features returned by
+        These are views of leaf parameters: ``kdx analyze-conflicts`` reads each subtask's
+        gradient through the same view. Block features for feature-level measurements:
         ``forward(x, return_experts=True)`` (docs/train-vam-student.md).
         """
         norm = self.expert_norm()

@@ -42,8 +42,10 @@ def prepare_run_dir(cfg, main_process: bool = True) -> Path:
     if not main_process:  # rank 0 checks and writes; the others wait at a barrier
         return out
     if cfg.resume:
-        if not has_resume(out) and not (out / MODEL_FILE).is_file():
-            raise KdxError(f"--resume {out}: the run has no resume/ state to continue from")
+        if not (out / "config.json").is_file():
+            raise KdxError(f"--resume {out}: no kdx run there (config.json is missing)")
+        # the trainer continues from resume/ state where there is one (every stage of a
+        # multi-stage run has its own) and starts a stage afresh where there is none
     elif out.exists():
         if not out.is_dir():
             raise KdxError(f"--out {out} exists and is not a directory")

@@ -47,6 +47,7 @@ Expert parameters for analysis: ``model.layers[l]`` holds the stacked parameters
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator, Mapping, Sequence
 
@@ -77,17 +78,31 @@ def _mix(a: Tensor, x: Tensor) -> Tensor:
     return y.permute([order.index(d) for d in range(x.dim())])
 
 
-def _adaptive_pool_flat(x: Tensor, pool: int) -> Tensor:
-    """adaptive_avg_pool2d(x[e], pool) flattened per leading index: (E, N, ch, h, w) -> (E, N*ch*pool*pool).
+@functools.lru_cache(maxsize=64)
+def _pool_matrix(h: int, w: int, pool: int, device: torch.device) -> Tensor:
+    """``adaptive_avg_pool2d(., pool)`` of an h x w map as an (h*w, pool*pool) matrix (fp32,
+    cached, never modified): the Kronecker product of the per-axis bin-averaging matrices."""
+    def axis(n: int) -> Tensor:
+        m = torch.zeros(n, pool, device=device)
+        for p in range(pool):
+            lo, hi = (p * n) // pool, -((-(p + 1) * n) // pool)  # floor, ceil: torch's adaptive bins
+            m[lo:hi, p] = 1.0 / (hi - lo)
+        return m
+    return torch.kron(axis(h), axis(w))
 
-    Small maps use the pooling as a matmul with its (h*w, pool*pool) averaging matrix (the CPU
-    backward of an upsampling adaptive pool is slow); big maps use the pooling op."""
-    E, N, ch, h, w = x.shape
-    if h * w > 256:
-        return F.adaptive_avg_pool2d(x.flatten(0, 1), pool).reshape(E, -1)
-    basis = torch.eye(h * w, device=x.device).view(h * w, 1, h, w)
-    m = F.adaptive_avg_pool2d(basis, pool).view(h * w, pool * pool)
-    return torch.matmul(x.flatten(3), m.to(x.dtype)).reshape(E, -1)
+
+def _dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """Dropout. On CPU the keep-mask is drawn as 16-bit integers (4 per 64-bit random number;
+    torch's CPU bernoulli draws one serial random number per element, several times slower):
+    drop probability round(p * 2^16) / 2^16 (within 8e-6 of p), survivors scaled to stay unbiased."""
+    if not training or p == 0:
+        return x
+    if x.device.type != "cpu":
+        return F.dropout(x, p, True)
+    t = round(p * 65536)
+    bits = torch.randint(-2 ** 63, 2 ** 63 - 1, ((x.numel() + 3) // 4,), dtype=torch.int64)
+    keep = bits.view(torch.int16)[: x.numel()].view(x.shape) >= t - 32768
+    return x * keep * (65536 / (65536 - t))
 
 
 class ExpertLayer(nn.Module):
@@ -141,16 +156,18 @@ class ExpertLayer(nn.Module):
 
 
 class LeafHeads(nn.Module):
-    """C per-class MLP heads stored stacked: w1 (C, hidden, features), w2 (C, hidden, hidden), w3 (C, k, hidden)."""
+    """C per-class MLP heads stored stacked in ``x @ W`` layout: w1 (C, features, hidden),
+    w2 (C, hidden, hidden), w3 (C, hidden, k); biases (C, hidden) / (C, k).
+    (The official ``fc1_c.0.weight`` is ``w1[c].t()``.)"""
 
     def __init__(self, classes: int, features: int, hidden: int, outputs: int, dropout: float):
         super().__init__()
         self.dropout = dropout
-        self.w1 = nn.Parameter(torch.empty(classes, hidden, features))
+        self.w1 = nn.Parameter(torch.empty(classes, features, hidden))
         self.b1 = nn.Parameter(torch.empty(classes, hidden))
         self.w2 = nn.Parameter(torch.empty(classes, hidden, hidden))
         self.b2 = nn.Parameter(torch.empty(classes, hidden))
-        self.w3 = nn.Parameter(torch.empty(classes, outputs, hidden))
+        self.w3 = nn.Parameter(torch.empty(classes, hidden, outputs))
         self.b3 = nn.Parameter(torch.empty(classes, outputs))
         self.reset_parameters()
 
@@ -160,13 +177,13 @@ class LeafHeads(nn.Module):
                 w.normal_(0.0, 0.01)
                 b.zero_()
 
-    def forward(self, z: Tensor) -> Tensor:
-        """z: (C, N, features) -> (C, N, k)."""
-        h = F.relu(torch.baddbmm(self.b1.unsqueeze(1), z, self.w1.transpose(1, 2)))
-        h = F.dropout(h, self.dropout, self.training)
-        h = F.relu(torch.baddbmm(self.b2.unsqueeze(1), h, self.w2.transpose(1, 2)))
-        h = F.dropout(h, self.dropout, self.training)
-        return torch.baddbmm(self.b3.unsqueeze(1), h, self.w3.transpose(1, 2))
+    def forward(self, z: Tensor, w1: Tensor | None = None) -> Tensor:
+        """z: (C, N, features) -> (C, N, k); ``w1`` replaces ``self.w1`` (pool folded into it)."""
+        h = F.relu(torch.baddbmm(self.b1.unsqueeze(1), z, self.w1 if w1 is None else w1))
+        h = _dropout(h, self.dropout, self.training)
+        h = F.relu(torch.baddbmm(self.b2.unsqueeze(1), h, self.w2))
+        h = _dropout(h, self.dropout, self.training)
+        return torch.baddbmm(self.b3.unsqueeze(1), h, self.w3)
 
 
 class KDExplainer(nn.Module):
@@ -300,9 +317,17 @@ class KDExplainer(nn.Module):
             y = layer(x)
             outs.append(y)
             x = _mix(a, y)
-        z = _adaptive_pool_flat(outs[-1], self.pool)  # (E_last, N * ch * pool * pool), official flatten order
-        z = _mix(weights[-1], z).view(self.num_classes, outs[-1].shape[1], -1)  # (C, N, features)
-        leaf = self.heads(z)
+        last, q, w1 = outs[-1], self.pool * self.pool, None
+        E, N, ch, h, w = last.shape
+        if h * w < q:  # upsampling pool (CIFAR: 4x4 -> 7x7): fold it into the first head Linear
+            with torch.autocast(x.device.type, enabled=False):  # fold in fp32, cast the smaller result
+                w1 = self.heads.w1.view(self.num_classes, ch, q, -1)
+                w1 = torch.matmul(_pool_matrix(h, w, self.pool, x.device).to(w1.dtype), w1).view(self.num_classes, ch * h * w, -1)
+            z = last.reshape(E, -1)
+        else:  # pool each parent first, as a matmul (the CPU backward of adaptive pooling is slow)
+            z = torch.matmul(last.flatten(3), _pool_matrix(h, w, self.pool, x.device).to(last.dtype)).reshape(E, -1)
+        z = _mix(weights[-1], z).view(self.num_classes, N, -1)  # (C, N, features), NCHW flatten order
+        leaf = self.heads(z, w1)
         logits = (leaf[..., 0] if self.head_type == "ce" else leaf.amax(dim=-1)).t()
         if return_experts:
             return logits, [o.transpose(0, 1) for o in outs]
@@ -325,14 +350,14 @@ def _official_pairs(model: KDExplainer) -> Iterator[tuple[str, Tensor]]:
         yield f"branch_{l + 2}.0", model.branches[l]
     h = model.heads
     for c in range(model.num_classes):
-        yield from ((f"fc1_{c}.0.weight", h.w1[c]), (f"fc1_{c}.0.bias", h.b1[c]),
-                    (f"fc2_{c}.0.weight", h.w2[c]), (f"fc2_{c}.0.bias", h.b2[c]),
-                    (f"fc2_{c}.3.weight", h.w3[c]), (f"fc2_{c}.3.bias", h.b3[c]))
+        yield from ((f"fc1_{c}.0.weight", h.w1[c].t()), (f"fc1_{c}.0.bias", h.b1[c]),
+                    (f"fc2_{c}.0.weight", h.w2[c].t()), (f"fc2_{c}.0.bias", h.b2[c]),
+                    (f"fc2_{c}.3.weight", h.w3[c].t()), (f"fc2_{c}.3.bias", h.b3[c]))
 
 
 def to_official_state_dict(model: KDExplainer) -> dict[str, Tensor]:
     """The model's weights under the official names and shapes (stem, BN stats and counters included)."""
-    return {k: v.detach().clone() for k, v in _official_pairs(model)}
+    return {k: v.detach().clone(memory_format=torch.contiguous_format) for k, v in _official_pairs(model)}
 
 
 def _get(sd: Mapping[str, Tensor], key: str) -> Tensor:

@@ -1,0 +1,101 @@
+"""report.md: what was analysed, a table per run, the plots, and comparisons computed from the numbers."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+SMALL = 0.05  # relative differences below 5 % are called "about the same"
+
+
+def _fmt(v, pct=False):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{100 * v:.1f}%" if pct else f"{v:.3f}"
+
+
+def _compare(a: float, b: float) -> str:
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return "n/a"
+    if b == 0:
+        return "equal" if a == 0 else "higher"
+    rel = (a - b) / abs(b)
+    if abs(rel) < SMALL:
+        return f"{rel:+.0%}, about the same"
+    return f"{rel:+.0%}"
+
+
+def comparisons(summary: pd.DataFrame, layers: int) -> list[str]:
+    """Sentences comparing the runs: entropy per layer and conflict rates, reference = the kd run
+    (or the first run) against every other run."""
+    if len(summary) < 2:
+        return []
+    objs = list(summary["objective"])
+    ref = summary.iloc[objs.index("kd")] if "kd" in objs else summary.iloc[0]
+    out = []
+    for _, other in summary.iterrows():
+        if other["run"] == ref["run"]:
+            continue
+        for l in range(1, layers + 1):
+            a, b = ref.get(f"norm_entropy_l{l}", math.nan), other.get(f"norm_entropy_l{l}", math.nan)
+            out.append(f"layer {l}: {ref['run']} mean normalised attention entropy {_fmt(a)} vs "
+                       f"{other['run']} {_fmt(b)} ({_compare(a, b)})")
+        for sig in ("objective", "ce"):
+            a, b = ref.get(f"conflict_rate_{sig}", math.nan), other.get(f"conflict_rate_{sig}", math.nan)
+            out.append(f"gradient conflict rate ({sig} signal): {ref['run']} {_fmt(a, True)} vs "
+                       f"{other['run']} {_fmt(b, True)} ({_compare(a, b)})")
+    return out
+
+
+def write_report(info: dict, summary: pd.DataFrame, subtasks: pd.DataFrame, plots: dict, layers: int) -> str:
+    lines = ["# analyze-conflicts report", ""]
+    lines += [f"- dataset: `{info['dataset']}`, split `{info['split']}`, {info['images']} images "
+              f"(seeded subset, seed {info['seed']}, the same images for every run); "
+              f"gradient conflicts on {info['conflict_images']} of them",
+              "- attention modes: `soft` (the run's final tau) and `hard` (argmax routing); gradients, "
+              "accuracy and AUROC under each run's own routing (stage 2: hard; stage 1: soft at final tau), eval mode",
+              "- runs:"]
+    for r in info["runs"]:
+        lines.append(f"  - **{r['label']}**: `{r['path']}` (objective {r['objective']}, stage {r['stage']}, "
+                     f"routing {r['routing']}, tau {r['tau']:.4g}){' — ' + r['note'] if r.get('note') else ''}")
+    lines += ["", "## Summary", ""]
+    cols = ["run", "objective", "accuracy"] + [f"norm_entropy_l{l}" for l in range(1, layers + 1)] + \
+        ["conflict_rate_objective", "conflict_rate_ce", "weighted_conflict_objective", "weighted_conflict_ce"] + \
+        [f"clusters_l{l}" for l in range(1, layers + 1)]
+    cols = [c for c in cols if c in summary.columns]
+    lines.append("| " + " | ".join(cols) + " |")
+    lines.append("|" + "---|" * len(cols))
+    for _, row in summary.iterrows():
+        cells = []
+        for c in cols:
+            v = row[c]
+            if isinstance(v, float):
+                cells.append(_fmt(v, pct=c.startswith(("accuracy", "conflict_rate"))))
+            else:
+                cells.append(str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    comp = comparisons(summary, layers)
+    if comp:
+        lines += ["", "## Comparison", "", f"(relative differences under {SMALL:.0%} are called about the same)", ""]
+        lines += [f"- {s}" for s in comp]
+    lines += ["", "## Per run", ""]
+    for r in info["runs"]:
+        lab = r["label"]
+        lines += [f"### {lab}", ""]
+        st = subtasks[subtasks["run"] == lab]
+        if len(st) <= 20:
+            lines.append("| class | images | one-vs-rest acc | AUROC (logit) | class top-1 |")
+            lines.append("|---|---|---|---|---|")
+            for _, s in st.iterrows():
+                lines.append(f"| {s['class_name']} | {s['support']} | {_fmt(s['ovr_accuracy'], True)} | "
+                             f"{_fmt(s['auroc'])} | {_fmt(s['class_top1'], True)} |")
+        else:
+            lines.append(f"{len(st)} subtasks: mean AUROC {_fmt(float(st['auroc'].mean()))}, "
+                         f"mean one-vs-rest accuracy {_fmt(float(st['ovr_accuracy'].mean()), True)} (see subtasks.csv)")
+        lines.append("")
+        for title, rel in plots.get(lab, []):
+            lines += [f"**{title}**", "", f"![{title}]({rel})", ""]
+    for title, rel in plots.get("", []):
+        lines += [f"**{title}**", "", f"![{title}]({rel})", ""]
+    lines += ["Column definitions: docs/analyze-conflicts.md.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,375 @@
+"""`kdx analyze-conflicts`: subtask attention, entropy, sharing, gradient conflicts, class clusters
+and per-subtask metrics of one or more explainer (or VAM student) runs. See docs/analyze-conflicts.md.
+
+This module only wires :mod:`kdx.analysis` together: loading runs and data, writing files.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from kdx.analysis import attention as att_mod
+from kdx.analysis import clusters as cl_mod
+from kdx.analysis import conflicts as cf_mod
+from kdx.analysis import metrics as mt_mod
+from kdx.analysis import plots as pl_mod
+from kdx.analysis.report import write_report
+from kdx.analysis.routed import as_routed, check_routed, routing_matrices
+from kdx.engine import checkpoint as ckpt
+from kdx.engine.io import atomic_write_csv, atomic_write_text
+from kdx.errors import KdxError
+
+COLUMNS = {
+    "subtask_attention": ["run", "mode", "layer", "subtask", "class_name", "expert", "weight"],
+    "entropy": ["run", "mode", "layer", "subtask", "class_name", "entropy", "normalised_entropy"],
+    "sharing": ["run", "mode", "layer", "subtask_i", "subtask_j", "overlap"],
+    "conflicts": ["run", "signal", "layer", "expert", "subtask_i", "subtask_j", "cosine", "shared_weight"],
+    "subtasks": ["run", "subtask", "class_name", "support", "ovr_accuracy", "auroc", "class_top1"],
+    "clusters": ["run", "layer", "cluster", "expert", "class", "class_name"],
+}
+ROUTED_KINDS = ("explainer", "vam-student")
+
+
+def _warn(msg: str) -> None:
+    Console(stderr=True).print(f"[yellow]kdx: warning:[/yellow] {msg}", highlight=False)
+
+
+def _run_config(file: Path) -> dict:
+    for d in (file.parent, file.parent.parent):
+        f = d / "config.json"
+        if f.is_file():
+            try:
+                return json.loads(f.read_text())
+            except ValueError:
+                raise KdxError(f"{f}: not valid JSON") from None
+    return {}
+
+
+def load_run(path: Path) -> dict:
+    file = ckpt.resolve_checkpoint(path)
+    meta = ckpt.read_metadata(file)
+    kind = meta.get("kind", "classifier")
+    if kind not in ROUTED_KINDS:
+        raise KdxError(f"{path} is a '{kind}' checkpoint, not an explainer or VAM student run")
+    model, meta = ckpt.load_model(file)
+    routed = as_routed(model)
+    check_routed(routed)
+    return {"path": str(path), "file": file, "meta": meta, "model": routed, "config": _run_config(file)}
+
+
+def _labels(runs: list[dict], labels: list[str] | None) -> list[str]:
+    if labels:
+        if len(labels) != len(runs):
+            raise KdxError(f"--label given {len(labels)} times for {len(runs)} runs; give one per run")
+        base = list(labels)
+    else:
+        base = [str(r["meta"].get("objective") or r["meta"].get("kind")) for r in runs]
+    out, seen = [], {}
+    for b in base:
+        seen[b] = seen.get(b, 0) + 1
+        out.append(b if seen[b] == 1 else f"{b}-{seen[b]}")
+    if len(set(out)) != len(out):  # a suffixed name collided with a given one
+        out = [f"{b}-{i + 1}" for i, b in enumerate(base)]
+    return out
+
+
+def _check_same_task(runs: list[dict]) -> None:
+    first = runs[0]["meta"]
+    for r in runs[1:]:
+        m = r["meta"]
+        if int(m.get("num_classes", -1)) != int(first.get("num_classes", -1)):
+            raise KdxError(f"{r['path']} has {m.get('num_classes')} classes but {runs[0]['path']} has "
+                           f"{first.get('num_classes')}: compare runs of the same dataset")
+        if m.get("class_names") and first.get("class_names") and m["class_names"] != first["class_names"]:
+            raise KdxError(f"{r['path']} and {runs[0]['path']} have different class names")
+        if m.get("dataset") != first.get("dataset"):
+            raise KdxError(f"{r['path']} was trained on '{m.get('dataset')}' but {runs[0]['path']} on "
+                           f"'{first.get('dataset')}': compare runs of the same dataset")
+        if m.get("input_shape") != first.get("input_shape"):
+            raise KdxError(f"{r['path']} and {runs[0]['path']} take different input shapes")
+
+
+def _load_images(runs, dataset, split, images, batch_size, device, data_root):
+    from kdx.data import load_dataset, make_loader
+
+    meta, cfg = runs[0]["meta"], runs[0]["config"]
+    dataset = dataset or meta.get("dataset")
+    if not dataset:
+        raise KdxError(f"{runs[0]['path']} does not record its dataset; pass --dataset")
+    seed = int(cfg.get("seed", meta.get("seed", 0)) or 0)
+    vf = float(cfg.get("val_fraction", 0.1) if cfg.get("val_fraction") is not None else 0.1)
+    root = str(data_root) if data_root else cfg.get("data_root")
+    bundle = load_dataset(dataset, root=root, download=False, val_fraction=vf if split == "val" else 0.0, seed=seed)
+    n_cls = int(meta.get("num_classes", bundle.num_classes))
+    if n_cls != bundle.num_classes:
+        raise KdxError(f"{runs[0]['path']} predicts {n_cls} classes but dataset '{bundle.name}' has {bundle.num_classes}")
+    shape = meta.get("input_shape")
+    if shape and int(shape[0]) != bundle.in_channels:
+        raise KdxError(f"{runs[0]['path']} takes {shape[0]}-channel input but '{bundle.name}' has {bundle.in_channels}")
+    data = bundle.val if split == "val" else bundle.test
+    if data is None:
+        raise KdxError(f"dataset '{dataset}' has no validation split (val_fraction {vf}); use --split test")
+    n = min(images, len(data))
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(data), generator=g)[:n].sort().values
+    data = data.subset(idx)
+    loader = make_loader(data, batch_size, train=False, device=device, mean=bundle.mean, std=bundle.std)
+    batches = list(loader.batches(0))
+    info = {"dataset": dataset, "split": split, "images": n, "seed": seed, "val_fraction": vf}
+    return bundle, batches, info
+
+
+def _teacher_logits(run, bundle, batches):
+    from kdx.distill.task import load_teacher
+
+    rec = run["meta"].get("teacher") or {}
+    path = rec.get("path")
+    if not path:
+        return None, "the run's metadata names no teacher"
+    cands = [Path(path), Path(run["file"]).parent / path, Path(run["file"]).parent.parent / path]
+    found = next((c for c in cands if c.exists()), None)
+    if found is None:
+        return None, f"teacher {path} not found"
+    teacher, _ = load_teacher(found, bundle)
+    dev = batches[0][0].device
+    teacher.to(dev).eval()
+    with torch.no_grad():
+        return [teacher(x).float() for x, _ in batches], None
+
+
+def _attention_rows(label, mode, att, names):
+    rows_a, rows_e, rows_s = [], [], []
+    for l, a in enumerate(att, start=1):
+        c, e = a.shape
+        for i in range(c):
+            for j in range(e):
+                rows_a.append((label, mode, l, i, names[i], j, float(a[i, j])))
+        h, hn = att_mod.entropy(a), att_mod.normalised_entropy(a)
+        for i in range(c):
+            rows_e.append((label, mode, l, i, names[i], float(h[i]), float(hn[i])))
+        ov = att_mod.overlap(a)
+        iu = torch.triu_indices(c, c, offset=1)
+        rows_s.append(pd.DataFrame({"run": label, "mode": mode, "layer": l, "subtask_i": iu[0].numpy(),
+                                    "subtask_j": iu[1].numpy(), "overlap": ov[iu[0], iu[1]].numpy()}))
+    return rows_a, rows_e, rows_s
+
+
+def _conflict_matrix(frame: pd.DataFrame, signal: str, layer: int, c: int):
+    import numpy as np
+
+    f = frame[(frame["signal"] == signal) & (frame["layer"] == layer) & (frame["shared_weight"] > 0)]
+    mat = np.full((c, c), np.nan)
+    if len(f):
+        m = f.groupby(["subtask_i", "subtask_j"])["cosine"].mean()
+        for (i, j), v in m.items():
+            mat[i, j] = mat[j, i] = v
+    for i in range(c):
+        mat[i, i] = 1.0
+    return mat
+
+
+def analyse_run(run, label, bundle, batches, conflict_images, do_conflicts, names):
+    model, meta = run["model"], run["meta"]
+    t0 = time.time()
+    mode = "soft" if model.routing == "gumbel" else model.routing
+    model.routing = mode
+    final_tau = float((meta.get("tau_schedule") or {}).get("final_tau") or model.tau)
+    # logits under the run's own routing
+    with torch.no_grad():
+        logits = torch.cat([model(x).float() for x, _ in batches]).cpu()
+    y = torch.cat([yy for _, yy in batches]).cpu()
+    sub = pd.DataFrame(mt_mod.subtask_metrics(logits, y))
+    sub.insert(0, "run", label)
+    sub.insert(2, "class_name", [names[c] for c in sub["subtask"]])
+    att = {"soft": att_mod.compose(routing_matrices(model, "soft", final_tau)),
+           "hard": att_mod.compose(routing_matrices(model, "hard"))}
+    groups = cl_mod.hard_clusters(att["hard"])
+    out = {"label": label, "subtasks": sub, "attention": att, "groups": groups, "mode": mode, "tau": final_tau,
+           "accuracy": float((logits.argmax(1) == y).double().mean()), "note": ""}
+    # gradient conflicts under the run's own routing (attention of that mode gives shared_weight)
+    frame = pd.DataFrame(columns=COLUMNS["conflicts"])
+    if do_conflicts and not hasattr(model, "expert_param_groups"):
+        _warn(f"{label}: model has no expert_param_groups(); no gradient conflicts")
+    elif do_conflicts:
+        objective = str(meta.get("objective") or "ce")
+        losses, notes = {}, []
+        teacher = None
+        try:
+            fn = cf_mod.loss_for(objective, meta.get("objective_params"))
+            if fn.needs_teacher:
+                teacher, why = _teacher_logits(run, bundle, batches)
+                if teacher is None:
+                    _warn(f"{label}: {why}; skipping the 'objective' conflict signal")
+                    notes.append(f"objective signal skipped ({why})")
+                    fn = None
+            if fn is not None and objective != "ce":
+                losses["objective"] = fn
+        except KdxError as exc:
+            _warn(f"{label}: objective '{objective}' cannot be evaluated ({exc}); skipping the 'objective' signal")
+            notes.append("objective signal skipped")
+        losses["ce"] = cf_mod.loss_for("ce", None)
+        # the first `conflict_images` images, in batches
+        cbatches, left = [], conflict_images
+        for i, (x, yy) in enumerate(batches):
+            if left <= 0:
+                break
+            t = teacher[i][:left] if teacher is not None and "objective" in losses else None
+            cbatches.append((x[:left], yy[:left], t))
+            left -= len(x[:left])
+        total = sum(len(b[1]) for b in cbatches)
+        comp = cf_mod.subtask_components(model, cbatches, losses, total)
+        mode_att = att_mod.compose(routing_matrices(model, mode))
+        frame = cf_mod.conflict_frame(comp, mode_att, label)
+        if objective == "ce" and not notes:  # the run's own loss is ce: the same numbers
+            frame = pd.concat([frame, frame[frame["signal"] == "ce"].assign(signal="objective")], ignore_index=True)
+        out["note"] = "; ".join(notes)
+    out["conflicts"] = frame
+    out["seconds"] = time.time() - t0
+    return out
+
+
+def run(runs: list[Path], *, dataset=None, split="val", images=1024, labels=None, batch_size=256, device="cpu",
+        out: Path, data_root=None, conflict_images=None, conflicts=True) -> dict:
+    from kdx.engine.device import resolve_device
+
+    if not runs:
+        raise KdxError("give at least one run")
+    if split not in ("val", "test"):
+        raise KdxError(f"--split must be val or test, got '{split}'")
+    if images < 2:
+        raise KdxError("--images must be >= 2")
+    if batch_size < 1:
+        raise KdxError("--batch-size must be >= 1")
+    if conflict_images is not None and conflict_images < 1:
+        raise KdxError("--conflict-images must be >= 1")
+    dev = resolve_device(device)
+    loaded = [load_run(Path(p)) for p in runs]
+    _check_same_task(loaded)
+    names_ = _labels(loaded, labels)
+    for r in loaded:
+        r["model"].to(dev).eval()
+    bundle, batches, info = _load_images(loaded, dataset, split, images, batch_size, dev, data_root)
+    names = list(loaded[0]["meta"].get("class_names") or bundle.class_names)
+    info["conflict_images"] = min(conflict_images or info["images"], info["images"]) if conflicts else 0
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for r, label in zip(loaded, names_):
+        res = analyse_run(r, label, bundle, batches, info["conflict_images"], conflicts, names)
+        res.update(path=r["path"], meta=r["meta"])
+        results.append(res)
+
+    # ---- tables
+    att_rows, ent_rows, share_frames, conflict_frames, sub_frames, cl_rows, summary = [], [], [], [], [], [], []
+    n_layers = max(len(res["attention"]["soft"]) for res in results)
+    for res in results:
+        lab = res["label"]
+        for mode in ("soft", "hard"):
+            a, e, s = _attention_rows(lab, mode, res["attention"][mode], names)
+            att_rows += a
+            ent_rows += e
+            share_frames += s
+        conflict_frames.append(res["conflicts"])
+        sub_frames.append(res["subtasks"])
+        cl_rows += cl_mod.cluster_rows(res["groups"], names, lab)
+        row = {"run": lab, "path": res["path"], "objective": res["meta"].get("objective"),
+               "kind": res["meta"].get("kind"), "stage": res["meta"].get("stage"), "routing": res["mode"],
+               "tau": res["tau"], "images": info["images"], "accuracy": res["accuracy"]}
+        for l, a in enumerate(res["attention"]["soft"], start=1):
+            row[f"entropy_l{l}"] = float(att_mod.entropy(a).mean())
+            row[f"norm_entropy_l{l}"] = float(att_mod.normalised_entropy(a).mean())
+        for sig in ("objective", "ce"):
+            st = cf_mod.conflict_stats(res["conflicts"], sig)
+            row[f"conflict_rate_{sig}"] = st["conflict_rate"]
+            row[f"weighted_conflict_{sig}"] = st["weighted_conflict"]
+            row[f"mean_cosine_{sig}"] = st["mean_cosine"]
+            row[f"shared_pairs_{sig}"] = st["pairs"]
+        for l, groups in enumerate(res["groups"], start=1):
+            row[f"clusters_l{l}"] = len(groups)
+        row["seconds"] = round(res["seconds"], 2)
+        summary.append(row)
+    tables = {
+        "subtask_attention": pd.DataFrame(att_rows, columns=COLUMNS["subtask_attention"]),
+        "entropy": pd.DataFrame(ent_rows, columns=COLUMNS["entropy"]),
+        "sharing": pd.concat(share_frames, ignore_index=True)[COLUMNS["sharing"]],
+        "conflicts": pd.concat(conflict_frames, ignore_index=True)[COLUMNS["conflicts"]],
+        "subtasks": pd.concat(sub_frames, ignore_index=True)[COLUMNS["subtasks"]],
+        "clusters": pd.DataFrame(cl_rows, columns=COLUMNS["clusters"]),
+        "summary": pd.DataFrame(summary),
+    }
+    for name, frame in tables.items():
+        atomic_write_csv(out / f"{name}.csv", frame)
+
+    # ---- clusters/*.json: per run under clusters/<label>/, the kd run's (or the first) at clusters/
+    objs = [res["meta"].get("objective") for res in results]
+    main = results[objs.index("kd")] if "kd" in objs else results[0]
+    for res in results:
+        targets = [out / "clusters" / res["label"]] if len(results) > 1 else []
+        if res is main:
+            targets.append(out / "clusters")
+        for d in targets:
+            for l, groups in enumerate(res["groups"], start=1):
+                doc = cl_mod.cluster_json(groups, l, names, res["label"])
+                atomic_write_text(d / f"layer{l}.json", json.dumps(doc, indent=1) + "\n")
+
+    # ---- plots
+    pdir = out / "plots"
+    plots: dict = {}
+    for res in results:
+        lab = res["label"]
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in lab)
+        items = []
+        for l, a in enumerate(res["attention"]["soft"], start=1):
+            f = pl_mod.attention_heatmap(a.numpy(), names, f"{lab}: subtask attention over layer-{l} experts "
+                                         f"(soft, tau {res['tau']:.3g})", pdir / f"attention_{safe}_layer{l}.png")
+            items.append((f"{lab}: attention, layer {l}", f"plots/{f.name}"))
+        f = pl_mod.tree_plot(res["groups"], names, f"{lab}: class tree under hard routing", pdir / f"tree_{safe}.png")
+        items.append((f"{lab}: class tree", f"plots/{f.name}"))
+        fr = res["conflicts"]
+        sig = "objective" if (fr["signal"] == "objective").any() else "ce"
+        if len(fr):
+            mats = [_conflict_matrix(fr, sig, l, len(names)) for l in range(1, len(res["attention"]["soft"]) + 1)]
+            f = pl_mod.conflict_matrices(mats, names, f"{lab}: gradient cosine between subtasks ({sig} signal), "
+                                         "mean over shared experts", pdir / f"conflicts_{safe}.png")
+            items.append((f"{lab}: gradient conflicts ({sig})", f"plots/{f.name}"))
+        plots[lab] = items
+    f = pl_mod.entropy_bars(tables["summary"], n_layers, pdir / "entropy.png")
+    plots[""] = [("attention entropy per layer, all runs", f"plots/{f.name}")]
+
+    # ---- report
+    info["runs"] = [{"label": res["label"], "path": res["path"], "objective": res["meta"].get("objective"),
+                     "stage": res["meta"].get("stage"), "routing": res["mode"], "tau": res["tau"], "note": res["note"]}
+                    for res in results]
+    text = write_report(info, tables["summary"], tables["subtasks"], plots, n_layers)
+    atomic_write_text(out / "report.md", text)
+    _print_summary(tables["summary"], n_layers, out)
+    return {"out": str(out), "summary": tables["summary"]}
+
+
+def _print_summary(summary: pd.DataFrame, layers: int, out: Path) -> None:
+    def f(v, pct=False):
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return "-"
+        return f"{100 * v:.1f}%" if pct else f"{v:.3f}"
+
+    table = Table(title="analyze-conflicts")
+    cols = ["run", "objective", "top-1"] + [f"H/logE L{l}" for l in range(1, layers + 1)] + \
+        ["conflict obj", "conflict ce", "w-conflict obj"] + [f"clusters L{l}" for l in range(1, layers + 1)] + ["s"]
+    for c in cols:
+        table.add_column(c, justify="left" if c in ("run", "objective") else "right")
+    for _, r in summary.iterrows():
+        table.add_row(str(r["run"]), str(r["objective"]), f(r["accuracy"], True),
+                      *[f(r.get(f"norm_entropy_l{l}", math.nan)) for l in range(1, layers + 1)],
+                      f(r["conflict_rate_objective"], True), f(r["conflict_rate_ce"], True),
+                      f(r["weighted_conflict_objective"]),
+                      *[str(r.get(f"clusters_l{l}", "-")) for l in range(1, layers + 1)], f"{r['seconds']:.1f}")
+    console = Console()
+    console.print(table)
+    console.print(f"analysis written to {out} (report.md, *.csv, clusters/, plots/)")

@@ -1,0 +1,144 @@
+"""study_report.md + study_summary.csv of `kdx pipeline`."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from kdx.engine.io import atomic_write_csv, atomic_write_text
+
+
+def md_table(frame: pd.DataFrame, floatfmt: str = "{:.4g}") -> str:
+    """A pandas frame as a GitHub markdown table (no extra dependency)."""
+    if frame is None or frame.empty:
+        return "_(none)_\n"
+
+    def cell(v):
+        if isinstance(v, float):
+            return "" if pd.isna(v) else floatfmt.format(v)
+        return str(v)
+
+    cols = [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(cell(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _pct(v) -> str:
+    return "-" if v is None or (isinstance(v, float) and pd.isna(v)) else f"{100 * v:.2f}%"
+
+
+def _rel(path: Path, start: Path) -> str:
+    return os.path.relpath(path, start)
+
+
+def collect(study: dict, seed: int, paths: dict) -> list[dict]:
+    """One row per trained thing of a seed: teacher, each explainer, each student method."""
+    rows = []
+    t = _json(paths["teacher"] / "results.json")
+    rows.append({"seed": seed, "component": "teacher", "name": study["teacher"].get("arch", "teacher"),
+                 "test_top1_best": t.get("test_top1_best"), "test_top1_last": t.get("test_top1_last"),
+                 "best_epoch": t.get("best_epoch")})
+    analysis = paths["analysis"] / "summary.csv"
+    asum = pd.read_csv(analysis) if analysis.is_file() else pd.DataFrame()
+    for obj in study["objectives"]:
+        r = _json(paths[f"explainer-{obj}"] / "results.json")
+        row = {"seed": seed, "component": "explainer", "name": obj, "test_top1_best": r.get("test_top1_best"),
+               "test_top1_last": r.get("test_top1_last"), "best_epoch": r.get("best_epoch")}
+        if not asum.empty and "run" in asum.columns:
+            match = asum[asum["run"] == obj]
+            if len(match):
+                for col in asum.columns:
+                    if col.startswith(("entropy", "normalised_entropy", "norm_entropy", "conflict", "clusters")):
+                        row[col] = match.iloc[0][col]
+        rows.append(row)
+    comp = paths["students"] / "comparison.csv"
+    if comp.is_file():
+        frame = pd.read_csv(comp)
+        for rec in frame.to_dict("records"):
+            rows.append({"seed": seed, "component": "student", "name": rec.get("method"),
+                         "student_seed": rec.get("seed"),
+                         "test_top1_best": rec.get("test_top1_best"), "test_top1_last": rec.get("test_top1_last"),
+                         "best_epoch": rec.get("best_epoch"), "params": rec.get("params"), "macs": rec.get("macs")})
+    return rows
+
+
+def write_report(study: dict, out: Path, per_seed: dict, log: list, seconds: float) -> pd.DataFrame:
+    from kdx.commands.pipeline import environment, reproduce_commands
+
+    rows = []
+    for seed, paths in per_seed.items():
+        rows.extend(collect(study, seed, paths))
+    summary = pd.DataFrame(rows)
+    atomic_write_csv(out / "study_summary.csv", summary)
+
+    env = environment()
+    seed0, paths0 = next(iter(per_seed.items()))
+    lines = [f"# kdx study: {study.get('preset', 'custom')} on {study.get('dataset')}", ""]
+    if study.get("notes"):
+        lines += [f"> {study['notes']}", ""]
+    lines += ["## Environment", "",
+              md_table(pd.DataFrame([env])), "",
+              f"Wall time of this invocation: {seconds / 60:.1f} min (steps finished earlier were skipped).", "",
+              "## Reproduce", "", "```bash", *reproduce_commands(study, out), "```", "",
+              "The effective study config is `study.json`; each step's own `config.json` reproduces that step.", ""]
+
+    lines += ["## Teacher", ""]
+    teach = summary[summary["component"] == "teacher"]
+    lines.append(md_table(teach[["seed", "name", "best_epoch", "test_top1_best", "test_top1_last"]]))
+
+    lines += ["## Explainers", "",
+              "Test top-1 of the final (stage-2, hard-routing) explainer; entropy and conflicts from `analysis/`.", ""]
+    expl = summary[summary["component"] == "explainer"].dropna(axis=1, how="all")
+    lines.append(md_table(expl.drop(columns=["component"])))
+    report = paths0["analysis"] / "report.md"
+    if report.is_file():
+        lines += ["", f"Full analysis: [{_rel(report, out)}]({_rel(report, out)}).", ""]
+        sentences = [ln for ln in report.read_text().splitlines() if ln.lstrip().startswith(("- layer", "* layer", "- Layer"))]
+        if sentences:
+            lines += ["Findings (computed from the numbers):", "", *sentences[:12], ""]
+
+    tree_file = paths0.get("explainer-kd", paths0[f"explainer-{study['objectives'][-1]}"]) / "tree.json"
+    tree = _json(tree_file)
+    if tree:
+        lines += ["## The class tree (hard routing)", "", f"From `{_rel(tree_file, out)}`.", ""]
+        for layer in tree.get("layers", []):
+            groups = [" / ".join(g["names"]) for g in layer["groups"] if g["classes"]]
+            lines.append(f"- layer {layer['layer']}: " + "; ".join(f"{{{g}}}" for g in groups))
+        lines.append("")
+
+    plots = sorted((paths0["analysis"] / "plots").glob("*.png")) if (paths0["analysis"] / "plots").is_dir() else []
+    if plots:
+        lines += ["## Plots", ""]
+        for p in plots[:12]:
+            lines += [f"![{p.stem}]({_rel(p, out)})", ""]
+
+    lines += ["## Students: with and without VAM", ""]
+    stud = summary[summary["component"] == "student"]
+    if not stud.empty:
+        agg = stud.groupby("name", sort=False).agg(
+            runs=("test_top1_best", "size"), best_mean=("test_top1_best", "mean"), best_std=("test_top1_best", "std"),
+            last_mean=("test_top1_last", "mean"), last_std=("test_top1_last", "std")).reset_index()
+        lines.append(md_table(agg.rename(columns={"name": "method"})))
+        lines.append("best = test top-1 at the epoch with the best validation accuracy; last = final epoch; "
+                     "mean and std over seeds.\n")
+        png = paths0["students"] / "comparison.png"
+        if png.is_file():
+            lines += [f"![comparison]({_rel(png, out)})", ""]
+    lines += ["## Steps of this invocation", "", md_table(pd.DataFrame(log), floatfmt="{:.1f}")]
+    atomic_write_text(out / "study_report.md", "\n".join(lines) + "\n")
+    from kdx.engine.progress import console
+
+    console.print(f"study report: {out / 'study_report.md'}")
+    return summary

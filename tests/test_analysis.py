@@ -1,0 +1,193 @@
+"""kdx.analysis and `kdx analyze-conflicts`: composition, entropy, sharing, clusters, AUROC,
+per-subtask gradient components (against a per-class autograd loop) and an end-to-end run."""
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from kdx.analysis import attention as A
+from kdx.analysis.clusters import cluster_json, hard_clusters
+from kdx.analysis.conflicts import _generic_components, conflict_frame, conflict_stats, loss_for, subtask_components
+from kdx.analysis.metrics import auroc, subtask_metrics
+from kdx.analysis.routed import as_routed, routing_matrices
+from kdx.cli import app
+from kdx.explainer import KDExplainer
+from kdx.explainer.training import hard_tree
+
+torch.set_num_threads(1)
+
+
+def tiny(classes=4, seed=0, **kw):
+    torch.manual_seed(seed)
+    m = KDExplainer(num_classes=classes, in_channels=1, image_size=16, widths=[(8, 8), (8, 8), (8, 4)], **kw).eval()
+    with torch.no_grad():
+        for layer in m.layers:  # non-trivial BN statistics
+            layer.bn1_running_mean.normal_(0, 0.3)
+            layer.bn2_running_var.uniform_(0.5, 2.0)
+    return m
+
+
+# ------------------------------------------------------------------ attention
+def test_compose_entropy_overlap_known_numbers():
+    w1 = torch.tensor([[1.0, 0.0], [0.5, 0.5]])           # 2 children x 2 parents
+    w2 = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])  # 3 classes x 2 experts
+    att = A.compose([w1, w2])
+    assert torch.allclose(att[1], w2)
+    assert torch.allclose(att[0], torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.75, 0.25]]))
+    assert torch.allclose(att[0].sum(1), torch.ones(3))
+    h = A.entropy(att[0])
+    expect = torch.tensor([0.0, math.log(2), -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))])
+    assert torch.allclose(h, expect.float(), atol=1e-6)
+    assert torch.allclose(A.normalised_entropy(att[0]), (expect / math.log(2)).float(), atol=1e-6)
+    ov = A.overlap(att[0])
+    assert ov[0, 1] == pytest.approx(0.5) and ov[0, 2] == pytest.approx(0.75) and ov[1, 2] == pytest.approx(0.75)
+    assert torch.allclose(torch.diagonal(ov), torch.ones(3))
+    sw = A.shared_weight(att[0])
+    assert sw.shape == (2, 3, 3) and sw[1, 1, 2] == pytest.approx(0.25)
+
+
+def test_compose_rows_sum_to_one_on_explainer():
+    m = tiny(classes=5)
+    for mode in ("soft", "hard"):
+        for a in A.compose(routing_matrices(as_routed(m), mode, 0.5)):
+            assert torch.allclose(a.sum(1), torch.ones(5), atol=1e-5)
+
+
+# ------------------------------------------------------------------ clusters
+def test_clusters_hand_made_tree_and_hard_tree():
+    hard = [torch.tensor([[1.0, 0, 0], [0, 0, 1], [1, 0, 0], [0, 0, 1]])]  # expert 1 empty
+    groups = hard_clusters(hard)
+    assert groups == [[(0, [0, 2]), (2, [1, 3])]]
+    doc = cluster_json(groups[0], 1, ["a", "b", "c", "d"], "kd")
+    assert doc["merged_classes"] == [[0, 2], [1, 3]] and doc["names"] == [["a", "c"], ["b", "d"]]
+    m = tiny(classes=6, seed=3)
+    groups = hard_clusters(A.compose(routing_matrices(as_routed(m), "hard")))
+    tree = hard_tree(m)
+    for l, layer in enumerate(tree["layers"]):
+        assert [(g["expert"], g["classes"]) for g in layer["groups"] if g["classes"]] == groups[l]
+        assert sorted(c for _, cl in groups[l] for c in cl) == list(range(6))
+
+
+# ------------------------------------------------------------------ metrics
+def test_auroc_against_hand_computation():
+    s = torch.tensor([0.1, 0.4, 0.35, 0.8, 0.4])
+    pos = torch.tensor([0, 0, 1, 1, 1]).bool()
+    # pairs (pos, neg): (0.35,0.1)=1 (0.35,0.4)=0 (0.8,.)=1,1 (0.4,0.1)=1 (0.4,0.4)=0.5 -> 4.5/6
+    assert auroc(s, pos) == pytest.approx(4.5 / 6)
+    assert math.isnan(auroc(s, torch.zeros(5).bool()))
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    rows = subtask_metrics(logits, torch.tensor([0, 0, 1]))
+    assert rows[0]["ovr_accuracy"] == pytest.approx(1 / 3) and rows[0]["class_top1"] == pytest.approx(0.5)
+    assert rows[1]["class_top1"] == 0.0
+
+
+# ------------------------------------------------------------------ gradient components
+@pytest.mark.parametrize("mode", ["hard", "soft"])
+def test_components_match_per_class_autograd_and_sum(mode):
+    m = tiny(classes=4, seed=1, routing=mode, tau=0.7)
+    x, y = torch.randn(10, 1, 16, 16), torch.randint(0, 4, (10,))
+    losses = {"objective": loss_for("ls", {"smoothing": 0.1}), "ce": loss_for("ce", None)}
+    batches = [(x[:6], y[:6], None), (x[6:], y[6:], None)]
+    fast = subtask_components(as_routed(m), batches, losses, 10)
+    gen = _generic_components(as_routed(m), batches, losses, 10)
+    z = m(x)
+    for l, layer in enumerate(m.layers):
+        ps = list(layer.parameters())
+        for s, fn in enumerate(losses.values()):
+            G = torch.autograd.grad(fn(z, y), z, retain_graph=True)[0]
+            full = KDExplainer.per_expert(torch.autograd.grad(fn(z, y), ps, retain_graph=True)).double()
+            total = torch.zeros_like(full)
+            for c in range(4):
+                gc = KDExplainer.per_expert(torch.autograd.grad(z, ps, G * (torch.arange(4) == c), retain_graph=True))
+                for e in range(layer.experts):
+                    r = s * 4 + c
+                    rows = fast.rows[l][e].tolist()
+                    f = fast.grads[l][e][rows.index(r)] if r in rows else torch.zeros(gc.shape[1], dtype=torch.float64)
+                    tol = 1e-5 * (1 + float(gc.abs().max()))
+                    assert (f - gc[e]).abs().max() < tol
+                    assert (gen.grads[l][e][r] - gc[e]).abs().max() < tol
+                    total[e] += f
+            assert (total - full).abs().max() < 1e-6 * (1 + float(full.abs().max()))
+    frame = conflict_frame(fast, A.compose(routing_matrices(as_routed(m), mode)), "x")
+    assert set(frame["signal"]) == {"objective", "ce"}
+    if mode == "hard":  # only subtasks routed through the same expert are compared
+        assert (frame["shared_weight"] > 0).all()
+    st = conflict_stats(frame, "ce")
+    assert 0 <= st["conflict_rate"] <= 1
+
+
+# ------------------------------------------------------------------ end to end
+def _fake_run(tmp_path, objective, seed):
+    from kdx.data import load_dataset
+    from kdx.engine.checkpoint import save_checkpoint
+    from kdx.explainer.training import hard_tree as ht
+
+    b = load_dataset("fashion-mnist-mini", val_fraction=0.1, seed=5)
+    torch.manual_seed(seed)
+    m = KDExplainer(10, in_channels=1, image_size=28, widths=[(8, 8), (8, 8), (8, 8)], hidden=16, routing="hard",
+                    tau=1.0)
+    with torch.no_grad():
+        for r in m.branches:
+            r.mul_(6)
+    run = tmp_path / objective
+    (run / "stage2").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"seed": 5, "val_fraction": 0.1}))
+    meta = {"kind": "explainer", "arch": "kdexplainer", "explainer": m.config_dict(), "stage": 2,
+            "objective": objective, "objective_params": {"smoothing": 0.1, "kd_temperature": 4.0, "kd_weight": 0.9,
+                                                         "ce_weight": 0.1},
+            "teacher": {"path": str(tmp_path / "missing-teacher")} if objective == "kd" else None,
+            "tau_schedule": {"tau0": 4.0, "rule": "tau0 / epoch", "routing": "hard", "final_tau": 1.0},
+            "tree": ht(m, b.class_names), "seed": 5, **b.meta()}
+    save_checkpoint(run / "stage2" / "model.safetensors", m.state_dict(), meta)
+    return run
+
+
+DOC_COLUMNS = re.compile(r"^### `(\w+)\.csv`\n\n(?:[^|\n].*\n\n)?\| column \|.*?\n((?:\|.*\n)+)", re.M)
+
+
+def test_end_to_end(tmp_path):
+    runs = [_fake_run(tmp_path, o, i) for i, o in enumerate(("ce", "ls", "kd"))]
+    out = tmp_path / "ana"
+    res = CliRunner().invoke(app, ["analyze-conflicts", *map(str, runs), "--images", "64", "--batch-size", "32",
+                                   "--out", str(out), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    doc = (__import__("pathlib").Path(__file__).parents[1] / "docs" / "analyze-conflicts.md").read_text()
+    documented = {m.group(1): [row.split("|")[1].strip().strip("`") for row in m.group(2).strip().splitlines()[1:]]
+                  for m in DOC_COLUMNS.finditer(doc + "\n")}
+    for name in ("subtask_attention", "entropy", "sharing", "conflicts", "subtasks", "clusters"):
+        cols = list(pd.read_csv(out / f"{name}.csv").columns)
+        assert cols == documented[name], name
+    summary = pd.read_csv(out / "summary.csv")
+    patterns = [re.compile("^" + re.escape(c).replace("<l>", r"\d+").replace("<signal>", "(objective|ce)") + "$")
+                for c in documented["summary"]]
+    assert all(any(p.match(c) for p in patterns) for c in summary.columns), list(summary.columns)
+    assert "norm_entropy_l3" in summary.columns and "conflict_rate_objective" in summary.columns
+    assert list(summary["run"]) == ["ce", "ls", "kd"]
+    assert summary.loc[2, "images"] == 64
+    conf = pd.read_csv(out / "conflicts.csv")
+    assert set(conf[conf["run"] == "ls"]["signal"]) == {"objective", "ce"}
+    assert set(conf[conf["run"] == "kd"]["signal"]) == {"ce"}  # teacher missing: objective signal skipped
+    main = json.loads((out / "clusters" / "layer3.json").read_text())
+    assert main["run"] == "kd" and sorted(c for g in main["merged_classes"] for c in g) == list(range(10))
+    for lab in ("ce", "ls", "kd"):
+        for l in (1, 2, 3):
+            assert (out / "clusters" / lab / f"layer{l}.json").is_file()
+            assert (out / "plots" / f"attention_{lab}_layer{l}.png").stat().st_size > 1000
+        assert (out / "plots" / f"tree_{lab}.png").is_file() and (out / "plots" / f"conflicts_{lab}.png").is_file()
+    assert (out / "plots" / "entropy.png").is_file()
+    report = (out / "report.md").read_text()
+    for lab in ("ce", "ls", "kd"):
+        assert f"**{lab}**" in report
+    assert "plots/entropy.png" in report
+    # bad input: a classifier checkpoint / mismatched labels -> one-line errors, exit code 2
+    res = CliRunner().invoke(app, ["analyze-conflicts", str(runs[0]), "--label", "a", "--label", "b",
+                                   "--out", str(out)])
+    assert res.exit_code == 2 and "--label" in res.output
+    res = CliRunner().invoke(app, ["analyze-conflicts", str(tmp_path / "nope"), "--out", str(out)])
+    assert res.exit_code == 2 and "not found" in res.output
