@@ -360,16 +360,16 @@ def _print_summary(summary: pd.DataFrame, layers: int, out: Path) -> None:
         return f"{100 * v:.1f}%" if pct else f"{v:.3f}"
 
     table = Table(title="analyze-conflicts")
-    cols = ["run", "objective", "top-1"] + [f"H/logE L{l}" for l in range(1, layers + 1)] + \
-        ["conflict obj", "conflict ce", "w-conflict obj"] + [f"clusters L{l}" for l in range(1, layers + 1)] + ["s"]
+    cols = ["run", "objective", "top-1"] + [f"H L{l}" for l in range(1, layers + 1)] + \
+        ["confl obj", "confl ce", "clusters", "s"]
     for c in cols:
         table.add_column(c, justify="left" if c in ("run", "objective") else "right")
     for _, r in summary.iterrows():
         table.add_row(str(r["run"]), str(r["objective"]), f(r["accuracy"], True),
                       *[f(r.get(f"norm_entropy_l{l}", math.nan)) for l in range(1, layers + 1)],
                       f(r["conflict_rate_objective"], True), f(r["conflict_rate_ce"], True),
-                      f(r["weighted_conflict_objective"]),
-                      *[str(r.get(f"clusters_l{l}", "-")) for l in range(1, layers + 1)], f"{r['seconds']:.1f}")
+                      "/".join(str(r.get(f"clusters_l{l}", "-")) for l in range(1, layers + 1)), f"{r['seconds']:.0f}")
     console = Console()
     console.print(table)
+    console.print("H = mean normalised soft attention entropy; confl = conflict rate on shared experts")
     console.print(f"analysis written to {out} (report.md, *.csv, clusters/, plots/)")

@@ -22,9 +22,15 @@ Vectorisation
   ``(E, N, ch, h, w)`` with every ``[e]`` slice a dense tensor in the input's memory
   format (so channels_last survives).
 * Mixing of a layer is one ``mm`` of the (children x parents) weights with the stacked
-  parent outputs. The leaf mixing is done after pooling each parent to 7x7 (pooling is
-  linear, so this equals the official mix-then-pool up to rounding).
+  parent outputs (the leaves too). Pooling is linear and commutes with the mixing; for
+  CIFAR (4x4 maps pooled UP to 7x7) it is folded into the first head Linear instead, so the
+  heads multiply 512 instead of 1568 features (see ``_leaf_inputs``). Equal to the
+  official mix-then-pool up to float rounding (tests: <= 1e-5 relative).
 * The C heads run as three ``baddbmm`` calls; nothing loops over classes or expert pairs.
+* Small things that measurably matter on CPU: stacked parameters are ``unbind``-ed once per
+  forward (indexing ``p[e]`` per expert makes the backward scatter into full-size zero
+  tensors, O(E^2) memory traffic); max-pool runs before the second ReLU (they commute);
+  CPU dropout draws its mask 4x cheaper than ``F.dropout`` (see ``_dropout``).
 * Expert convs: one Python loop over the E experts of a layer. Candidates measured on
   the 2-core dev CPU (Xeon with AVX-512/AMX; training step = forward + backward of one
   expert layer, batch 128, median ms; ``benchmarks/explainer_throughput.py --conv``)::
@@ -147,8 +153,8 @@ class ExpertLayer(nn.Module):
                 y = F.conv2d(y, t[f"conv{i}_weight"][e], t[f"conv{i}_bias"][e], padding=1)
                 y = F.batch_norm(y, t[f"bn{i}_running_mean"][e], t[f"bn{i}_running_var"][e], t[f"bn{i}_weight"][e],
                                  t[f"bn{i}_bias"][e], self.training, BN_MOMENTUM, BN_EPS)
-                y = F.relu(y, inplace=True)
-            outs.append(F.max_pool2d(y, 2))
+                y = F.relu(y, inplace=True) if i == 1 else F.relu(F.max_pool2d(y, 2), inplace=True)
+            outs.append(y)  # max-pool and ReLU commute (values and gradients): pool first, ReLU on 1/4
         if self.training:
             self.bn1_num_batches_tracked.add_(1)
             self.bn2_num_batches_tracked.add_(1)
@@ -302,6 +308,23 @@ class KDExplainer(nn.Module):
         return torch.cat([t.reshape(t.shape[0], -1) for t in tensors], dim=1)
 
     # ---------------------------------------------------------------- forward
+    def _leaf_inputs(self, last: Tensor, a: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Leaf inputs z (C, N, features) = a @ pooled parents (official flatten order), and the
+        first head weight to use. Pooling is linear, so it is applied where it is cheapest: an
+        upsampling pool (CIFAR: 4x4 -> 7x7) is folded into the first head Linear (W1 <- P W1, done
+        in fp32; the heads then see ch*h*w instead of ch*49 features), a downsampling one is done
+        on the E parents before mixing, as a matmul (the CPU backward of adaptive pooling is slow)."""
+        E, N, ch, h, w = last.shape
+        pool = _pool_matrix(h, w, self.pool, last.device)
+        if h * w < self.pool * self.pool:
+            with torch.autocast(last.device.type, enabled=False):
+                w1 = self.heads.w1.view(self.num_classes, ch, self.pool * self.pool, -1)
+                w1 = torch.matmul(pool.to(w1.dtype), w1).view(self.num_classes, ch * h * w, -1)
+            z = last.reshape(E, -1)
+        else:
+            w1, z = None, torch.matmul(last.flatten(3), pool.to(last.dtype)).reshape(E, -1)
+        return _mix(a, z).view(self.num_classes, N, -1), w1
+
     def forward(self, x: Tensor, return_experts: bool = False):
         """x: (N, in_channels, H, W) -> logits (N, C).
 
@@ -317,16 +340,7 @@ class KDExplainer(nn.Module):
             y = layer(x)
             outs.append(y)
             x = _mix(a, y)
-        last, q, w1 = outs[-1], self.pool * self.pool, None
-        E, N, ch, h, w = last.shape
-        if h * w < q:  # upsampling pool (CIFAR: 4x4 -> 7x7): fold it into the first head Linear
-            with torch.autocast(x.device.type, enabled=False):  # fold in fp32, cast the smaller result
-                w1 = self.heads.w1.view(self.num_classes, ch, q, -1)
-                w1 = torch.matmul(_pool_matrix(h, w, self.pool, x.device).to(w1.dtype), w1).view(self.num_classes, ch * h * w, -1)
-            z = last.reshape(E, -1)
-        else:  # pool each parent first, as a matmul (the CPU backward of adaptive pooling is slow)
-            z = torch.matmul(last.flatten(3), _pool_matrix(h, w, self.pool, x.device).to(last.dtype)).reshape(E, -1)
-        z = _mix(weights[-1], z).view(self.num_classes, N, -1)  # (C, N, features), NCHW flatten order
+        z, w1 = self._leaf_inputs(outs[-1], weights[-1])
         leaf = self.heads(z, w1)
         logits = (leaf[..., 0] if self.head_type == "ce" else leaf.amax(dim=-1)).t()
         if return_experts:
