@@ -5,7 +5,9 @@ Python loops over experts, children and classes, fp32. kdx gets the baseline's w
 through ``from_official_state_dict``; outputs are compared in fp32 first. Then one
 training step (forward + backward + SGD step, batch 128 of 3x32x32) is timed for the
 baseline and for several kdx configurations, interleaved in the same process (warm-up,
-then ``--repeats`` rounds of ``--iters`` steps; median per step).
+then ``--repeats`` round-robin rounds of ``--iters`` steps per configuration, so that all
+see the same machine load; median per step). Other processes on the machine skew wall
+times; the load average is printed at the start and the end.
 
     python benchmarks/explainer_throughput.py [--quick] [--classes 10,100] [--threads 2]
     python benchmarks/explainer_throughput.py --conv   # expert-conv formulation candidates
@@ -124,7 +126,7 @@ def run_throughput(args):
             print(f"{classes:>4} | {k:24} | {v * 1e3:8.0f} | {args.batch / v:7.1f} | "
                   f"{t['baseline fp32'] / v:10.2f}x{mark}")
         print("-" * 68)
-    print("\nsummary:")
+    print(f"\nload avg at the end {os.getloadavg()[0]:.1f}\nsummary:")
     for classes, t, best in rows:
         target = 2.5 if classes <= 10 else 3.0
         r = t["baseline fp32"] / t[best]
@@ -199,8 +201,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     args.classes = [int(c) for c in args.classes.split(",") if c]
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
-    args.iters = args.iters if args.iters is not None else (1 if args.quick else 3)
-    args.repeats = args.repeats if args.repeats is not None else (3 if args.quick else 5)
+    args.iters = args.iters if args.iters is not None else 1
+    args.repeats = args.repeats if args.repeats is not None else (3 if args.quick else 9)
     torch.set_num_threads(args.threads)
     run_conv_candidates(args) if args.conv else run_throughput(args)
 

@@ -22,6 +22,7 @@ app = typer.Typer(
     "analyse subtask attention and conflicts, and train students with a virtual attention module.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode=None,  # help texts show defaults as [value]: no rich markup parsing
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )

@@ -7,7 +7,6 @@ import json
 import pandas as pd
 import pytest
 import torch
-import torch.nn.functional as F
 from typer.testing import CliRunner
 
 import kdx

@@ -137,11 +137,7 @@ def build_task(cfg: VamConfig, bundle, shared: _Shared, cache: TeacherCache | No
 
 def write_cost(cfg: VamConfig, bundle, run_dir: Path) -> pd.DataFrame:
     shape = [bundle.in_channels, bundle.image_size, bundle.image_size]
-    blocks = cfg.vam_blocks
-    try:
-        rows = vam_cost_rows(cfg.arch, bundle.num_classes, shape, blocks)
-    except KdxError:
-        raise
+    rows = vam_cost_rows(cfg.arch, bundle.num_classes, shape, cfg.vam_blocks)
     frame = pd.DataFrame(rows)
     atomic_write_csv(run_dir / "cost.csv", frame)
     return frame
@@ -158,13 +154,10 @@ def train_one(cfg: VamConfig, shared: _Shared, label: str, cache: TeacherCache |
     run_dir = Path(cfg.resume or cfg.out)
     rt = shared.rt
     bundle = shared.bundle(cfg)
-    wall = None
     if not (group and _run_done(run_dir)):
-        if not group:
-            pass
-        elif not cfg.resume and ckpt.has_resume(run_dir):
+        if group and not cfg.resume and ckpt.has_resume(run_dir):
             cfg = dataclasses.replace(cfg, resume=str(run_dir))
-        elif not cfg.resume and holds_run(run_dir) and not ckpt.has_resume(run_dir):
+        elif group and not cfg.resume and holds_run(run_dir) and not ckpt.has_resume(run_dir):
             cfg = dataclasses.replace(cfg, overwrite=True)  # started but nothing to resume: start again
         prepare_run_dir(cfg, rt.dist.is_main)
         barrier(rt.dist)
@@ -176,13 +169,15 @@ def train_one(cfg: VamConfig, shared: _Shared, label: str, cache: TeacherCache |
                       f"{int(cost.iloc[1]['params']):,} ({o['params_pct']:+.3f}%), MACs {int(cost.iloc[0]['macs']):,} -> "
                       f"{int(cost.iloc[1]['macs']):,} ({o['macs_pct']:+.4f}%)")
         t0 = time.perf_counter()
-        Trainer(cfg, task, bundle, run_dir, runtime=rt, label=label).fit()
-        wall = time.perf_counter() - t0
-        if task.hooks is not None:
-            task.hooks.remove()
-        if rt.dist.is_main:
-            prev = _read_json(run_dir / "timing.json").get("wall_seconds", 0.0)
-            atomic_write_text(run_dir / "timing.json", json.dumps({"wall_seconds": prev + wall}) + "\n")
+        try:
+            Trainer(cfg, task, bundle, run_dir, runtime=rt, label=label).fit()
+        finally:  # interrupted sessions count too: the wall time adds up over resumes
+            wall = time.perf_counter() - t0
+            if task.hooks is not None:
+                task.hooks.remove()
+            if rt.dist.is_main:
+                prev = _read_json(run_dir / "timing.json").get("wall_seconds", 0.0)
+                atomic_write_text(run_dir / "timing.json", json.dumps({"wall_seconds": prev + wall}) + "\n")
     return summary_row(run_dir, method_name(cfg), cfg.seed)
 
 
