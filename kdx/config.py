@@ -271,11 +271,11 @@ def config_to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def read_config_file(path: str | Path) -> dict:
-    """Read a JSON or TOML config; TOML tables are flattened (``[optim] lr = 0.1`` -> ``lr``)."""
+def load_table_file(path: str | Path, default_name: str = "config.json") -> dict:
+    """Parse a JSON or TOML file (or ``DIR/default_name``) into a dict, with one-line errors."""
     path = Path(path)
     if path.is_dir():
-        path = path / "config.json"
+        path = path / default_name
     if not path.is_file():
         raise KdxError(f"config file not found: {path}")
     text = path.read_text()
@@ -288,6 +288,12 @@ def read_config_file(path: str | Path) -> dict:
         raise KdxError(f"cannot parse config file {path}: {exc}") from None
     if not isinstance(data, dict):
         raise KdxError(f"config file {path} must hold a table/object of options")
+    return data
+
+
+def read_config_file(path: str | Path) -> dict:
+    """Read a JSON or TOML config; TOML tables are flattened (``[optim] lr = 0.1`` -> ``lr``)."""
+    data = load_table_file(path)
     flat: dict = {}
     for key, value in data.items():
         if isinstance(value, dict) and key not in ("kdx",):

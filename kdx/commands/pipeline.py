@@ -21,7 +21,7 @@ import pandas as pd
 
 import kdx
 from kdx.config import (EXPLAINER_PRESETS, TEACHER_PRESETS, ExplainerConfig, TeacherConfig, build_config,
-                        explainer_recipe, read_config_file, teacher_recipe)
+                        explainer_recipe, load_table_file, teacher_recipe)
 from kdx.engine.io import atomic_write_csv, atomic_write_text
 from kdx.engine.progress import console
 from kdx.errors import KdxError
@@ -36,11 +36,11 @@ PIPELINE_PRESETS: dict[str, dict] = {
     "demo": {
         "dataset": "fashion-mnist-mini", "seeds": [0], "objectives": ["ce", "ls", "kd"],
         "notes": "demo preset: fashion-mnist-mini on CPU; teacher resnet20 for 8 epochs, explainers with 16-channel "
-                 "experts and 2 + 3 epochs, 512 analysed images, resnet8 students for 6 epochs on one seed: "
+                 "experts and 3 + 3 epochs, 512 analysed images, resnet8 students for 6 epochs on one seed: "
                  "far shorter and narrower than the paper, for a look at the whole study, not for its numbers.",
         "teacher": {"arch": "resnet20", "preset": "quick", "epochs": 8},
-        "explainer": {"preset": "quick", "widths": "16:16,16:16,16:16", "stage1_epochs": 2, "stage2_epochs": 3},
-        "analysis": {"images": 512, "split": "val"},
+        "explainer": {"preset": "quick", "widths": "16:16,16:16,16:16", "stage1_epochs": 3, "stage2_epochs": 3},
+        "analysis": {"images": 512, "split": "val", "conflict_images": 256},
         "student": {"arch": "resnet8", "preset": "quick", "epochs": 6, "seeds": [0]},
     },
     "fashion-mnist": {
@@ -96,23 +96,10 @@ def merge_study(base: dict, override: dict) -> dict:
 
 def read_study_file(path: str | Path) -> dict:
     """A study TOML/JSON keeps its tables ([teacher], [explainer], [analysis], [student])."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "study.json"
-    if not path.is_file():
-        raise KdxError(f"study config not found: {path}")
-    try:
-        if path.suffix.lower() == ".toml":
-            import tomllib
-
-            data = tomllib.loads(path.read_text())
-        else:
-            data = json.loads(path.read_text())
-    except ValueError as exc:
-        raise KdxError(f"cannot parse study config {path}: {exc}") from None
+    data = load_table_file(path, default_name="study.json")
     unknown = sorted(set(data) - set(SECTIONS) - set(GLOBAL_KEYS) - {"seeds", "objectives", "notes", "preset", "teacher_run", "out"})
     if unknown:
-        raise KdxError(f"unknown key(s) in {path}: {', '.join(unknown)}")
+        raise KdxError(f"unknown key(s) in study config {path}: {', '.join(unknown)}")
     return data
 
 

@@ -1,0 +1,75 @@
+"""kdx pipeline: a tiny whole study, the report, and skip/resume on rerun."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from kdx.cli import app
+from kdx.commands import pipeline
+
+runner = CliRunner()
+
+TINY_STUDY = {
+    "preset": "demo",
+    "dataset": "fashion-mnist-mini",
+    "device": "cpu",
+    "quiet": True,
+    "max_train_samples": 200,
+    "seeds": [0],
+    "objectives": ["ce", "ls", "kd"],
+    "teacher": {"arch": "resnet8", "epochs": 1, "batch_size": 50},
+    "explainer": {"widths": "4:4,4:4,4:4", "stage1_epochs": 1, "stage2_epochs": 1, "batch_size": 50,
+                  "eval_batch_size": 500},
+    "analysis": {"images": 32, "split": "val", "conflict_images": 16},
+    "student": {"arch": "resnet8", "epochs": 1, "batch_size": 50, "seeds": [0], "eval_batch_size": 500},
+}
+
+
+def test_print_config_and_errors(tmp_path):
+    r = runner.invoke(app, ["pipeline", "--preset", "cifar10-paper", "--print-config"])
+    assert r.exit_code == 0
+    study = json.loads(r.output)
+    assert study["dataset"] == "cifar10" and study["teacher"]["arch"] == "ResNet50"
+    r = runner.invoke(app, ["pipeline", "--preset", "imagenet-21k"])
+    assert r.exit_code == 2 and "valid presets: demo" in r.output
+    bad = tmp_path / "s.toml"
+    bad.write_text('datasett = "x"\n')
+    r = runner.invoke(app, ["pipeline", "--config", str(bad), "--print-config"])
+    assert r.exit_code == 2 and "datasett" in r.output
+
+
+def test_tiny_study_end_to_end_and_rerun_skips(tmp_path):
+    out = tmp_path / "study"
+    study = pipeline.merge_study(pipeline.PIPELINE_PRESETS["demo"], TINY_STUDY)
+    pipeline.run(study, out)
+    for name in ("study.json", "study_report.md", "study_summary.csv", "teacher/model.safetensors",
+                 "explainer-ce/tree.json", "explainer-kd/stage2/model.safetensors", "analysis/summary.csv",
+                 "analysis/clusters/layer1.json", "students/comparison.csv"):
+        assert (out / name).is_file(), name
+    summary = pd.read_csv(out / "study_summary.csv")
+    assert set(summary["component"]) == {"teacher", "explainer", "student"}
+    assert set(summary[summary["component"] == "explainer"]["name"]) == {"ce", "ls", "kd"}
+    assert {"ce", "kd", "kd+vam", "kd+vam+hier"} <= set(summary[summary["component"] == "student"]["name"])
+    report = (out / "study_report.md").read_text()
+    for needle in ("## Teacher", "## Explainers", "## Students", "kdx pipeline --config", "torch"):
+        assert needle in report, needle
+    # a rerun skips every finished step ...
+    log_before = (out / "explainer-ls" / "results.json").read_text()
+    pipeline.run(study, out)
+    assert (out / "explainer-ls" / "results.json").read_text() == log_before
+    assert "skipped (done)" in (out / "study_report.md").read_text()
+    # ... and finishes an interrupted one without retraining what had finished
+    (out / "explainer-ls" / "results.json").unlink()
+    (out / "explainer-ls" / "stage2" / "results.json").unlink()
+    stage1_model = (out / "explainer-ls" / "stage1" / "model.safetensors").stat().st_mtime_ns
+    pipeline.run(study, out)
+    assert (out / "explainer-ls" / "results.json").is_file()
+    assert (out / "explainer-ls" / "stage1" / "model.safetensors").stat().st_mtime_ns == stage1_model
+    assert "resumed" in (out / "study_report.md").read_text()
+    # another config in the same folder is refused
+    with pytest.raises(Exception, match="another config"):
+        pipeline.run(pipeline.merge_study(study, {"objectives": ["ce"]}), out)
