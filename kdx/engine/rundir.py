@@ -33,7 +33,10 @@ def config_for_resume(cls, run_dir: str, cli: dict):
     values["out"] = str(path)
     values["resume"] = str(path)
     values["overwrite"] = False
-    return build_config(cls, cli=values)
+    preset = values.pop("preset", None)  # already applied in the saved values
+    cfg = build_config(cls, cli=values)
+    cfg.preset = preset
+    return cfg
 
 
 def prepare_run_dir(cfg, main_process: bool = True) -> Path:
