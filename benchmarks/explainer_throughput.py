@@ -87,11 +87,12 @@ def time_interleaved(steps: dict, warmup: int, iters: int, repeats: int) -> dict
     times = {k: [] for k in steps}
     for _ in range(repeats):
         for k, step in steps.items():
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             for _ in range(iters):
                 step()
-            times[k].append((time.perf_counter() - t) / iters)
-    return {k: statistics.median(v) for k, v in times.items()}
+            times[k].append(((time.perf_counter() - t) / iters, (time.process_time() - c) / iters))
+    return {k: statistics.median(w for w, _ in v) for k, v in times.items()}, \
+        {k: statistics.median(c for _, c in v) for k, v in times.items()}
 
 
 def run_throughput(args):
@@ -115,19 +116,22 @@ def run_throughput(args):
                  "kdx fp32 channels_last": make_step(kdx, x, y, channels_last=True),
                  "kdx bf16": make_step(kdx, x, y, bf16=True),
                  "kdx bf16 channels_last": make_step(kdx, x, y, bf16=True, channels_last=True)}
-        t = time_interleaved(steps, args.warmup, args.iters, args.repeats)
+        t, cpu = time_interleaved(steps, args.warmup, args.iters, args.repeats)
         best = min((k for k in t if k.startswith("kdx") and k != "kdx fp32"), key=t.get)
-        rows.append((classes, t, best))
-    print(f"\n{'C':>4} | {'configuration':24} | {'ms/step':>8} | {'img/s':>7} | {'vs baseline':>11}")
-    print("-" * 68)
-    for classes, t, best in rows:
+        rows.append((classes, t, cpu, best))
+    print("\nwall = median wall-clock time per step; cpu = median CPU time of this process per step\n"
+          "(all threads; the fairer measure when other processes load the machine)")
+    print(f"\n{'C':>4} | {'configuration':24} | {'wall ms':>8} | {'img/s':>7} | {'vs baseline':>11} | "
+          f"{'cpu ms':>8} | {'cpu ratio':>9}")
+    print("-" * 92)
+    for classes, t, cpu, best in rows:
         for k, v in t.items():
             mark = "  <- best" if k == best else ""
             print(f"{classes:>4} | {k:24} | {v * 1e3:8.0f} | {args.batch / v:7.1f} | "
-                  f"{t['baseline fp32'] / v:10.2f}x{mark}")
-        print("-" * 68)
+                  f"{t['baseline fp32'] / v:10.2f}x | {cpu[k] * 1e3:8.0f} | {cpu['baseline fp32'] / cpu[k]:8.2f}x{mark}")
+        print("-" * 92)
     print(f"\nload avg at the end {os.getloadavg()[0]:.1f}\nsummary:")
-    for classes, t, best in rows:
+    for classes, t, _, best in rows:
         target = 2.5 if classes <= 10 else 3.0
         r = t["baseline fp32"] / t[best]
         print(f"  C={classes}: kdx best ({best}) {r:.2f}x, kdx fp32 {t['baseline fp32'] / t['kdx fp32']:.2f}x "
@@ -136,21 +140,19 @@ def run_throughput(args):
 
 # ------------------------------------------------------------------ expert-conv candidates
 def _block(x, p, shared, grouped):
-    """One expert layer: conv-BN-ReLU-conv-BN-ReLU-maxpool for E experts, looped or grouped."""
-    w1, b1, g1, c1, w2, b2, g2, c2 = p
-    E = w1.shape[0]
+    """One expert layer: conv-BN-ReLU-conv-BN-maxpool-ReLU for E experts, looped or grouped."""
+    E = p[0].shape[0]
     if grouped:  # x: (N, E*cin, h, w), or shared (N, cin, h, w): then conv1 is one dense conv
-        y = F.relu(F.batch_norm(F.conv2d(x, w1.flatten(0, 1), b1.flatten(), padding=1, groups=1 if shared else E),
-                                None, None, g1.flatten(), c1.flatten(), True))
-        y = F.relu(F.batch_norm(F.conv2d(y, w2.flatten(0, 1), b2.flatten(), padding=1, groups=E),
-                                None, None, g2.flatten(), c2.flatten(), True))
-        return F.max_pool2d(y, 2)
-    outs = []
+        w1, b1, g1, c1, w2, b2, g2, c2 = (t.flatten(0, 1) if t.dim() == 5 else t.flatten() for t in p)
+        y = F.relu(F.batch_norm(F.conv2d(x, w1, b1, padding=1, groups=1 if shared else E), None, None, g1, c1, True))
+        y = F.batch_norm(F.conv2d(y, w2, b2, padding=1, groups=E), None, None, g2, c2, True)
+        return F.relu(F.max_pool2d(y, 2))
+    w1, b1, g1, c1, w2, b2, g2, c2 = (t.unbind(0) for t in p)  # as in kdx: unbind once
+    xs, outs = [x] * E if shared else x.unbind(0), []
     for e in range(E):  # x: (E, N, cin, h, w) or shared (N, cin, h, w)
-        y = F.relu(F.batch_norm(F.conv2d(x if shared else x[e], w1[e], b1[e], padding=1),
-                                None, None, g1[e], c1[e], True))
-        y = F.relu(F.batch_norm(F.conv2d(y, w2[e], b2[e], padding=1), None, None, g2[e], c2[e], True))
-        outs.append(F.max_pool2d(y, 2))
+        y = F.relu(F.batch_norm(F.conv2d(xs[e], w1[e], b1[e], padding=1), None, None, g1[e], c1[e], True))
+        y = F.batch_norm(F.conv2d(y, w2[e], b2[e], padding=1), None, None, g2[e], c2[e], True)
+        outs.append(F.relu(F.max_pool2d(y, 2)))
     return torch.stack(outs)
 
 
@@ -184,7 +186,7 @@ def run_conv_candidates(args):
                         y.float().sum().backward()
                     key = f"{'grouped' if grouped else 'loop'} {'bf16' if bf16 else 'fp32'} {'CL' if cl else 'NCHW'}"
                     steps[key] = step
-        t = time_interleaved(steps, args.warmup, args.iters, args.repeats)
+        t, _ = time_interleaved(steps, args.warmup, args.iters, args.repeats)
         print(name + ":  " + ", ".join(f"{k} {v * 1e3:.0f}" for k, v in sorted(t.items(), key=lambda kv: kv[1])))
 
 
