@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -q
 
 demo: install
 	$(BIN)/kdx train-teacher --dataset fashion-mnist-mini --arch resnet20 --preset quick --out runs/demo/teacher --overwrite --quiet

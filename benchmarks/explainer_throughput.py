@@ -128,7 +128,8 @@ def run_throughput(args):
         for k, v in t.items():
             mark = "  <- best" if k == best else ""
             print(f"{classes:>4} | {k:24} | {v * 1e3:8.0f} | {args.batch / v:7.1f} | "
-                  f"{t['baseline fp32'] / v:10.2f}x | {cpu[k] * 1e3:8.0f} | {cpu['baseline fp32'] / cpu[k]:8.2f}x{mark}")
+                  f"{t['baseline fp32'] / v:10.2f}x | {cpu[k] * 1e3:8.0f} | "
+                  f"{cpu['baseline fp32'] / cpu[k]:8.2f}x{mark}")
         print("-" * 92)
     print(f"\nload avg at the end {os.getloadavg()[0]:.1f}\nsummary:")
     for classes, t, _, best in rows:

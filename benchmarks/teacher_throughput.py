@@ -100,9 +100,12 @@ def main():
           f"{torch.get_num_threads()} threads")
 
     base = baseline_images_per_s(args.arch, images, labels, bundle.mean, bundle.std, args.batch_size, args.workers)
+    print(f"plain loop: {base:.1f} images/s", flush=True)
+    best = kdx_images_per_s(args.arch, args.data, dataset, n, args.batch_size)
+    print(f"kdx engine (auto precision/memory format): {best:.1f} images/s, ratio {best / base:.2f}x", flush=True)
     fp32 = kdx_images_per_s(args.arch, args.data, dataset, n, args.batch_size, precision="fp32",
                             channels_last="off")
-    best = kdx_images_per_s(args.arch, args.data, dataset, n, args.batch_size)
+    print(f"kdx engine (fp32, NCHW): {fp32:.1f} images/s, ratio {fp32 / base:.2f}x", flush=True)
     table = pd.DataFrame([
         {"loop": "plain (per-image transforms, DataLoader, fp32)", "images/s": base, "ratio": 1.0},
         {"loop": "kdx engine, fp32, NCHW", "images/s": fp32, "ratio": fp32 / base},

@@ -21,6 +21,15 @@ from kdx.explainer.model import to_official_state_dict
 TSV = Path(__file__).parent / "data" / "explainer_state_dict_layout.tsv"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny batches: one thread is as fast, and immune to OpenMP stalls on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 # --------------------------------------------------------------------------- oracle
 def oracle_weights(R, tau, mode):
     p = torch.softmax(R / 0.5, dim=1)
@@ -141,7 +150,8 @@ def test_import_matches_oracle(classes, head):
 def test_small_grayscale_and_large_inputs_match_oracle():
     torch.manual_seed(1)
     # 28 px: 3x3 leaf maps; 64 px: stem + 4 layers, 1x1 leaf maps; 2 layers: 8x8 maps pooled DOWN to 7x7
-    for in_ch, size, large, experts in ((1, 28, False, (2, 4, 8)), (3, 64, True, (2, 4, 8, 16)), (3, 32, False, (2, 3))):
+    cases = ((1, 28, False, (2, 4, 8)), (3, 64, True, (2, 4, 8, 16)), (3, 32, False, (2, 3)))
+    for in_ch, size, large, experts in cases:
         oracle = randomize(OfficialExplainer(10, "ce", experts, in_ch=in_ch, large=large), seed=size).eval()
         model = from_official_state_dict(oracle.state_dict()).eval()
         assert model.use_stem == large and model.experts == experts

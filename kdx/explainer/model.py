@@ -31,21 +31,28 @@ Vectorisation
   forward (indexing ``p[e]`` per expert makes the backward scatter into full-size zero
   tensors, O(E^2) memory traffic); max-pool runs before the second ReLU (they commute);
   CPU dropout draws its mask 4x cheaper than ``F.dropout`` (see ``_dropout``).
-* Expert convs: one Python loop over the E experts of a layer. Candidates measured on
-  the 2-core dev CPU (Xeon with AVX-512/AMX; training step = forward + backward of one
-  expert layer, batch 128, median ms; ``benchmarks/explainer_throughput.py --conv``)::
+* Expert convs: one Python loop over the E experts of a layer (stacked weights unbound).
+  Candidates, one expert layer's training step (forward + backward, batch 128, median ms),
+  this dev CPU (2-core Xeon VM, AVX-512 + AMX-bf16), ``benchmarks/explainer_throughput.py
+  --conv``; bf16 = ``torch.autocast("cpu", dtype=torch.bfloat16)``, CL = channels_last
+  input, grouped = one grouped conv per conv of the layer (layer 1: one dense conv with
+  stacked output channels, since all its experts read the same image)::
 
-      layer (E, widths, px)     loop fp32  grouped fp32  loop bf16  grouped bf16
-                                NCHW / CL  NCHW / CL     NCHW / CL  NCHW / CL
-      1 (2, 3-64-64, 32)        __L1__
-      2 (4, 64-64-64, 16)       __L2__
-      3 (8, 64-64-32, 8)        __L3__
+      2 threads, quiet machine       loop fp32   grouped fp32  loop bf16   grouped bf16
+      (first version of the script)  NCHW   CL   NCHW   CL     NCHW   CL   NCHW   CL
+      layer 1 (2, 3-64-64, 32 px)    1991  799    848  771      391  309    496  365
+      layer 2 (4, 64-64-64, 16 px)    499  396    793  573      263  202    272  688
+      layer 3 (8, 64-64-32, 8 px)     182  192    582  400      155  133    377  248
+      1 thread (--threads 1)
+      layer 1                        1301  970   1358  872      569  267    654  350
+      layer 2                         881  677   1016  822      494  332    485  292
+      layer 3                         275  251    341  287      192  112    207  160
 
-  (bf16 = ``torch.autocast("cpu", dtype=torch.bfloat16)``, CL = channels_last input).
-  The per-expert loop is fastest in every configuration that wins overall, and
-  bf16 autocast + channels_last input is the fastest training configuration.
-  Layer 1 convolves the shared image once per expert (a single dense conv with
-  stacked output channels measured slower).
+  bf16 autocast + channels_last is the fastest training configuration and there the loop
+  wins overall (2 threads: 644 vs 1301 ms; 1 thread: 711 vs 802 ms; grouped wins only
+  layer 2 at 1 thread), so kdx keeps the loop; it is also the simplest. With other
+  processes busy on the 2 cores, 2-thread timings were erratic (OpenMP threads waiting on
+  each other), so the later measurements use 1 thread.
 
 Expert parameters for analysis: ``model.layers[l]`` holds the stacked parameters of layer
 ``l``; ``KDExplainer.per_expert(tensors)`` turns them (or their gradients) into an
