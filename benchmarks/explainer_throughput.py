@@ -11,6 +11,11 @@ times; the load average is printed at the start and the end.
 
     python benchmarks/explainer_throughput.py [--quick] [--classes 10,100] [--threads 2]
     python benchmarks/explainer_throughput.py --conv   # expert-conv formulation candidates
+
+Measured on the 2-core dev VM (Xeon, AVX-512 + AMX-bf16), torch 2.14.1, machine otherwise
+idle, images/s (ratio to the baseline): C=10: baseline 122.6, kdx fp32 132.8 (1.08x),
+kdx bf16 + channels_last 446.7 (3.64x); C=100: baseline 79.1, kdx fp32 104.9 (1.33x),
+kdx bf16 + channels_last 323.5 (4.09x). With --threads 1: 4.27x and 3.97x.
 """
 from __future__ import annotations
 

@@ -38,21 +38,24 @@ Vectorisation
   input, grouped = one grouped conv per conv of the layer (layer 1: one dense conv with
   stacked output channels, since all its experts read the same image)::
 
-      2 threads, quiet machine       loop fp32   grouped fp32  loop bf16   grouped bf16
-      (first version of the script)  NCHW   CL   NCHW   CL     NCHW   CL   NCHW   CL
-      layer 1 (2, 3-64-64, 32 px)    1991  799    848  771      391  309    496  365
-      layer 2 (4, 64-64-64, 16 px)    499  396    793  573      263  202    272  688
-      layer 3 (8, 64-64-32, 8 px)     182  192    582  400      155  133    377  248
+      2 threads (machine otherwise idle)  loop fp32   grouped fp32  loop bf16   grouped bf16
+                                          NCHW   CL   NCHW   CL     NCHW   CL   NCHW   CL
+      layer 1 (2, 3-64-64, 32 px)          629  474    647  461      249  159    367  191
+      layer 2 (4, 64-64-64, 16 px)         276  238    404  292      140   88    156   84
+      layer 3 (8, 64-64-32, 8 px)          111   92    124  103       66   50     56   37
       1 thread (--threads 1)
-      layer 1                        1301  970   1358  872      569  267    654  350
-      layer 2                         881  677   1016  822      494  332    485  292
-      layer 3                         275  251    341  287      192  112    207  160
+      layer 1                             1301  970   1358  872      569  267    654  350
+      layer 2                              881  677   1016  822      494  332    485  292
+      layer 3                              275  251    341  287      192  112    207  160
 
-  bf16 autocast + channels_last is the fastest training configuration and there the loop
-  wins overall (2 threads: 644 vs 1301 ms; 1 thread: 711 vs 802 ms; grouped wins only
-  layer 2 at 1 thread), so kdx keeps the loop; it is also the simplest. With other
-  processes busy on the 2 cores, 2-thread timings were erratic (OpenMP threads waiting on
-  each other), so the later measurements use 1 thread.
+  bf16 autocast + channels_last is the fastest training configuration by far. There the
+  loop wins layer 1 and the grouped conv layers 2-3 (2 threads: 297 vs 312 ms in all; a
+  mix would save <= 17 ms of a ~290 ms step), but grouped convs need the activations as
+  (N, E*ch, h, w), where the routing mix is no longer one cheap matmul over a leading
+  expert dim; kdx keeps the loop (simplest, and as fast within measurement noise).
+  Note: with other processes busy on the 2 cores, 2-thread timings become erratic
+  (OpenMP threads waiting for each other, 5-30x slower); one thread per process is
+  then much faster.
 
 Expert parameters for analysis: ``model.layers[l]`` holds the stacked parameters of layer
 ``l``; ``KDExplainer.per_expert(tensors)`` turns them (or their gradients) into an
