@@ -84,41 +84,39 @@ def run(cfg: ExplainerConfig) -> dict:
     stages = [1, 2] if cfg.stage == "both" else [int(cfg.stage)]
     results: dict = {"objective": cfg.objective, "stages": {}}
 
+    def train_stage(stage: int, build_model) -> Path:
+        """Train one stage in RUN/stage<N> unless it finished earlier; the engine resumes it if interrupted."""
+        stage_dir = run_dir / f"stage{stage}"
+        if not _stage_done(stage_dir):
+            stage_dir.mkdir(parents=True, exist_ok=True)
+            task = ExplainerTask(build_model(), cfg.objective, cfg, stage=stage, teacher=teacher,
+                                 teacher_meta=teacher_meta, class_names=bundle.class_names)
+            Trainer(_stage_config(cfg, stage), task, bundle, stage_dir, runtime=rt,
+                    label=f"explainer stage {stage} ({cfg.objective})").fit()
+        results["stages"][str(stage)] = json.loads((stage_dir / "results.json").read_text())
+        return stage_dir / ckpt.MODEL_FILE
+
+    def new_explainer() -> KDExplainer:
+        return KDExplainer(bundle.num_classes, in_channels=bundle.in_channels, image_size=bundle.image_size,
+                           experts=[int(e) for e in cfg.experts] if cfg.experts else None,
+                           widths=parse_widths(cfg.widths), head=cfg.head, tau=cfg.tau0)
+
+    def stage2_explainer() -> KDExplainer:
+        model, meta = ckpt.load_model(source)
+        if meta.get("kind") != "explainer":
+            raise KdxError(f"{source} is a '{meta.get('kind')}' checkpoint, not an explainer")
+        if int(meta["num_classes"]) != bundle.num_classes:
+            raise KdxError(f"{source} has {meta['num_classes']} classes but '{bundle.name}' has {bundle.num_classes}")
+        torch.manual_seed(cfg.seed + 2)
+        model.reset_parameters(keep_routing=True)  # official stage 2: new weights, the learned tree
+        return model
+
     if 1 in stages:
-        s1 = run_dir / "stage1"
-        if not _stage_done(s1):
-            model = KDExplainer(bundle.num_classes, in_channels=bundle.in_channels, image_size=bundle.image_size,
-                                experts=[int(e) for e in cfg.experts] if cfg.experts else None,
-                                widths=parse_widths(cfg.widths), head=cfg.head, tau=cfg.tau0)
-            s1.mkdir(parents=True, exist_ok=True)
-            task = ExplainerTask(model, cfg.objective, cfg, stage=1, teacher=teacher, teacher_meta=teacher_meta,
-                                 class_names=bundle.class_names)
-            Trainer(_stage_config(cfg, 1), task, bundle, s1, runtime=rt,
-                    label=f"explainer stage 1 ({cfg.objective})").fit()
-        results["stages"]["1"] = json.loads((s1 / "results.json").read_text())
-        source = s1 / ckpt.MODEL_FILE
+        source = train_stage(1, new_explainer)
     else:
         source = stage1_source(cfg.from_run)
 
-    if 2 in stages:
-        s2 = run_dir / "stage2"
-        if not _stage_done(s2):
-            model, meta = ckpt.load_model(source)
-            if meta.get("kind") != "explainer":
-                raise KdxError(f"{source} is a '{meta.get('kind')}' checkpoint, not an explainer")
-            if int(meta["num_classes"]) != bundle.num_classes:
-                raise KdxError(f"{source} has {meta['num_classes']} classes but '{bundle.name}' has {bundle.num_classes}")
-            torch.manual_seed(cfg.seed + 2)
-            model.reset_parameters(keep_routing=True)  # official stage 2: new weights, the learned tree
-            s2.mkdir(parents=True, exist_ok=True)
-            task = ExplainerTask(model, cfg.objective, cfg, stage=2, teacher=teacher, teacher_meta=teacher_meta,
-                                 class_names=bundle.class_names)
-            Trainer(_stage_config(cfg, 2), task, bundle, s2, runtime=rt,
-                    label=f"explainer stage 2 ({cfg.objective})").fit()
-        results["stages"]["2"] = json.loads((s2 / "results.json").read_text())
-        final = s2 / ckpt.MODEL_FILE
-    else:
-        final = run_dir / "stage1" / ckpt.MODEL_FILE
+    final = train_stage(2, stage2_explainer) if 2 in stages else source
 
     if rt.dist.is_main:
         _merge(run_dir, stages, "metrics")

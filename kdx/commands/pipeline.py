@@ -17,12 +17,11 @@ import subprocess
 import time
 from pathlib import Path
 
-import pandas as pd
 
 import kdx
 from kdx.config import (EXPLAINER_PRESETS, TEACHER_PRESETS, ExplainerConfig, TeacherConfig, build_config,
                         explainer_recipe, load_table_file, teacher_recipe)
-from kdx.engine.io import atomic_write_csv, atomic_write_text
+from kdx.engine.io import atomic_write_text
 from kdx.engine.progress import console
 from kdx.errors import KdxError
 

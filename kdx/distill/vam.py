@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from kdx.engine.checkpoint import register_kind
 from kdx.errors import KdxError
-from kdx.explainer.routing import MODES, route, routing_entropy
+from kdx.explainer.routing import check_mode, route, routing_entropy
 
 DEFAULT_BLOCKS = 8  # [kdx] as many virtual experts as the explainer's last expert layer
 
@@ -82,9 +82,7 @@ class VAMStudent(nn.Module):
 
     @routing.setter
     def routing(self, mode: str) -> None:
-        if mode not in MODES:
-            raise KdxError(f"unknown routing mode '{mode}'; valid routing modes: {', '.join(MODES)}")
-        self._routing = mode
+        self._routing = check_mode(mode)
 
     @property
     def experts(self) -> list[int]:

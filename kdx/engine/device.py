@@ -76,8 +76,6 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
         name = "bf16" if bf16_supported(device) else "fp32"
     if name == "bf16" and not bf16_supported(device) and device.type != "cpu":
         raise KdxError(f"--precision bf16 is not supported on {device}")
-    if name == "fp16" and device.type == "mps":
-        pass
     if name not in ("fp32", "bf16", "fp16"):
         raise KdxError(f"unknown precision '{name}'; valid: auto, fp32, bf16, fp16")
     return Precision(name, device)

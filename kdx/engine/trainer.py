@@ -24,7 +24,7 @@ import kdx
 from kdx.engine import checkpoint as ckpt
 from kdx.engine.device import resolve_channels_last, resolve_device, resolve_precision, seed_everything
 from kdx.engine.distributed import DistInfo, all_reduce_sum, any_rank, barrier, init_distributed
-from kdx.engine.evaluate import EvalResult, evaluate
+from kdx.engine.evaluate import evaluate
 from kdx.engine.io import atomic_write_csv, atomic_write_text
 from kdx.engine.progress import EpochProgress
 from kdx.engine.schedule import get_schedule
@@ -371,6 +371,3 @@ class Trainer:
         barrier(rt.dist)
         return results
 
-
-def evaluation_summary(res: EvalResult) -> dict:
-    return res.as_dict()

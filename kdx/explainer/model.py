@@ -72,7 +72,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdx.errors import KdxError
-from kdx.explainer.routing import MODES, route
+from kdx.explainer.routing import check_mode, route
 
 HEADS = ("ce", "nce")
 STEM_CHANNELS = 64
@@ -269,9 +269,7 @@ class KDExplainer(nn.Module):
 
     @routing.setter
     def routing(self, mode: str) -> None:
-        if mode not in MODES:
-            raise KdxError(f"unknown routing mode '{mode}'; valid routing modes: {', '.join(MODES)}")
-        self._routing = mode
+        self._routing = check_mode(mode)
 
     def config_dict(self) -> dict:
         """JSON-able constructor arguments: ``KDExplainer(**model.config_dict())`` rebuilds it."""

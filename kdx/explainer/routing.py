@@ -32,6 +32,13 @@ MODES = ("soft", "hard", "gumbel")
 PROB_TEMPERATURE = 0.5  # fixed in the official code: p = softmax(R / 0.5)
 
 
+def check_mode(mode: str) -> str:
+    """Return ``mode`` if it is a routing mode, else raise a one-line KdxError."""
+    if mode not in MODES:
+        raise KdxError(f"unknown routing mode '{mode}'; valid routing modes: {', '.join(MODES)}")
+    return mode
+
+
 def routing_probs(logits: Tensor) -> Tensor:
     """``p = softmax(R / 0.5)`` over the parents (last dim)."""
     return torch.softmax(logits / PROB_TEMPERATURE, dim=-1)
@@ -45,8 +52,7 @@ def route(logits: Tensor, tau: float = 1.0, mode: str = "soft", generator: torch
     ``generator`` seeds the Gumbel noise; ``training`` switches the noise of
     ``gumbel`` on (True) or off (False, then ``gumbel == soft``).
     """
-    if mode not in MODES:
-        raise KdxError(f"unknown routing mode '{mode}'; valid routing modes: {', '.join(MODES)}")
+    check_mode(mode)
     if mode == "hard":
         idx = logits.argmax(dim=-1)  # argmax of p == argmax of R (softmax is monotone)
         return F.one_hot(idx, logits.shape[-1]).to(logits.dtype)
