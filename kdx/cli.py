@@ -13,6 +13,7 @@ from typing import List, Optional
 
 import typer
 
+from kdx.engine.progress import table_console
 import kdx
 from kdx.errors import KdxError
 
@@ -387,7 +388,6 @@ def import_checkpoint_cmd(
 @handle_errors
 def models_cmd():
     """List the architectures of the model zoo."""
-    from rich.console import Console
     from rich.table import Table
 
     from kdx.models import get_model_meta, list_models
@@ -399,7 +399,7 @@ def models_cmd():
     for name in list_models():
         meta = get_model_meta(name)
         table.add_row(name, str(meta.get("family", "")), str(meta.get("description", "")))
-    Console().print(table)
+    table_console().print(table)
 
 
 @app.command("datasets")

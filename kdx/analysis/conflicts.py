@@ -36,7 +36,10 @@ from kdx.analysis.attention import compose
 from kdx.analysis.routed import ExplainerAdapter
 from kdx.errors import KdxError
 
-BUDGET = 1 << 25  # float elements per big temporary (128 MiB)
+# float elements per big temporary (16 MiB). Measured (benchmarks/analysis_time.py, C=100, 2 cores):
+# 2^22 ran the gradient components about 1.8x faster than 2^25, whose large temporaries are
+# mmap'd and page-faulted afresh every chunk; 2^19 is slower again (too many small vmaps).
+BUDGET = 1 << 22
 
 
 @dataclass

@@ -15,6 +15,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from kdx.engine.progress import table_console
 from kdx.analysis import attention as att_mod
 from kdx.analysis import clusters as cl_mod
 from kdx.analysis import conflicts as cf_mod
@@ -369,7 +370,7 @@ def _print_summary(summary: pd.DataFrame, layers: int, out: Path) -> None:
                       *[f(r.get(f"norm_entropy_l{l}", math.nan)) for l in range(1, layers + 1)],
                       f(r["conflict_rate_objective"], True), f(r["conflict_rate_ce"], True),
                       "/".join(str(r.get(f"clusters_l{l}", "-")) for l in range(1, layers + 1)), f"{r['seconds']:.0f}")
-    console = Console()
+    console = table_console()
     console.print(table)
     console.print("H = mean normalised soft attention entropy; confl = conflict rate on shared experts")
     console.print(f"analysis written to {out} (report.md, *.csv, clusters/, plots/)")

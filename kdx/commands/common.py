@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
+
+from kdx.engine.progress import table_console
 
 
 def load_bundle(cfg, dataset: str | None = None):
@@ -37,6 +38,6 @@ def print_results(title: str, run_dir: Path, results: dict) -> None:
                   _pct(results["test_top1_last"]), _pct(results["test_top5_last"]))
     table.add_row(f"best on {results['best_selected_on']} (best.safetensors)", str(results["best_epoch"]),
                   _pct(results.get("val_top1_best")), _pct(results["test_top1_best"]), _pct(results["test_top5_best"]))
-    console = Console()
+    console = table_console()
     console.print(table)
     console.print(f"run directory: {run_dir}")

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from kdx.engine.progress import table_console
 from kdx.commands.common import load_bundle
 from kdx.config import ExplainerConfig, parse_widths
 from kdx.distill.task import load_teacher
@@ -140,7 +141,6 @@ def run(cfg: ExplainerConfig) -> dict:
 
 
 def _print_summary(run_dir: Path, cfg, results: dict, tree: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"KDExplainer ({cfg.objective}) on {cfg.dataset}")
@@ -149,7 +149,7 @@ def _print_summary(run_dir: Path, cfg, results: dict, tree: dict) -> None:
     for s, r in results["stages"].items():
         table.add_row(s, str(r["best_epoch"]), f"{100 * (r.get('val_top1_best') or 0):.2f}%",
                       f"{100 * r['test_top1_best']:.2f}%", f"{100 * r['test_top1_last']:.2f}%")
-    console = Console()
+    console = table_console()
     console.print(table)
     if "stage1_final_entropy" in results:
         ent = ", ".join(f"{k[len('entropy_'):]} {v:.3f}" for k, v in results["stage1_final_entropy"].items())

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pandas as pd
-from rich.console import Console
 from rich.table import Table
 
+from kdx.engine.progress import table_console
 from kdx.engine import checkpoint as ckpt
 from kdx.engine.device import resolve_device, resolve_precision
 from kdx.engine.evaluate import evaluate
@@ -89,6 +89,6 @@ def run(checkpoint: Path, *, dataset=None, split="test", data_root=None, which="
     table.add_row("loss", f"{res.loss:.4f}")
     for name, acc in zip(bundle.class_names, res.per_class_accuracy):
         table.add_row(f"  {name}", f"{100 * acc:.1f}%")
-    Console().print(table)
-    Console().print(f"per-class accuracy: {per_class_csv}")
+    table_console().print(table)
+    table_console().print(f"per-class accuracy: {per_class_csv}")
     return result

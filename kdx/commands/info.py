@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
+from kdx.engine.progress import table_console
 from kdx.engine.checkpoint import load_state, read_metadata, resolve_checkpoint
 
 
@@ -38,5 +38,5 @@ def run(checkpoint: Path, json_out: bool = False) -> dict:
     table.add_row("tensors / parameters", f"{len(state)} / {n_params:,}")
     for key, value in sorted((meta.get("metrics") or {}).items()):
         table.add_row(f"metrics.{key}", _fmt(value))
-    Console().print(table)
+    table_console().print(table)
     return meta

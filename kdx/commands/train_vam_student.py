@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from kdx.engine.progress import table_console
 from kdx.commands.common import load_bundle
 from kdx.config import VamConfig, read_config_file, save_config
 from kdx.distill.hierarchy import HierarchyHeads, load_hierarchy, map_stages
@@ -83,9 +84,8 @@ class _Shared:
 
 
 def _log(cfg, text: str) -> None:
-    from rich.console import Console
 
-    Console(stderr=False).print(text, highlight=False)
+    table_console().print(text, highlight=False)
 
 
 def build_task(cfg: VamConfig, bundle, shared: _Shared, cache: TeacherCache | None = None) -> StudentTask:
@@ -315,7 +315,6 @@ def _pct(v, s=None) -> str:
 
 
 def _print_comparison(summary: pd.DataFrame, out: Path, cfg: VamConfig) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"student {cfg.arch} on {cfg.dataset}: test top-1, mean ± std over seeds")
@@ -327,7 +326,7 @@ def _print_comparison(summary: pd.DataFrame, out: Path, cfg: VamConfig) -> None:
                       f"{int(r['params']):,}" if r["params"] == r["params"] else "-",
                       f"{int(r['macs']):,}" if r["macs"] == r["macs"] else "-",
                       f"{r['seconds_mean']:.0f}" if r["seconds_mean"] == r["seconds_mean"] else "-")
-    console = Console()
+    console = table_console()
     console.print(table)
     console.print(f"comparison: {out / 'comparison.csv'}, {out / 'comparison_summary.csv'}, {out / 'comparison.png'}")
 

@@ -56,3 +56,10 @@ class EpochProgress:
             self._progress.stop()
             self._progress = None
         sys.stderr.flush()
+
+
+def table_console() -> Console:
+    """A stdout console for result tables; when the output is not a terminal (a log file, a pipe),
+    it is 160 columns wide so tables are not squeezed into 80 columns and truncated."""
+    out = Console()
+    return out if out.is_terminal else Console(width=160)
