@@ -25,11 +25,13 @@ test: install
 	$(BIN)/python -m pytest -q
 
 demo: install
-	$(BIN)/kdx train-teacher --dataset fashion-mnist-mini --arch resnet20 --preset quick --out runs/demo/teacher --overwrite --quiet
+	$(BIN)/kdx pipeline --preset demo --out runs/demo --quiet
+	@echo "report: runs/demo/study_report.md"
 
 bench: install
 	$(BIN)/python benchmarks/teacher_throughput.py
 	$(BIN)/python benchmarks/explainer_throughput.py
+	$(BIN)/python benchmarks/analysis_time.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

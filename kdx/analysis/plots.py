@@ -127,10 +127,10 @@ def entropy_bars(summary: pd.DataFrame, layers: int, path: Path) -> Path:
                 ax.text(b.get_x() + b.get_width() / 2, v + 0.01, f"{v:.2f}", ha="center", va="bottom", fontsize=7)
     ax.set_xticks(range(1, layers + 1))
     ax.set_xticklabels([f"layer {l}" for l in range(1, layers + 1)])
-    ax.set_ylim(0, 1.12)
+    ax.set_ylim(0, 1.25)  # head-room above the value labels for the legend
     ax.set_ylabel("mean normalised entropy\n(soft attention, final tau)")
     ax.set_title("Subtask attention entropy per layer (0 = one expert, 1 = uniform)", fontsize=10)
-    ax.legend(fontsize=8, loc="upper left", ncol=len(runs))
+    ax.legend(fontsize=8, loc="upper center", ncol=len(runs), frameon=False)
     return _save(fig, path)
 
 

@@ -35,10 +35,11 @@ PIPELINE_PRESETS: dict[str, dict] = {
     "demo": {
         "dataset": "fashion-mnist-mini", "seeds": [0], "objectives": ["ce", "ls", "kd"],
         "notes": "demo preset: fashion-mnist-mini on CPU; teacher resnet20 for 8 epochs, explainers with 16-channel "
-                 "experts and 3 + 3 epochs, 512 analysed images, resnet8 students for 6 epochs on one seed: "
-                 "far shorter and narrower than the paper, for a look at the whole study, not for its numbers.",
+                 "experts and 5 + 5 epochs (the quick explainer recipe otherwise), 512 analysed images, resnet8 "
+                 "students for 6 epochs on one seed: far shorter and narrower than the paper, for a look at the "
+                 "whole study, not for its numbers.",
         "teacher": {"arch": "resnet20", "preset": "quick", "epochs": 8},
-        "explainer": {"preset": "quick", "widths": "16:16,16:16,16:16", "stage1_epochs": 3, "stage2_epochs": 3},
+        "explainer": {"preset": "quick", "widths": "16:16,16:16,16:16", "stage1_epochs": 5, "stage2_epochs": 5},
         "analysis": {"images": 512, "split": "val", "conflict_images": 256},
         "student": {"arch": "resnet8", "preset": "quick", "epochs": 6, "seeds": [0]},
     },
