@@ -297,3 +297,26 @@ def test_dropout_statistics():
     assert abs((y == 0).float().mean().item() - 0.15) < 0.005
     assert abs(y.mean().item() - 1.0) < 0.01
     assert torch.equal(_dropout(x, 0.15, False), x) and torch.equal(_dropout(x, 0.0, True), x)
+
+
+def test_import_checkpoint_command_with_official_pth(tmp_path):
+    """`kdx import-checkpoint FILE --kind explainer` end to end: an official-layout .pth in, a kdx
+    checkpoint out whose outputs equal the oracle's under soft (tau 10, 10/7) and hard routing."""
+    from typer.testing import CliRunner
+
+    import kdx
+    from kdx.cli import app
+
+    oracle = randomize(OfficialExplainer(10, "nce"), seed=3).eval()
+    pth, out = tmp_path / "official.pth", tmp_path / "imported.safetensors"
+    torch.save({"model": oracle.state_dict()}, pth)
+    result = CliRunner().invoke(app, ["import-checkpoint", str(pth), "--kind", "explainer", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    model, meta = kdx.load(out)
+    assert meta["kind"] == "explainer" and meta["num_classes"] == 10 and model.head_type == "nce"
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        for mode, tau in (("soft", 10.0), ("soft", 10.0 / 7), ("hard", 1.0)):
+            oracle.mode, oracle.tau = mode, tau
+            model.routing, model.tau = mode, tau
+            assert rel_err(model.eval()(x), oracle(x)) <= 1e-5, (mode, tau)

@@ -73,3 +73,16 @@ def test_tiny_study_end_to_end_and_rerun_skips(tmp_path):
     # another config in the same folder is refused
     with pytest.raises(Exception, match="another config"):
         pipeline.run(pipeline.merge_study(study, {"objectives": ["ce"]}), out)
+
+
+def test_report_plots_order_and_selection(tmp_path):
+    from kdx.commands.study_report import report_plots
+
+    names = ["attention_ce_layer1.png", "attention_ce_layer3.png", "attention_kd_layer2.png", "attention_kd_layer3.png",
+             "conflicts_kd.png", "conflicts_ce.png", "entropy.png", "tree_kd.png", "tree_ce.png"]
+    for n in names:
+        (tmp_path / n).write_bytes(b"png")
+    got = [p.name for p in report_plots(tmp_path)]
+    assert got == ["entropy.png", "tree_ce.png", "tree_kd.png", "attention_ce_layer3.png", "attention_kd_layer3.png",
+                   "conflicts_ce.png", "conflicts_kd.png"]
+    assert report_plots(tmp_path / "missing") == []

@@ -74,6 +74,16 @@ def collect(study: dict, seed: int, paths: dict) -> list[dict]:
     return rows
 
 
+def report_plots(pdir: Path) -> list[Path]:
+    """The plots a study report shows, in reading order: entropy bars, trees, last-layer attention, conflicts."""
+    if not pdir.is_dir():
+        return []
+    attention = sorted(pdir.glob("attention_*_layer*.png"))
+    last = max((int(p.stem.rsplit("layer", 1)[1]) for p in attention), default=0)
+    return ([p for p in [pdir / "entropy.png"] if p.is_file()] + sorted(pdir.glob("tree_*.png"))
+            + [p for p in attention if p.stem.endswith(f"_layer{last}")] + sorted(pdir.glob("conflicts_*.png")))
+
+
 def write_report(study: dict, out: Path, per_seed: dict, log: list, seconds: float) -> pd.DataFrame:
     from kdx.commands.pipeline import environment, reproduce_commands
 
@@ -118,10 +128,11 @@ def write_report(study: dict, out: Path, per_seed: dict, log: list, seconds: flo
             lines.append(f"- layer {layer['layer']}: " + "; ".join(f"{{{g}}}" for g in groups))
         lines.append("")
 
-    plots = sorted((paths0["analysis"] / "plots").glob("*.png")) if (paths0["analysis"] / "plots").is_dir() else []
+    plots = report_plots(paths0["analysis"] / "plots")
     if plots:
-        lines += ["## Plots", ""]
-        for p in plots[:12]:
+        lines += ["## Plots", "", "Entropy per layer, the class trees, each run's attention at the last expert layer "
+                  "and its gradient conflicts; every other plot is in the analysis report.", ""]
+        for p in plots:
             lines += [f"![{p.stem}]({_rel(p, out)})", ""]
 
     lines += ["## Students: with and without VAM", ""]
