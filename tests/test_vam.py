@@ -251,3 +251,20 @@ def test_user_errors(compare_run, tmp_path):
     assert result.exit_code == 2 and "in no cluster" in result.output
     result = invoke("train-vam-student", "--arch", "resnet8", *TINY, "--out", tmp_path / "c", "--compare")
     assert result.exit_code == 2 and "--teacher" in result.output
+
+
+def test_summary_paired_delta_against_kd():
+    import pandas as pd
+
+    from kdx.commands.train_vam_student import summarize
+
+    frame = pd.DataFrame({
+        "method": ["kd", "kd+vam", "kd", "kd+vam", "kd", "kd+vam"], "seed": [0, 0, 1, 1, 2, 2],
+        "test_top1_best": [0.90, 0.91, 0.80, 0.83, 0.85, 0.85], "test_top1_last": [0.9, 0.9, 0.8, 0.8, 0.85, 0.86],
+        "best_epoch": [4] * 6, "seconds": [1.0] * 6, "train_seconds": [1.0] * 6, "params": [10] * 6, "macs": [20] * 6})
+    s = summarize(frame).set_index("method")
+    # paired by seed: +0.01, +0.03, 0.00 -> mean 0.01333, sample std 0.01528
+    assert s.loc["kd+vam", "test_top1_best_delta_vs_kd_mean"] == pytest.approx(0.04 / 3)
+    assert s.loc["kd+vam", "test_top1_best_delta_vs_kd_std"] == pytest.approx(0.0152753, abs=1e-6)
+    assert s.loc["kd", "test_top1_best_delta_vs_kd_mean"] == 0.0
+    assert s.loc["kd+vam", "test_top1_last_delta_vs_kd_mean"] == pytest.approx(0.01 / 3)

@@ -274,8 +274,21 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
             row[f"{col}_mean"] = float(vals.mean())
             row[f"{col}_std"] = float(vals.std(ddof=1)) if len(vals.dropna()) > 1 else 0.0
         row["params"], row["macs"] = g["params"].iloc[0], g["macs"].iloc[0]
+        for col in ("test_top1_best", "test_top1_last"):
+            d = paired_delta(frame, method, "kd", col)
+            row[f"{col}_delta_vs_kd_mean"] = float(d.mean()) if len(d) else float("nan")
+            row[f"{col}_delta_vs_kd_std"] = float(d.std(ddof=1)) if len(d) > 1 else float("nan")
         out.append(row)
     return pd.DataFrame(out)
+
+
+def paired_delta(frame: pd.DataFrame, method: str, reference: str, col: str) -> pd.Series:
+    """Per seed, ``method`` minus ``reference`` (same seed = same initialisation and data order):
+    the paired differences whose spread says whether a gap is outside the seed noise."""
+    a = frame[frame["method"] == method].set_index("seed")[col]
+    b = frame[frame["method"] == reference].set_index("seed")[col]
+    both = a.index.intersection(b.index)
+    return (pd.to_numeric(a[both]) - pd.to_numeric(b[both])).dropna()
 
 
 def plot_comparison(summary: pd.DataFrame, path: Path, title: str = "") -> None:
@@ -314,15 +327,24 @@ def _pct(v, s=None) -> str:
     return f"{100 * v:.2f}%" + ("" if s is None else f" ± {100 * s:.2f}")
 
 
+def _delta(r) -> str:
+    """Paired best-val-epoch difference against kd, in points: mean (± std over seeds)."""
+    m, sd = r.get("test_top1_best_delta_vs_kd_mean"), r.get("test_top1_best_delta_vs_kd_std")
+    if r["method"] == "kd" or m is None or m != m:
+        return "-"
+    return f"{100 * m:+.2f}" + ("" if sd != sd else f" ± {100 * sd:.2f}")
+
+
 def _print_comparison(summary: pd.DataFrame, out: Path, cfg: VamConfig) -> None:
     from rich.table import Table
 
     table = Table(title=f"student {cfg.arch} on {cfg.dataset}: test top-1, mean ± std over seeds")
-    for col in ("method", "seeds", "best-val epoch", "last epoch", "best epoch", "params", "MACs", "s / run"):
+    for col in ("method", "seeds", "best-val epoch", "last epoch", "vs kd (paired)", "best epoch", "params", "MACs",
+                "s / run"):
         table.add_column(col, justify="left" if col == "method" else "right")
     for _, r in summary.iterrows():
         table.add_row(r["method"], str(r["seeds"]), _pct(r["test_top1_best_mean"], r["test_top1_best_std"]),
-                      _pct(r["test_top1_last_mean"], r["test_top1_last_std"]), f"{r['best_epoch_mean']:.1f}",
+                      _pct(r["test_top1_last_mean"], r["test_top1_last_std"]), _delta(r), f"{r['best_epoch_mean']:.1f}",
                       f"{int(r['params']):,}" if r["params"] == r["params"] else "-",
                       f"{int(r['macs']):,}" if r["macs"] == r["macs"] else "-",
                       f"{r['seconds_mean']:.0f}" if r["seconds_mean"] == r["seconds_mean"] else "-")
