@@ -42,7 +42,7 @@ def test_print_config_and_errors(tmp_path):
     assert r.exit_code == 2 and "datasett" in r.output
 
 
-def test_tiny_study_end_to_end_and_rerun_skips(tmp_path):
+def test_tiny_study_end_to_end_and_rerun_skips(tmp_path, capsys):
     out = tmp_path / "study"
     study = pipeline.merge_study(pipeline.PIPELINE_PRESETS["demo"], TINY_STUDY)
     pipeline.run(study, out)
@@ -59,7 +59,11 @@ def test_tiny_study_end_to_end_and_rerun_skips(tmp_path):
         assert needle in report, needle
     # a rerun skips every finished step ...
     log_before = (out / "explainer-ls" / "results.json").read_text()
+    capsys.readouterr()
     pipeline.run(study, out)
+    said = capsys.readouterr().err
+    assert "[seed 0] teacher: finished earlier, skipped" in said  # not eaten as rich markup
+    assert "[seed 0] analysis: finished earlier, skipped" in said
     assert (out / "explainer-ls" / "results.json").read_text() == log_before
     assert "skipped (done)" in (out / "study_report.md").read_text()
     # ... and finishes an interrupted one without retraining what had finished

@@ -17,6 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from rich.markup import escape as esc
 
 import kdx
 from kdx.config import (EXPLAINER_PRESETS, TEACHER_PRESETS, ExplainerConfig, TeacherConfig, build_config,
@@ -137,17 +138,17 @@ def _status(run_dir: Path, done_file: str = "results.json") -> str:
 def _run_training(cls, presets, recipe, run_fn, options: dict, run_dir: Path, name: str, log: list) -> None:
     state = _status(run_dir)
     if state == "done":
-        console.print(f"[green]{name}: finished earlier, skipped[/] ({run_dir})")
+        console.print(f"[green]{esc(name)}: finished earlier, skipped[/] ({esc(str(run_dir))})")
         log.append({"step": name, "status": "skipped (done)", "seconds": 0.0})
         return
     t0 = time.perf_counter()
     if state == "resume":
-        console.print(f"[yellow]{name}: resuming the interrupted run[/] ({run_dir})")
+        console.print(f"[yellow]{esc(name)}: resuming the interrupted run[/] ({esc(str(run_dir))})")
         from kdx.engine.rundir import config_for_resume
 
         cfg = config_for_resume(cls, str(run_dir), {"quiet": options.get("quiet"), "device": options.get("device")})
     else:
-        console.print(f"[bold]{name}[/] -> {run_dir}")
+        console.print(f"[bold]{esc(name)}[/] -> {esc(str(run_dir))}")
         cfg = build_config(cls, presets=presets, recipe_for_dataset=recipe, cli=dict(options, out=str(run_dir)))
     cfg.validate()
     run_fn(cfg)
@@ -176,12 +177,12 @@ def run_seed(study: dict, root: Path, seed: int, log: list) -> dict:
     analysis = root / "analysis"
     paths["analysis"] = analysis
     if (analysis / "summary.csv").is_file() and (analysis / "report.md").is_file():
-        console.print(f"[green][seed {seed}] analysis: finished earlier, skipped[/]")
+        console.print(f"[green]{esc(f'[seed {seed}]')} analysis: finished earlier, skipped[/]")
         log.append({"step": f"[seed {seed}] analysis", "status": "skipped (done)", "seconds": 0.0})
     else:
         t0 = time.perf_counter()
         a = study.get("analysis", {})
-        console.print(f"[bold][seed {seed}] analyze-conflicts[/] -> {analysis}")
+        console.print(f"[bold]{esc(f'[seed {seed}]')} analyze-conflicts[/] -> {esc(str(analysis))}")
         analyze_conflicts.run([paths[f"explainer-{o}"] for o in study["objectives"]], dataset=study.get("dataset"),
                               split=a.get("split", "val"), images=int(a.get("images", 1024)),
                               device=study.get("device") or "auto", out=analysis, data_root=study.get("data_root"),
@@ -193,11 +194,11 @@ def run_seed(study: dict, root: Path, seed: int, log: list) -> dict:
     opts = dict(g, seed=1029 + seed, teacher=str(paths["teacher"]), compare=True,
                 hierarchy=[str(analysis)], **s)
     if (students / "comparison_summary.csv").is_file():
-        console.print(f"[green][seed {seed}] students: finished earlier, skipped[/]")
+        console.print(f"[green]{esc(f'[seed {seed}]')} students: finished earlier, skipped[/]")
         log.append({"step": f"[seed {seed}] students", "status": "skipped (done)", "seconds": 0.0})
     else:
         t0 = time.perf_counter()
-        console.print(f"[bold][seed {seed}] train-vam-student --compare[/] -> {students}")
+        console.print(f"[bold]{esc(f'[seed {seed}]')} train-vam-student --compare[/] -> {esc(str(students))}")
         cfg = build_config(VamConfig, presets=VAM_PRESETS, recipe_for_dataset=vam_recipe, cli=dict(opts, out=str(students)))
         cfg.validate()
         train_vam_student.run(cfg)  # skips finished methods and resumes an interrupted one by itself

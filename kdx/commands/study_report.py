@@ -28,6 +28,18 @@ def md_table(frame: pd.DataFrame, floatfmt: str = "{:.4g}") -> str:
     return "\n".join(lines) + "\n"
 
 
+def as_percent(frame: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy-like columns (fractions) as percentages with 2 decimals; std columns as points."""
+    out = frame.copy()
+    for col in out.columns:
+        c = str(col)
+        if c.startswith(("test_top1", "conflict_rate", "best_mean", "last_mean")):
+            out[col] = [_pct(v) for v in out[col]]
+        elif c in ("best_std", "last_std"):
+            out[col] = ["-" if pd.isna(v) else f"{100 * v:.2f}" for v in out[col]]
+    return out
+
+
 def _json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
@@ -106,12 +118,12 @@ def write_report(study: dict, out: Path, per_seed: dict, log: list, seconds: flo
 
     lines += ["## Teacher", ""]
     teach = summary[summary["component"] == "teacher"]
-    lines.append(md_table(teach[["seed", "name", "best_epoch", "test_top1_best", "test_top1_last"]]))
+    lines.append(md_table(as_percent(teach[["seed", "name", "best_epoch", "test_top1_best", "test_top1_last"]])))
 
     lines += ["## Explainers", "",
               "Test top-1 of the final (stage-2, hard-routing) explainer; entropy and conflicts from `analysis/`.", ""]
     expl = summary[summary["component"] == "explainer"].dropna(axis=1, how="all")
-    lines.append(md_table(expl.drop(columns=["component"])))
+    lines.append(md_table(as_percent(expl.drop(columns=["component"]))))
     report = paths0["analysis"] / "report.md"
     if report.is_file():
         lines += ["", f"Full analysis: [{_rel(report, out)}]({_rel(report, out)}).", ""]
@@ -141,9 +153,9 @@ def write_report(study: dict, out: Path, per_seed: dict, log: list, seconds: flo
         agg = stud.groupby("name", sort=False).agg(
             runs=("test_top1_best", "size"), best_mean=("test_top1_best", "mean"), best_std=("test_top1_best", "std"),
             last_mean=("test_top1_last", "mean"), last_std=("test_top1_last", "std")).reset_index()
-        lines.append(md_table(agg.rename(columns={"name": "method"})))
+        lines.append(md_table(as_percent(agg.rename(columns={"name": "method"}))))
         lines.append("best = test top-1 at the epoch with the best validation accuracy; last = final epoch; "
-                     "mean and std over seeds.\n")
+                     "mean over seeds, std in points (empty with one seed).\n")
         png = paths0["students"] / "comparison.png"
         if png.is_file():
             lines += [f"![comparison]({_rel(png, out)})", ""]
