@@ -55,7 +55,7 @@ def test_tiny_study_end_to_end_and_rerun_skips(tmp_path, capsys):
     assert set(summary[summary["component"] == "explainer"]["name"]) == {"ce", "ls", "kd"}
     assert {"ce", "kd", "kd+vam", "kd+vam+hier"} <= set(summary[summary["component"] == "student"]["name"])
     report = (out / "study_report.md").read_text()
-    for needle in ("## Teacher", "## Explainers", "## Students", "kdx pipeline --config", "torch"):
+    for needle in ("## Teacher", "## Explainers", "## Students", "kdx pipeline --config", "torch", "best_vs_kd"):
         assert needle in report, needle
     # a rerun skips every finished step ...
     log_before = (out / "explainer-ls" / "results.json").read_text()
