@@ -32,6 +32,7 @@ bench: install
 	$(BIN)/python benchmarks/teacher_throughput.py
 	$(BIN)/python benchmarks/explainer_throughput.py
 	$(BIN)/python benchmarks/analysis_time.py
+	$(BIN)/python benchmarks/vam_overhead.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -124,3 +124,17 @@ def test_distill_explainer_errors(teacher, tmp_path):
     r = invoke("distill-explainer", "--objective", "kd", "--teacher", tmp_path / "t100.safetensors",
                "--out", tmp_path / "y", *TINY)
     assert r.exit_code == 2 and "predicts 100 classes" in r.output
+
+
+def test_resolve_checkpoint_in_explainer_runs(tmp_path):
+    from kdx.engine.checkpoint import resolve_checkpoint
+
+    for stage in ("stage1", "stage2"):
+        (tmp_path / stage).mkdir()
+        for f in ("model.safetensors", "best.safetensors"):
+            (tmp_path / stage / f).write_bytes(b"x")
+    assert resolve_checkpoint(tmp_path) == tmp_path / "stage2" / "model.safetensors"
+    assert resolve_checkpoint(tmp_path, "best") == tmp_path / "stage2" / "best.safetensors"
+    (tmp_path / "stage2" / "best.safetensors").unlink()
+    (tmp_path / "stage2" / "model.safetensors").unlink()
+    assert resolve_checkpoint(tmp_path, "best") == tmp_path / "stage1" / "best.safetensors"

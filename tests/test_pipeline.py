@@ -90,3 +90,14 @@ def test_report_plots_order_and_selection(tmp_path):
     assert got == ["entropy.png", "tree_ce.png", "tree_kd.png", "attention_ce_layer3.png", "attention_kd_layer3.png",
                    "conflicts_ce.png", "conflicts_kd.png"]
     assert report_plots(tmp_path / "missing") == []
+
+
+def test_unknown_step_keys_are_refused():
+    from kdx.errors import KdxError
+
+    for name in pipeline.PIPELINE_PRESETS:
+        pipeline.build_study(name, None, {})  # every preset passes its own check
+    with pytest.raises(KdxError, match="did you mean 'stage1_epochs'"):
+        pipeline.build_study("demo", None, {"explainer": {"stage1_epoch": 3}})
+    with pytest.raises(KdxError, match=r"unknown key 'label' in the study's \[analysis\] table"):
+        pipeline.build_study("demo", None, {"analysis": {"label": "x"}})

@@ -9,6 +9,7 @@ a rerun skips finished steps and resumes an interrupted one; ``seeds`` repeats t
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as dt
 import json
 import platform
@@ -31,7 +32,7 @@ GLOBAL_KEYS = ("dataset", "data_root", "download", "device", "precision", "chann
 SECTIONS = ("teacher", "explainer", "analysis", "student")
 
 PIPELINE_PRESETS: dict[str, dict] = {
-    # the whole study on the embedded data set in about 10 minutes on 2 CPU cores: narrower and
+    # the whole study on the embedded data set in about 5 minutes on 2 CPU cores: narrower and
     # shorter than the paper everywhere (see the report's notes)
     "demo": {
         "dataset": "fashion-mnist-mini", "seeds": [0], "objectives": ["ce", "ls", "kd"],
@@ -117,7 +118,31 @@ def build_study(preset: str | None, config_file: str | None, flags: dict) -> dic
         raise KdxError(f"objectives must be among ce, ls, kd; got {study.get('objectives')}")
     if not study.get("seeds"):
         raise KdxError("seeds must be a non-empty list of integers")
+    check_step_tables(study)
     return study
+
+
+ANALYSIS_KEYS = ("images", "split", "batch_size", "conflict_images")
+
+
+def check_step_tables(study: dict) -> None:
+    """Refuse a key no step knows (a typo would otherwise be dropped without a word)."""
+    import difflib
+
+    from kdx.config import VamConfig
+
+    owners = {"teacher": TeacherConfig, "explainer": ExplainerConfig, "student": VamConfig}
+    for section in SECTIONS:
+        table = study.get(section) or {}
+        if not isinstance(table, dict):
+            raise KdxError(f"[{section}] must be a table of options")
+        valid = set(ANALYSIS_KEYS) if section == "analysis" else \
+            {f.name for f in dataclasses.fields(owners[section])} - {"out", "resume", "overwrite"}
+        for key in table:
+            if key not in valid:
+                close = difflib.get_close_matches(key, sorted(valid), n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise KdxError(f"unknown key '{key}' in the study's [{section}] table{hint}")
 
 
 def _global(study: dict) -> dict:

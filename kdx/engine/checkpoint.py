@@ -103,9 +103,9 @@ def resolve_checkpoint(path: str | Path, which: str = "model") -> Path:
     """A run directory or a file -> the safetensors file to load."""
     path = Path(path)
     if path.is_dir():
-        candidates = [path / (BEST_FILE if which == "best" else MODEL_FILE)]
-        # explainer runs keep their final model in stage2/ (or stage1/)
-        candidates += [path / "stage2" / MODEL_FILE, path / "stage1" / MODEL_FILE]
+        name = BEST_FILE if which == "best" else MODEL_FILE
+        # explainer runs keep their checkpoints in stage2/ (or stage1/ for a stage-1-only run)
+        candidates = [path / name, path / "stage2" / name, path / "stage1" / name]
         for cand in candidates:
             if cand.is_file():
                 return cand
