@@ -21,13 +21,7 @@ from kdx.explainer.model import to_official_state_dict
 TSV = Path(__file__).parent / "data" / "explainer_state_dict_layout.tsv"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny batches: one thread is as fast, and immune to OpenMP stalls on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
 
 # --------------------------------------------------------------------------- oracle

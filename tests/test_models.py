@@ -29,14 +29,7 @@ LAYOUT = _load_layout()
 ARCHS = sorted(LAYOUT)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Batch-2 toy inputs gain nothing from intra-op threads, and on a shared/busy 2-core box
-    # OpenMP thread barriers made this file 5-8x slower. Restored after the module.
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
 
 def _hooks_empty(model: nn.Module) -> bool:

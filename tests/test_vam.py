@@ -23,12 +23,7 @@ TINY = ["--epochs", "1", "--max-train-samples", "200", "--batch-size", "50", "--
         "--eval-batch-size", "500"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
 
 def invoke(*args):
