@@ -60,7 +60,6 @@ def main() -> None:
                     help="log2 of the temporaries' size for the components-only comparison")
     ap.add_argument("--components-images", type=int, default=256)
     args = ap.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
     default_budget = cf.BUDGET
     for classes in args.classes:
         with tempfile.TemporaryDirectory() as tmp:

@@ -13,8 +13,8 @@ from typing import List, Optional
 
 import typer
 
-from kdx.engine.progress import table_console
 import kdx
+from kdx.engine.progress import table_console
 from kdx.errors import KdxError
 
 app = typer.Typer(

@@ -37,7 +37,7 @@ from kdx.analysis.routed import ExplainerAdapter
 from kdx.errors import KdxError
 
 # float elements per big temporary (16 MiB). Measured (benchmarks/analysis_time.py, C=100, 2 cores):
-# 2^22 ran the gradient components about 1.8x faster than 2^25, whose large temporaries are
+# 2^22 ran the gradient components 1.6x faster than 2^25, whose large temporaries are
 # mmap'd and page-faulted afresh every chunk; 2^19 is slower again (too many small vmaps).
 BUDGET = 1 << 22
 

@@ -15,7 +15,6 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from kdx.engine.progress import table_console
 from kdx.analysis import attention as att_mod
 from kdx.analysis import clusters as cl_mod
 from kdx.analysis import conflicts as cf_mod
@@ -25,6 +24,7 @@ from kdx.analysis.report import write_report
 from kdx.analysis.routed import as_routed, check_routed, routing_matrices
 from kdx.engine import checkpoint as ckpt
 from kdx.engine.io import atomic_write_csv, atomic_write_text
+from kdx.engine.progress import table_console
 from kdx.errors import KdxError
 
 COLUMNS = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 from rich.table import Table
 
 from kdx.engine.progress import table_console
@@ -41,3 +42,19 @@ def print_results(title: str, run_dir: Path, results: dict) -> None:
     console = table_console()
     console.print(table)
     console.print(f"run directory: {run_dir}")
+
+
+def paired_delta(frame: pd.DataFrame, method: str, reference: str, col: str) -> pd.Series:
+    """Per seed, ``method`` minus ``reference`` (same seed = same initialisation and data order):
+    the paired differences whose spread says whether a gap is outside the seed noise."""
+    a = frame[frame["method"] == method].set_index("seed")[col]
+    b = frame[frame["method"] == reference].set_index("seed")[col]
+    both = a.index.intersection(b.index)
+    return (pd.to_numeric(a[both]) - pd.to_numeric(b[both])).dropna()
+
+
+def format_delta(mean, std=None) -> str:
+    """A difference of fractions in points: ``+0.25 ± 0.10`` (no std where it is missing or NaN)."""
+    if mean is None or mean != mean:
+        return "-"
+    return f"{100 * mean:+.2f}" + ("" if std is None or std != std else f" ± {100 * std:.2f}")

@@ -15,13 +15,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from kdx.engine.progress import table_console
 from kdx.commands.common import load_bundle
 from kdx.config import ExplainerConfig, parse_widths
 from kdx.distill.task import load_teacher
 from kdx.engine import checkpoint as ckpt
 from kdx.engine.distributed import barrier
 from kdx.engine.io import atomic_write_csv, atomic_write_text
+from kdx.engine.progress import table_console
 from kdx.engine.rundir import prepare_run_dir
 from kdx.engine.trainer import Runtime, Trainer
 from kdx.errors import KdxError

@@ -8,10 +8,10 @@ from pathlib import Path
 import pandas as pd
 from rich.table import Table
 
-from kdx.engine.progress import table_console
 from kdx.engine import checkpoint as ckpt
 from kdx.engine.device import resolve_device, resolve_precision
 from kdx.engine.evaluate import evaluate
+from kdx.engine.progress import table_console
 from kdx.engine.io import atomic_write_csv
 from kdx.errors import KdxError
 
@@ -89,6 +89,7 @@ def run(checkpoint: Path, *, dataset=None, split="test", data_root=None, which="
     table.add_row("loss", f"{res.loss:.4f}")
     for name, acc in zip(bundle.class_names, res.per_class_accuracy):
         table.add_row(f"  {name}", f"{100 * acc:.1f}%")
-    table_console().print(table)
-    table_console().print(f"per-class accuracy: {per_class_csv}")
+    console = table_console()
+    console.print(table)
+    console.print(f"per-class accuracy: {per_class_csv}")
     return result

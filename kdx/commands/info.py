@@ -7,8 +7,8 @@ from pathlib import Path
 
 from rich.table import Table
 
-from kdx.engine.progress import table_console
 from kdx.engine.checkpoint import load_state, read_metadata, resolve_checkpoint
+from kdx.engine.progress import table_console
 
 
 def _fmt(value) -> str:

@@ -21,8 +21,8 @@ from pathlib import Path
 from rich.markup import escape as esc
 
 import kdx
-from kdx.config import (EXPLAINER_PRESETS, TEACHER_PRESETS, ExplainerConfig, TeacherConfig, build_config,
-                        explainer_recipe, load_table_file, teacher_recipe)
+from kdx.config import (EXPLAINER_PRESETS, TEACHER_PRESETS, VAM_PRESETS, ExplainerConfig, TeacherConfig, VamConfig,
+                        build_config, explainer_recipe, load_table_file, teacher_recipe, vam_recipe)
 from kdx.engine.io import atomic_write_text
 from kdx.engine.progress import console
 from kdx.errors import KdxError
@@ -129,8 +129,6 @@ def check_step_tables(study: dict) -> None:
     """Refuse a key no step knows (a typo would otherwise be dropped without a word)."""
     import difflib
 
-    from kdx.config import VamConfig
-
     owners = {"teacher": TeacherConfig, "explainer": ExplainerConfig, "student": VamConfig}
     for section in SECTIONS:
         table = study.get(section) or {}
@@ -183,7 +181,6 @@ def _run_training(cls, presets, recipe, run_fn, options: dict, run_dir: Path, na
 
 def run_seed(study: dict, root: Path, seed: int, log: list) -> dict:
     from kdx.commands import analyze_conflicts, distill_explainer, train_teacher, train_vam_student
-    from kdx.config import VAM_PRESETS, VamConfig, vam_recipe
 
     g = _global(study)
     paths = {"teacher": Path(study["teacher_run"]) if study.get("teacher_run") else root / "teacher"}
@@ -211,7 +208,7 @@ def run_seed(study: dict, root: Path, seed: int, log: list) -> dict:
         analyze_conflicts.run([paths[f"explainer-{o}"] for o in study["objectives"]], dataset=study.get("dataset"),
                               split=a.get("split", "val"), images=int(a.get("images", 1024)),
                               device=study.get("device") or "auto", out=analysis, data_root=study.get("data_root"),
-                              **{k: v for k, v in a.items() if k in ("batch_size", "conflict_images")})
+                              **{k: v for k, v in a.items() if k in ANALYSIS_KEYS and k not in ("images", "split")})
         log.append({"step": f"[seed {seed}] analysis", "status": "ran", "seconds": time.perf_counter() - t0})
     students = root / "students"
     paths["students"] = students

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from kdx.commands.common import format_delta, paired_delta
 from kdx.engine.io import atomic_write_csv, atomic_write_text
 
 
@@ -153,12 +154,10 @@ def write_report(study: dict, out: Path, per_seed: dict, log: list, seconds: flo
         agg = stud.groupby("name", sort=False).agg(
             runs=("test_top1_best", "size"), best_mean=("test_top1_best", "mean"), best_std=("test_top1_best", "std"),
             last_mean=("test_top1_last", "mean"), last_std=("test_top1_last", "std")).reset_index()
-        from kdx.commands.train_vam_student import paired_delta
-
         paired = stud.assign(method=stud["name"], seed=list(zip(stud["seed"], stud["student_seed"])))
         deltas = [paired_delta(paired, m, "kd", "test_top1_best") for m in agg["name"]]
-        agg["best_vs_kd"] = ["-" if m == "kd" or not len(d) else f"{100 * d.mean():+.2f}"
-                             + (f" ± {100 * d.std(ddof=1):.2f}" if len(d) > 1 else "") for m, d in zip(agg["name"], deltas)]
+        agg["best_vs_kd"] = ["-" if m == "kd" or not len(d) else format_delta(d.mean(), d.std(ddof=1))
+                             for m, d in zip(agg["name"], deltas)]
         lines.append(md_table(as_percent(agg.rename(columns={"name": "method"}))))
         lines.append("best = test top-1 at the epoch with the best validation accuracy; last = final epoch; "
                      "mean over seeds, std in points (empty with one seed); best_vs_kd = the paired per-seed "

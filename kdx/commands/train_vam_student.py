@@ -19,8 +19,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from kdx.engine.progress import table_console
-from kdx.commands.common import load_bundle
+from kdx.commands.common import format_delta, load_bundle, paired_delta
 from kdx.config import VamConfig, read_config_file, save_config
 from kdx.distill.hierarchy import HierarchyHeads, load_hierarchy, map_stages
 from kdx.distill.pieces import StudentTask, TeacherCache
@@ -30,6 +29,7 @@ from kdx.engine import checkpoint as ckpt
 from kdx.engine.device import seed_everything
 from kdx.engine.distributed import barrier
 from kdx.engine.io import atomic_write_csv, atomic_write_text
+from kdx.engine.progress import table_console
 from kdx.engine.rundir import holds_run, prepare_run_dir
 from kdx.engine.trainer import Runtime, Trainer
 from kdx.errors import KdxError, did_you_mean
@@ -84,7 +84,6 @@ class _Shared:
 
 
 def _log(cfg, text: str) -> None:
-
     table_console().print(text, highlight=False)
 
 
@@ -282,15 +281,6 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def paired_delta(frame: pd.DataFrame, method: str, reference: str, col: str) -> pd.Series:
-    """Per seed, ``method`` minus ``reference`` (same seed = same initialisation and data order):
-    the paired differences whose spread says whether a gap is outside the seed noise."""
-    a = frame[frame["method"] == method].set_index("seed")[col]
-    b = frame[frame["method"] == reference].set_index("seed")[col]
-    both = a.index.intersection(b.index)
-    return (pd.to_numeric(a[both]) - pd.to_numeric(b[both])).dropna()
-
-
 def plot_comparison(summary: pd.DataFrame, path: Path, title: str = "") -> None:
     import matplotlib
 
@@ -329,10 +319,9 @@ def _pct(v, s=None) -> str:
 
 def _delta(r) -> str:
     """Paired best-val-epoch difference against kd, in points: mean (± std over seeds)."""
-    m, sd = r.get("test_top1_best_delta_vs_kd_mean"), r.get("test_top1_best_delta_vs_kd_std")
-    if r["method"] == "kd" or m is None or m != m:
+    if r["method"] == "kd":
         return "-"
-    return f"{100 * m:+.2f}" + ("" if sd != sd else f" ± {100 * sd:.2f}")
+    return format_delta(r.get("test_top1_best_delta_vs_kd_mean"), r.get("test_top1_best_delta_vs_kd_std"))
 
 
 def _print_comparison(summary: pd.DataFrame, out: Path, cfg: VamConfig) -> None:
