@@ -1,4 +1,11 @@
-"""A training task with a registered objective and an optional frozen teacher."""
+"""The task every distilling command trains: a model, a frozen teacher, and registered methods.
+
+:class:`MethodTask` runs the teacher (frozen, eval mode, ``no_grad``, same autocast as the
+student) and the student once per step, captures the stages the methods asked for with
+forward hooks, and returns the logits and the union of the methods' named, weighted losses
+(the TrainTask contract of :mod:`kdx.engine.task`). It names no method: what to compute comes
+from the :class:`kdx.distill.methods.Method` objects it holds.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from kdx.distill.losses import get_objective
+from kdx.distill.methods.base import Method, MethodContext, StepOutputs, get_method, resolve_ce_weight, sum_losses
 from kdx.engine.task import TrainTask
 from kdx.errors import KdxError
 
@@ -33,40 +40,186 @@ def load_teacher(path: str | Path, bundle) -> tuple[nn.Module, dict]:
     return model, meta
 
 
-class DistillTask(TrainTask):
-    """``objective`` (ce | ls | kd | ...) on ``model``; the teacher (if any) runs frozen in eval
-    mode under no_grad, inside the same autocast as the student (same precision)."""
+def method_names(chosen: list[str], command: str, ce_weight) -> tuple[list[str], float]:
+    """The methods to build, in order (``ce`` first unless its weight is 0), and the CE weight."""
+    for name in chosen:
+        get_method(name, command)
+    if len(set(chosen)) != len(chosen):
+        raise KdxError(f"--method names a method twice: {','.join(chosen)}")
+    weight = resolve_ce_weight(list(chosen), ce_weight)
+    names = [n for n in chosen if n != "ce"]
+    if weight > 0 or "ce" in chosen:
+        names.insert(0, "ce")
+    return names, weight
 
-    def __init__(self, model: nn.Module, objective: str, cfg, teacher: nn.Module | None = None,
-                 teacher_meta: dict | None = None):
+
+def build_methods(names: list[str], ctx: MethodContext) -> list[Method]:
+    """Instantiate the named methods (each gets the whole config in ``ctx.params``)."""
+    from kdx.distill.methods.base import all_methods
+
+    registry = all_methods()
+    return [registry[n](ctx) for n in names]
+
+
+class TeacherCache:
+    """Frozen-teacher logits keyed by a fingerprint of the (augmented) batch, bounded in bytes.
+
+    ``--compare`` trains several students from the same seed on the same batches: the frozen
+    teacher's outputs are then computed once per batch instead of once per method. The key is
+    the shape plus weighted sums of the batch in float64 (different batches collide with
+    negligible probability); entries stop being added at ``max_bytes``.
+    """
+
+    def __init__(self, max_bytes: int = 256 << 20):
+        self.max_bytes = int(max_bytes)
+        self.bytes = 0
+        self.store: dict = {}
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def key(x: torch.Tensor):
+        flat = x.detach().reshape(-1).double()
+        ramp = torch.linspace(-1.0, 1.0, flat.numel(), dtype=torch.float64, device=flat.device)
+        return tuple(x.shape), float(flat.sum()), float((flat * ramp).sum()), float((flat * flat * ramp).sum())
+
+    def __call__(self, teacher: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        k = self.key(x)
+        hit = self.store.get(k)
+        if hit is not None and hit.device == x.device:
+            self.hits += 1
+            return hit
+        self.misses += 1
+        with torch.no_grad():
+            out = teacher(x)
+        size = out.numel() * out.element_size()
+        if self.bytes + size <= self.max_bytes:
+            self.store[k] = out.detach()
+            self.bytes += size
+        return out
+
+
+class MethodTask(TrainTask):
+    """``model`` trained with the sum of ``methods``' losses; ``teacher`` (if any) frozen.
+
+    ``zoo``: the module whose stages the methods hook (the zoo student inside a VAM wrapper;
+    default ``model``).
+    """
+
+    def __init__(self, model: nn.Module, methods: list[Method], teacher: nn.Module | None = None,
+                 teacher_meta: dict | None = None, zoo: nn.Module | None = None,
+                 teacher_cache: TeacherCache | None = None):
         super().__init__(model)
-        self.objective_name = objective
-        self.objective = get_objective(objective)
-        if self.objective.needs_teacher and teacher is None:
-            raise KdxError(f"objective '{objective}' needs a teacher: pass --teacher RUN_OR_CHECKPOINT")
-        self.cfg = cfg
-        self.teacher = teacher
+        self.methods = nn.ModuleList(methods)
+        self.needs_teacher = any(m.needs_teacher for m in methods)
+        if self.needs_teacher and teacher is None:
+            names = ", ".join(m.name for m in methods if m.needs_teacher)
+            raise KdxError(f"method {names} needs a teacher: pass --teacher RUN_OR_CHECKPOINT")
+        self.teacher = teacher if self.needs_teacher else None
         self.teacher_meta = teacher_meta or {}
+        self._zoo = [zoo if zoo is not None else model]  # a list: not a second registered submodule
+        self.wants_final = any(m.wants_final for m in methods)
+        self.hooks = self.teacher_hooks = None
+        s_stages, t_stages = self._stage_union()
+        from kdx.models import FeatureHooks
+
+        if s_stages:
+            self.hooks = FeatureHooks(self.zoo_model, s_stages).register()
+        if t_stages:
+            self.teacher_hooks = FeatureHooks(teacher, t_stages, detach=True).register()
+        self._teacher_cache = teacher_cache if not (t_stages or self.wants_final) else None
+
+    def _stage_union(self) -> tuple[list[str], list[str]]:
+        s, t = [], []
+        for m in self.methods:
+            ms, mt = m.stages()
+            s += [n for n in ms if n not in s]
+            t += [n for n in mt if n not in t]
+        return s, t
+
+    @property
+    def zoo_model(self) -> nn.Module:
+        return self._zoo[0]
 
     def frozen_modules(self) -> list[nn.Module]:
         return [self.teacher] if self.teacher is not None else []
 
-    def teacher_logits(self, x: torch.Tensor):
-        if self.teacher is None or not self.objective.needs_teacher:
-            return None
-        with torch.no_grad():
-            return self.teacher(x)
+    def remove_hooks(self) -> None:
+        for h in (self.hooks, self.teacher_hooks):
+            if h is not None:
+                h.remove()
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor):
-        t_logits = self.teacher_logits(x)
-        logits = self.model(x)
-        return logits, self.objective.fn(logits, y, t_logits, self.cfg)
+    # ------------------------------------------------------------------ the step
+    def run_teacher(self, x: torch.Tensor):
+        """(teacher logits, teacher final feature map or None), without gradients."""
+        if self.teacher is None:
+            return None, None
+        if self.teacher_hooks is not None:
+            self.teacher_hooks.clear()
+        if self._teacher_cache is not None:
+            return self._teacher_cache(self.teacher, x), None
+        with torch.no_grad():
+            if self.wants_final:
+                feat = self.teacher.forward_features(x)
+                return self.teacher.forward_head(feat), feat
+            return self.teacher(x), None
+
+    def run_student(self, x: torch.Tensor):
+        if self.hooks is not None:
+            self.hooks.clear()
+        if self.wants_final:
+            feat = self.model.forward_features(x)
+            return self.model.forward_head(feat), feat
+        return self.model(x), None
+
+    def outputs(self, x, y, index=None) -> StepOutputs:
+        t_logits, feat_t = self.run_teacher(x)
+        logits, feat_s = self.run_student(x)
+        return StepOutputs(x=x, y=y, logits=logits, model=self.model, teacher_logits=t_logits, index=index,
+                           features_s=dict(self.hooks.features) if self.hooks is not None else {},
+                           features_t=dict(self.teacher_hooks.features) if self.teacher_hooks is not None else {},
+                           feat_s=feat_s, feat_t=feat_t, epoch=getattr(self, "epoch", 1))
+
+    def forward(self, x, y, index=None):
+        out = self.outputs(x, y, index)
+        return out.logits, sum_losses(self.methods, out)
+
+    # ------------------------------------------------------------------ engine hooks
+    def setup_methods(self, x: torch.Tensor) -> None:
+        """Let the methods build their connectors from a probe forward (eval mode, no gradient,
+        no running-statistics update); skipped when no method reads features."""
+        if not any(m.uses_features for m in self.methods):
+            return
+        was = self.training
+        self.eval()
+        with torch.no_grad():
+            probe = self.outputs(x, torch.zeros(x.shape[0], dtype=torch.long, device=x.device))
+        self.train(was)
+        for m in self.methods:
+            m.setup(probe)
+
+    def method_param_group(self, lr: float) -> list[dict]:
+        params = [p for m in self.methods for p in m.parameters() if p.requires_grad]
+        return [{"params": params, "lr": lr, "name": "methods"}] if params else []
 
     def param_groups(self, cfg) -> list[dict]:
-        return [{"params": [p for p in self.model.parameters() if p.requires_grad], "lr": cfg.lr, "name": "model"}]
+        groups = [{"params": [p for p in self.model.parameters() if p.requires_grad], "lr": cfg.lr, "name": "model"}]
+        return groups + self.method_param_group(cfg.lr)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        for m in self.methods:
+            m.on_epoch_start(epoch)
+
+    def initialise(self, loader, runtime) -> None:
+        for m in self.methods:
+            m.initialise(self, loader, runtime)
+
+    def method_records(self) -> list[dict]:
+        return [m.record() for m in self.methods]
 
     def teacher_record(self) -> dict | None:
         if self.teacher is None:
             return None
         return {k: self.teacher_meta.get(k) for k in ("arch", "kind", "dataset", "num_classes")} | {
-            "path": str(self.teacher_meta.get("_path", "")), "test_top1": (self.teacher_meta.get("metrics") or {}).get("test_top1")}
+            "path": str(self.teacher_meta.get("_path", "")),
+            "test_top1": (self.teacher_meta.get("metrics") or {}).get("test_top1")}

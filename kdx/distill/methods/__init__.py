@@ -1,0 +1,13 @@
+"""Training methods, one file each; the registry and the contract are in :mod:`.base`.
+
+``BUILTIN`` is the explicit list of kdx's own method modules (importing one registers its
+method); methods of other packages come in through the entry-point group ``kdx.methods``.
+"""
+
+from kdx.distill.methods.base import (  # noqa: F401
+    Method, MethodContext, StepOutputs, all_methods, get_method, method_options, methods_for,
+    register_method, resolve_ce_weight,
+)
+from kdx.distill.methods import ce, hierarchy, kd, ls, vam_entropy  # noqa: E402,F401
+
+BUILTIN = (ce, ls, kd, vam_entropy, hierarchy)
