@@ -1,168 +1,205 @@
-"""Dataclass configs for every command.
+"""Dataclass configs of the training commands: every option declared once, here or in its method.
 
-A config is filled, lowest precedence first, from: the dataclass defaults, the
-recipe of the dataset (the CIFAR recipe of the spec is the default), a
-``--preset``, a ``--config`` file (JSON or TOML), and finally the options given
-explicitly on the command line. The effective config is saved as
-``config.json`` beside every run, and ``--config RUN/config.json`` reproduces it.
+A field is declared with :func:`kdx.options.option` (default, help, choices, range, panel);
+the KD methods of :mod:`kdx.distill.methods` declare their own options, which
+:func:`config_class` adds to the configs of the commands that offer them. The CLI flags, the
+help text, ``--config`` files, presets, ``config.json`` and the pipeline's study tables all
+derive from these declarations.
+
+A config is filled, lowest precedence first, from: the declared defaults, the dataset's recipe
+(fashion-mnist-mini, the embedded CPU set, takes the ``quick`` preset; every other dataset the
+paper's recipe, which the declared defaults are), a ``--preset``, a ``--config`` file (JSON,
+TOML or YAML), and finally the options given on the command line. Every value is checked
+(type, finiteness, range, choices) by :func:`kdx.options.coerce`. The effective config is saved
+as ``config.json`` beside every run, and ``--config RUN/config.json`` reproduces it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
-import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
 
 from kdx.errors import KdxError
+from kdx.options import coerce, field_options, option
 
 try:  # Python >= 3.11
     import tomllib
 except ModuleNotFoundError:  # pragma: no cover
     import tomli as tomllib  # type: ignore
 
+RUN, DATA, OPTIM, RUNTIME = "Run", "Data", "Optimisation", "Runtime"
+SEED_MAX = 2**32 - 1
+DEFAULT_SEED = 1029  # the official code's seed
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("multistep", "cosine", "constant", "halving")
+
 
 @dataclass
 class RunConfig:
-    """Options every training command shares (data, optimisation, runtime)."""
+    """Options every training command shares (run directory, data, runtime)."""
 
-    out: Optional[str] = None
+    out: Optional[str] = option(None, "Run directory to write (required unless --resume).", panel=RUN,
+                                flags=("-o",), metavar="DIR")
+    preset: Optional[str] = option(None, "Named recipe; flags override it.", panel=RUN, metavar="NAME")
+    resume: Optional[str] = option(None, "Continue the run in this directory exactly where it stopped.", panel=RUN,
+                                   metavar="DIR")
+    overwrite: bool = option(False, "Replace a run already in --out.", panel=RUN)
     # data
-    dataset: str = "fashion-mnist-mini"
-    data_root: Optional[str] = None
-    download: bool = False
-    val_fraction: float = 0.1
-    batch_size: int = 64
-    eval_batch_size: int = 256
-    num_workers: int = 2
-    augment: bool = True
-    max_train_samples: Optional[int] = None  # a seeded, stratified subset of train (debugging, tests)
-    # optimisation
-    epochs: int = 240
-    optimizer: str = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = False
-    schedule: str = "multistep"
-    milestones: list = field(default_factory=lambda: [150, 180, 210])
-    gamma: float = 0.1
-    warmup_epochs: int = 0
-    label_smoothing: float = 0.0
+    dataset: str = option("fashion-mnist-mini", "Dataset: cifar10, cifar100, fashion-mnist, mnist, tiny-imagenet, "
+                          "folder:PATH, fashion-mnist-mini (embedded; takes the quick preset's values as defaults).",
+                          panel=DATA, flags=("-d",), metavar="NAME")
+    data_root: Optional[str] = option(None, "Folder holding the dataset files [$KDX_DATA or ~/.cache/kdx/data].",
+                                      panel=DATA, metavar="DIR")
+    download: bool = option(False, "Download the dataset if missing (opt-in).", panel=DATA)
+    val_fraction: float = option(0.1, "Share of train held out for validation and best-epoch selection.", panel=DATA,
+                                 low=0, high=1, high_open=True)
+    batch_size: int = option(64, "Training batch size per process.", panel=DATA, flags=("-b",), low=1)
+    eval_batch_size: int = option(256, "Evaluation batch size.", panel=DATA, low=1)
+    num_workers: int = option(2, "DataLoader workers for image-folder datasets.", panel=DATA, low=0)
+    augment: bool = option(True, "Random crop + flip on training batches.", panel=DATA)
+    max_train_samples: Optional[int] = option(None, "Train on a seeded, stratified subset of this size.", panel=DATA,
+                                              low=1)
+    label_smoothing: Optional[float] = option(None, "Label smoothing epsilon of the cross-entropy "
+                                              "[unset: 0, or 0.1 under --method ls].", panel=OPTIM, low=0, high=1,
+                                              high_open=True)
+    weight_decay: float = option(5e-4, "Weight decay.", panel=OPTIM, low=0)
+    momentum: float = option(0.9, "SGD momentum.", panel=OPTIM, low=0, high=1)
     # runtime
-    device: str = "auto"
-    precision: str = "auto"
-    channels_last: str = "auto"
-    seed: int = 1029
-    deterministic: bool = False
-    quiet: bool = False
-    save_every: int = 1
-    max_steps: Optional[int] = None  # stop (resumably) after this many optimizer steps in total; for tests/debugging
-    preset: Optional[str] = None
-    resume: Optional[str] = None
-    overwrite: bool = False
+    device: str = option("auto", "auto | cpu | cuda | cuda:N | mps.", panel=RUNTIME)
+    precision: str = option("auto", "Autocast precision (auto: bf16 where the hardware has it).", panel=RUNTIME,
+                            choices=("auto", "fp32", "bf16", "fp16"))
+    channels_last: str = option("auto", "Channels-last memory format (auto: on for CUDA and CPU bf16).",
+                                panel=RUNTIME, choices=("auto", "on", "off"))
+    seed: int = option(DEFAULT_SEED, "Random seed.", panel=RUNTIME, low=0, high=SEED_MAX)
+    deterministic: bool = option(False, "Deterministic algorithms (bit-exact resume).", panel=RUNTIME)
+    quiet: bool = option(False, "One line per epoch instead of progress bars.", panel=RUNTIME, flags=("-q",))
+    save_every: int = option(1, "Save the resume state every N epochs.", panel=RUNTIME, low=1)
+    max_steps: Optional[int] = option(None, "Stop (resumably) after this many optimizer steps in total.",
+                                      panel=RUNTIME, low=1)
+    max_bad_steps: int = option(0, "Non-finite losses tolerated (steps skipped) before the run stops.",
+                                panel=RUNTIME, low=0)
 
     def validate(self) -> None:
-        positive_int = ["epochs", "batch_size", "eval_batch_size", "save_every"]
-        for name in positive_int:
-            if getattr(self, name) <= 0:
-                raise KdxError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
-        if self.num_workers < 0:
-            raise KdxError(f"--num-workers must be >= 0, got {self.num_workers}")
-        if not (self.lr > 0) or not math.isfinite(self.lr):
-            raise KdxError(f"--lr must be > 0, got {self.lr}")
-        if self.weight_decay < 0 or self.momentum < 0:
-            raise KdxError("--weight-decay and --momentum must be >= 0")
-        if not 0 <= self.val_fraction < 1:
-            raise KdxError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
-        if not 0 <= self.label_smoothing < 1:
-            raise KdxError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.warmup_epochs < 0:
-            raise KdxError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}")
-        if self.max_train_samples is not None and self.max_train_samples <= 0:
-            raise KdxError(f"--max-train-samples must be positive, got {self.max_train_samples}")
-        if self.max_steps is not None and self.max_steps <= 0:
-            raise KdxError(f"--max-steps must be positive, got {self.max_steps}")
-        choices = {
-            "device": ("auto", "cpu", "cuda", "mps"),
-            "precision": ("auto", "fp32", "bf16", "fp16"),
-            "channels_last": ("auto", "on", "off"),
-            "optimizer": ("sgd", "adam", "adamw"),
-        }
-        for name, valid in choices.items():
-            value = getattr(self, name)
-            if name == "device" and isinstance(value, str) and value.startswith("cuda:"):
-                continue
-            if value not in valid:
-                raise KdxError(f"--{name.replace('_', '-')} must be one of {', '.join(valid)}; got '{value}'")
+        """Cross-field checks (each value was checked on its own when the config was built)."""
         if self.out is None and self.resume is None:
             raise KdxError("--out RUN_DIR is required")
+        if not (self.device in ("auto", "cpu", "cuda", "mps") or str(self.device).startswith("cuda:")):
+            raise KdxError(f"--device must be one of auto, cpu, cuda, cuda:N, mps; got '{self.device}'")
 
 
 @dataclass
-class TeacherConfig(RunConfig):
-    arch: str = "resnet56"
+class OptimConfig(RunConfig):
+    """One optimiser and schedule (teacher and student; the explainer has one per stage)."""
+
+    epochs: int = option(240, "Training epochs.", panel=OPTIM, flags=("-e",), low=1)
+    optimizer: str = option("sgd", "Optimizer.", panel=OPTIM, choices=OPTIMIZERS)
+    lr: float = option(0.05, "Base learning rate.", panel=OPTIM, low=0, low_open=True)
+    nesterov: bool = option(False, "Nesterov momentum (SGD).", panel=OPTIM)
+    schedule: str = option("multistep", "Learning-rate schedule.", panel=OPTIM, choices=SCHEDULES)
+    milestones: list[int] = option([150, 180, 210], "Epochs of the multistep decay.", panel=OPTIM, low=1)
+    gamma: float = option(0.1, "Multistep decay factor.", panel=OPTIM, low=0, low_open=True, high=1)
+    warmup_epochs: int = option(0, "Linear warm-up epochs.", panel=OPTIM, low=0)
 
 
 @dataclass
-class ExplainerConfig(RunConfig):
+class TeacherConfig(OptimConfig):
+    """``kdx train-teacher``."""
+
+    arch: str = option("resnet56", "Zoo architecture (`kdx models` lists them).", panel="Model", flags=("-a",),
+                       metavar="ARCH")
+
+
+@dataclass
+class ExplainerBase(RunConfig):
     """``kdx distill-explainer``: the two stages of spec section 3 (official values by default)."""
 
-    objective: str = "kd"
-    teacher: Optional[str] = None
-    smoothing: float = 0.1
-    kd_temperature: float = 4.0
-    kd_weight: float = 0.9
-    ce_weight: float = 0.1
-    stage: str = "both"
-    from_run: Optional[str] = None
-    experts: Optional[list] = None  # None: 2,4,8 (and 16 for inputs > 32 px)
-    widths: Optional[str] = None  # "mid:out,..." per expert layer; None: 64:64,64:64,64:32
-    head: str = "ce"
-    routing: str = "soft"  # stage-1 training routing: soft (official) | gumbel
-    tau0: float = 10.0
-    stage1_epochs: int = 300
-    stage1_lr: float = 0.05
-    routing_lr: float = 0.01
-    stage2_epochs: int = 300
-    stage2_lr: float = 0.05
-    stage2_optimizer: str = "sgd"
-    halve_every: int = 30
-    batch_size: int = 128
-    routing_every: int = 1
+    method: list[str] = option(["kd"], "Training method(s), comma-separated: ce, ls, kd, ... (see --help).",
+                               panel="Method", metavar="NAMES")
+    teacher: Optional[str] = option(None, "Teacher run or checkpoint (for kd and other teacher methods).",
+                                    panel="Method", flags=("-t",), metavar="PATH")
+    stage: str = option("both", "Stages to train.", panel="Explainer", choices=("1", "2", "both"))
+    from_run: Optional[str] = option(None, "Stage-1 run (or checkpoint) that --stage 2 starts from.",
+                                     panel="Explainer", metavar="PATH")
+    experts: Optional[list[int]] = option(None, "Experts per layer [2,4,8; 2,4,8,16 above 32 px].",
+                                          panel="Explainer", low=1, metavar="COUNTS")
+    widths: Optional[str] = option(None, "mid:out channels per expert layer [64:64,64:64,64:32].",
+                                   panel="Explainer", metavar="SPEC")
+    head: str = option("ce", "Leaf head: ce (1 output) | nce (2 outputs, max).", panel="Explainer",
+                       choices=("ce", "nce"))
+    routing: str = option("soft", "Stage-1 routing: soft (official) | gumbel.", panel="Explainer",
+                          choices=("soft", "gumbel"))
+    tau0: float = option(10.0, "Stage-1 temperature tau = tau0 / epoch.", panel="Explainer", low=0, low_open=True)
+    stage1_epochs: int = option(300, "Stage-1 epochs.", panel="Explainer", low=1)
+    stage1_lr: float = option(0.05, "Stage-1 Adam lr of experts and heads.", panel="Explainer", low=0,
+                              low_open=True)
+    routing_lr: float = option(0.01, "Stage-1 Adam lr of the routing.", panel="Explainer", low=0)
+    stage2_epochs: int = option(300, "Stage-2 epochs.", panel="Explainer", low=1)
+    stage2_lr: float = option(0.05, "Stage-2 lr.", panel="Explainer", low=0, low_open=True)
+    stage2_optimizer: str = option("sgd", "Stage-2 optimizer: sgd (official) | adam.", panel="Explainer",
+                                   choices=("sgd", "adam"))
+    halve_every: int = option(30, "Stage-2 lr halving period in epochs.", panel="Explainer", low=1)
+    batch_size: int = option(128, "Training batch size per process.", panel=DATA, flags=("-b",), low=1)
 
     def validate(self) -> None:
         super().validate()
-        if self.stage not in ("1", "2", "both"):
-            raise KdxError(f"--stage must be 1, 2 or both; got '{self.stage}'")
         if self.stage == "2" and not self.from_run:
             raise KdxError("--stage 2 needs --from RUN (a stage-1 run or its stage1/model.safetensors)")
-        for name in ("stage1_epochs", "stage2_epochs", "halve_every"):
-            if getattr(self, name) <= 0:
-                raise KdxError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
-        for name in ("stage1_lr", "stage2_lr", "tau0", "kd_temperature"):
-            if not getattr(self, name) > 0:
-                raise KdxError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
-        if self.routing_lr < 0:
-            raise KdxError(f"--routing-lr must be >= 0, got {self.routing_lr}")
-        if not 0 <= self.smoothing < 1:
-            raise KdxError(f"--smoothing must be in [0, 1), got {self.smoothing}")
-        if self.head not in ("ce", "nce"):
-            raise KdxError(f"--head must be ce or nce; got '{self.head}'")
-        if self.stage2_optimizer not in ("sgd", "adam"):
-            raise KdxError(f"--stage2-optimizer must be sgd or adam; got '{self.stage2_optimizer}'")
-        if self.routing not in ("soft", "gumbel"):
-            raise KdxError(f"--routing must be soft or gumbel for training; got '{self.routing}'")
-        if self.experts is not None and (not self.experts or min(int(e) for e in self.experts) < 1):
-            raise KdxError(f"--experts must be positive counts, e.g. 2,4,8; got {self.experts}")
         parse_widths(self.widths)
-        from kdx.distill.losses import get_objective
+        _check_methods(self, "explainer")
 
-        spec = get_objective(self.objective)
-        if spec.needs_teacher and not self.teacher:
-            raise KdxError(f"--objective {self.objective} needs --teacher RUN_OR_CHECKPOINT (or use --objective ce|ls)")
+
+@dataclass
+class StudentBase(OptimConfig):
+    """``kdx train-vam-student``: a zoo student with KD methods, the VAM and hierarchy guidance."""
+
+    teacher: Optional[str] = option(None, "Teacher run or checkpoint (teacher methods, --compare).",
+                                    panel="Method", flags=("-t",), metavar="PATH")
+    arch: str = option("resnet8", "Zoo student architecture.", panel="Student", flags=("-a",), metavar="ARCH")
+    method: list[str] = option(["kd"], "Training method(s), comma-separated (e.g. kd or kd,crd); their losses "
+                               "add up.", panel="Method", metavar="NAMES")
+    vam: bool = option(True, "Virtual attention module instead of the linear classifier.", panel="VAM")
+    vam_blocks: Optional[int] = option(None, "K virtual experts; must divide the feature channels D "
+                                       "[8, or the largest divisor of D below 8].", panel="VAM", low=1)
+    vam_hard_eval: bool = option(False, "Hard routing at evaluation (always soft while training).", panel="VAM")
+    vam_tau0: float = option(10.0, "VAM temperature tau = tau0 / epoch.", panel="VAM", low=0, low_open=True)
+    compare: bool = option(False, "Train the comparison grid (see --compare-methods) and compare the arms.",
+                           panel="Compare")
+    compare_methods: list[str] = option(["kd"], "--compare: the methods whose arms (alone, + VAM, + hierarchy, "
+                                        "+ VAM + hierarchy) are trained, e.g. kd,at,dkd; kd+crd combines two.",
+                                        panel="Compare", metavar="NAMES")
+    seeds: Optional[list[int]] = option(None, "Seeds, one run each, e.g. 0,1,2.", panel="Compare", low=0,
+                                        high=SEED_MAX, metavar="SEEDS")
+    teacher_cache_mb: int = option(256, "--compare: share the frozen teacher's logits between the arms of a seed "
+                                   "(MiB).", panel="Compare", low=0)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.compare and not self.teacher:
+            raise KdxError("--compare needs --teacher RUN_OR_CHECKPOINT")
+        if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
+            raise KdxError(f"--seeds repeats a seed: {self.seeds}")
+        _check_methods(self, "student")
+        if self.compare:
+            from kdx.distill.methods import get_method
+
+            for item in self.compare_methods:
+                for name in item.split("+"):
+                    get_method(name, "student")
+
+
+def _check_methods(cfg, command: str) -> None:
+    from kdx.distill.methods import get_method
+
+    if not cfg.method:
+        raise KdxError("--method needs at least one method name")
+    for name in cfg.method:
+        cls = get_method(name, command)
+        if cls.needs_teacher and not cfg.teacher:
+            raise KdxError(f"--method {name} needs --teacher RUN_OR_CHECKPOINT")
 
 
 def parse_widths(text: Optional[str]):
@@ -181,196 +218,182 @@ def parse_widths(text: Optional[str]):
     return out
 
 
-@dataclass
-class VamConfig(RunConfig):
-    """``kdx train-vam-student``: a zoo student with KD, the virtual attention module and hierarchy guidance."""
+# ---------------------------------------------------------------- presets and dataset recipes
 
-    teacher: Optional[str] = None
-    arch: str = "resnet8"
-    objective: str = "kd"  # ce | kd (kd needs --teacher)
-    kd_temperature: float = 4.0
-    kd_weight: float = 0.9
-    ce_weight: float = 0.1
-    vam: bool = True
-    vam_blocks: Optional[int] = None  # None: 8 if it divides D, else the largest divisor of D below 8
-    vam_entropy: float = 0.0
-    vam_hard_eval: bool = False
-    vam_tau0: float = 10.0
-    hierarchy: Optional[list] = None  # analysis dirs or clusters/layer{L}.json files
-    hierarchy_weight: float = 0.1
-    hierarchy_stages: Optional[list] = None
-    compare: bool = False
-    seeds: Optional[list] = None
-    teacher_cache_mb: int = 256  # --compare: share the frozen teacher's logits between the methods of a seed
-
-    def validate(self) -> None:
-        super().validate()
-        if self.objective not in ("ce", "kd"):
-            raise KdxError(f"--objective must be ce or kd; got '{self.objective}'")
-        if (self.objective == "kd" or self.compare) and not self.teacher:
-            raise KdxError("--teacher RUN_OR_CHECKPOINT is required for KD and --compare (or use --objective ce)")
-        if self.vam_blocks is not None and self.vam_blocks < 1:
-            raise KdxError(f"--vam-blocks must be a positive integer, got {self.vam_blocks}")
-        for name in ("vam_tau0", "kd_temperature"):
-            if not getattr(self, name) > 0:
-                raise KdxError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
-        for name in ("vam_entropy", "hierarchy_weight", "kd_weight", "ce_weight", "teacher_cache_mb"):
-            if not getattr(self, name) >= 0:
-                raise KdxError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        if self.seeds is not None:
-            if not self.seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in self.seeds):
-                raise KdxError(f"--seeds must be comma-separated integers, e.g. 0,1,2; got {self.seeds}")
-            if len(set(self.seeds)) != len(self.seeds):
-                raise KdxError(f"--seeds repeats a seed: {self.seeds}")
-
-
-VAM_PRESETS: dict[str, dict[str, Any]] = {
-    # spec section 4: the student recipe of the official code (also the defaults)
-    "paper": dict(epochs=240, optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="multistep",
-                  milestones=[150, 180, 210], gamma=0.1, batch_size=64, seed=1029, vam_tau0=10.0),
-    # CPU-sized: a few epochs of a small student on fashion-mnist-mini; tau0 4 as the quick explainer
-    "quick": dict(epochs=8, batch_size=128, lr=0.1, schedule="cosine", warmup_epochs=1, weight_decay=5e-4,
-                  vam_tau0=4.0, eval_batch_size=500),
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "train-teacher": {
+        "paper": {},  # spec section 4: the official CIFAR recipe, which the declared defaults are
+        "quick": dict(epochs=15, batch_size=128, lr=0.1, schedule="cosine", warmup_epochs=1),
+    },
+    "distill-explainer": {
+        "paper": {},  # spec section 3: the official values, which the declared defaults are
+        # CPU-sized [kdx]: a narrower tree, 8 + 10 epochs, a faster routing rate (the routing only
+        # trains from stage-1 epoch 3), and Adam in stage 2 (the official SGD at 0.05 starts too
+        # slowly for a 10-epoch stage); measured in docs/method-decisions.md
+        "quick": dict(stage1_epochs=8, stage2_epochs=10, stage1_lr=0.01, routing_lr=0.05, stage2_lr=0.005,
+                      stage2_optimizer="adam", widths="32:32,32:32,32:32", tau0=4.0, halve_every=3,
+                      eval_batch_size=500),
+    },
+    "train-vam-student": {
+        "paper": {},
+        # CPU-sized: a few epochs of a small student on fashion-mnist-mini; tau0 4 as the quick explainer
+        "quick": dict(epochs=8, batch_size=128, lr=0.1, schedule="cosine", warmup_epochs=1, vam_tau0=4.0,
+                      eval_batch_size=500),
+    },
 }
 
-
-def vam_recipe(dataset: str | None) -> dict:
-    return dict(VAM_PRESETS["paper"])
-
-
-# ---------------------------------------------------------------- presets / recipes
-
-CIFAR_RECIPE: dict[str, Any] = dict(
-    epochs=240, optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="multistep",
-    milestones=[150, 180, 210], gamma=0.1, batch_size=64, seed=1029,
-)
-"""Spec section 4: the teacher/student recipe of the official code (the default everywhere)."""
-
-TEACHER_PRESETS: dict[str, dict[str, Any]] = {
-    "paper": dict(CIFAR_RECIPE),
-    # a CPU-sized run: a few minutes on 2 cores for a small net on fashion-mnist-mini
-    "quick": dict(epochs=15, batch_size=128, lr=0.1, schedule="cosine", warmup_epochs=1, weight_decay=5e-4),
-}
+DATASET_RECIPES = {"fashion-mnist-mini": "quick"}
+"""The preset whose values are a dataset's defaults (every other dataset: the declared ones, the paper's)."""
 
 
-EXPLAINER_PRESETS: dict[str, dict[str, Any]] = {
-    # spec section 3: the official values (also the defaults)
-    "paper": dict(stage1_epochs=300, stage2_epochs=300, stage1_lr=0.05, routing_lr=0.01, stage2_lr=0.05,
-                  batch_size=128, seed=1029, tau0=10.0, weight_decay=5e-4, halve_every=30),
-    # CPU-sized [kdx]: a narrower tree, 8 + 10 epochs, a faster routing rate (the routing only
-    # trains from stage-1 epoch 3), and Adam in stage 2 (the official SGD at 0.05 starts too
-    # slowly for a 10-epoch stage); measured in docs/method-decisions.md
-    "quick": dict(stage1_epochs=8, stage2_epochs=10, stage1_lr=0.01, routing_lr=0.05, stage2_lr=0.005,
-                  stage2_optimizer="adam", batch_size=128, widths="32:32,32:32,32:32", tau0=4.0,
-                  halve_every=3, eval_batch_size=500),
-}
+def recipe_preset(dataset: Optional[str]) -> str:
+    return DATASET_RECIPES.get(str(dataset), "paper")
 
 
-def explainer_recipe(dataset: str | None) -> dict:
-    return dict(EXPLAINER_PRESETS["paper"])
+# ---------------------------------------------------------------- config classes per command
+
+_BASES = {"train-teacher": (TeacherConfig, None), "distill-explainer": (ExplainerBase, "explainer"),
+          "train-vam-student": (StudentBase, "student")}
+COMMANDS = tuple(_BASES)
+
+
+@functools.lru_cache(maxsize=None)
+def config_class(command: str) -> type:
+    """The config dataclass of ``command``, with the options of the methods it offers."""
+    base, methods_for_command = _BASES[command]
+    if methods_for_command is None:
+        return base
+    from kdx.distill.methods import method_options
+
+    own = {f.name for f in fields(base)}
+    extra = []
+    for opt in method_options(methods_for_command):
+        if opt.name in own:
+            continue
+        spec = {k: getattr(opt, k) for k in ("choices", "low", "high", "low_open", "high_open", "panel", "flags",
+                                              "cli", "metavar")}
+        tp = Optional[opt.type] if opt.nullable else opt.type
+        extra.append((opt.name, tp, option(opt.default, opt.help, nullable=opt.nullable, **spec)))
+    name = {"distill-explainer": "ExplainerConfig", "train-vam-student": "StudentConfig"}[command]
+    cls = dataclasses.make_dataclass(name, extra, bases=(base,))
+    cls.__module__ = __name__
+    cls.command = command
+    return cls
+
+
+TeacherConfig.command = "train-teacher"
+
+
+def __getattr__(name: str):  # ExplainerConfig / StudentConfig are built on first use (methods may be plug-ins)
+    if name == "ExplainerConfig":
+        return config_class("distill-explainer")
+    if name == "StudentConfig":
+        return config_class("train-vam-student")
+    raise AttributeError(name)
+
+
+def command_of(cls) -> str:
+    return getattr(cls, "command", "train-teacher")
+
+
+def options_of(cls) -> dict:
+    """``{name: Option}`` of every declared field of ``cls``."""
+    return {o.name: o for o in field_options(cls)}
+
+
+# ---------------------------------------------------------------- files
+
+def load_table_file(path: str | Path, default_name: str = "config.json") -> dict:
+    """Parse a JSON, TOML or YAML file (or ``DIR/default_name``) into a dict, with one-line errors."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / default_name
+    if not path.is_file():
+        raise KdxError(f"config file not found: {path}")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KdxError(f"cannot read config file {path}: {exc}") from None
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".toml":
+            data = tomllib.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # every parser's own error type: one line naming the file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise KdxError(f"cannot parse config file {path}: {first}") from None
+    if not isinstance(data, dict):
+        raise KdxError(f"config file {path} must hold a table/mapping of options")
+    return data
+
+
+def read_config_file(path: str | Path) -> dict:
+    """Read a config file; tables/sections are flattened (``[optim] lr = 0.1`` -> ``lr``), and a key that
+    two tables both set is refused."""
+    data = load_table_file(path)
+    flat: dict = {}
+    where: dict = {}
+
+    def put(key, value, table):
+        key = str(key).replace("-", "_")
+        if key in flat:
+            raise KdxError(f"{path}: option '{key}' is set twice ({where[key]} and {table})")
+        flat[key], where[key] = value, table
+
+    for key, value in data.items():
+        if key == "kdx":
+            continue
+        if isinstance(value, dict):
+            for k, v in value.items():
+                put(k, v, f"[{key}]")
+        else:
+            put(key, value, "the top level")
+    return flat
+
+
+def build_config(cls, *, presets: dict[str, dict] | None = None, config_file: str | None = None,
+                 cli: dict | None = None, recipe_for_dataset=None):
+    """Build a config of dataclass ``cls`` from defaults < dataset recipe < preset < file < CLI.
+
+    ``presets`` defaults to the command's presets; ``recipe_for_dataset`` (dataset -> dict)
+    to :data:`DATASET_RECIPES`. Unknown keys and invalid values are refused with one line.
+    """
+    presets = PRESETS.get(command_of(cls), {}) if presets is None else presets
+    cli = {k: v for k, v in (cli or {}).items() if v is not None}
+    file_values = read_config_file(config_file) if config_file else {}
+    opts = options_of(cls)
+    for source, values in ((config_file, file_values), ("the command line", cli)):
+        unknown = sorted(set(values) - set(opts))
+        if unknown:
+            raise KdxError(f"unknown option(s) in {source}: {', '.join(unknown)}")
+    dataset = cli.get("dataset", file_values.get("dataset", opts["dataset"].default))
+    values: dict = {}
+    if recipe_for_dataset is not None:
+        values.update(recipe_for_dataset(dataset))
+    else:
+        values.update(presets.get(recipe_preset(dataset), {}))
+    preset = cli.get("preset", file_values.get("preset"))
+    if preset is not None:
+        if preset not in presets:
+            raise KdxError(f"unknown preset '{preset}'; valid presets: {', '.join(sorted(presets))}")
+        values.update(presets[preset])
+    values.update(file_values)
+    values.update(cli)
+    return cls(**{k: coerce(opts[k], v) for k, v in values.items() if k in opts})
 
 
 def config_to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def load_table_file(path: str | Path, default_name: str = "config.json") -> dict:
-    """Parse a JSON or TOML file (or ``DIR/default_name``) into a dict, with one-line errors."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / default_name
-    if not path.is_file():
-        raise KdxError(f"config file not found: {path}")
-    text = path.read_text()
-    try:
-        if path.suffix.lower() == ".toml":
-            data = tomllib.loads(text)
-        else:
-            data = json.loads(text)
-    except (ValueError, tomllib.TOMLDecodeError) as exc:
-        raise KdxError(f"cannot parse config file {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise KdxError(f"config file {path} must hold a table/object of options")
-    return data
-
-
-def read_config_file(path: str | Path) -> dict:
-    """Read a JSON or TOML config; TOML tables are flattened (``[optim] lr = 0.1`` -> ``lr``)."""
-    data = load_table_file(path)
-    flat: dict = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and key not in ("kdx",):
-            flat.update(value)
-        else:
-            flat[key] = value
-    flat.pop("kdx", None)
-    return {k.replace("-", "_"): v for k, v in flat.items()}
-
-
-def _coerce(cls, name: str, value):
-    """Coerce JSON/TOML values to the field's type (ints stay ints, lists stay lists)."""
-    default = next(f for f in fields(cls) if f.name == name)
-    kind = default.type if isinstance(default.type, str) else getattr(default.type, "__name__", "")
-    if value is None:
-        return None
-    try:
-        if kind in ("int", "Optional[int]") and not isinstance(value, bool):
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        if kind in ("float", "Optional[float]"):
-            return float(value)
-        if kind == "bool":
-            if isinstance(value, str):
-                if value.lower() in ("1", "true", "yes", "on"):
-                    return True
-                if value.lower() in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError
-            return bool(value)
-        if kind in ("list", "Optional[list]"):
-            if isinstance(value, str):
-                return [int(v) if v.strip().lstrip("-").isdigit() else v.strip() for v in value.split(",") if v.strip()]
-            return list(value)
-    except (TypeError, ValueError):
-        raise KdxError(f"option '{name}': cannot use value {value!r} (expected {kind})") from None
-    return value
-
-
-def build_config(cls, *, presets: dict[str, dict] | None = None, config_file: str | None = None,
-                 cli: dict | None = None, recipe_for_dataset=None):
-    """Build a config of dataclass ``cls`` from defaults < recipe < preset < file < CLI."""
-    cli = {k: v for k, v in (cli or {}).items() if v is not None}
-    file_values = read_config_file(config_file) if config_file else {}
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(file_values) - names)
-    if unknown:
-        raise KdxError(f"unknown option(s) in {config_file}: {', '.join(unknown)}")
-
-    values: dict = {}
-    dataset = cli.get("dataset", file_values.get("dataset", cls.dataset if hasattr(cls, "dataset") else None))
-    if recipe_for_dataset is not None:
-        values.update(recipe_for_dataset(dataset))
-    preset = cli.get("preset", file_values.get("preset"))
-    if preset is not None:
-        if not presets or preset not in presets:
-            valid = ", ".join(sorted(presets or {}))
-            raise KdxError(f"unknown preset '{preset}'; valid presets: {valid}")
-        values.update(presets[preset])
-    values.update(file_values)
-    values.update(cli)
-    values = {k: _coerce(cls, k, v) for k, v in values.items() if k in names}
-    cfg = cls(**values)
-    return cfg
-
-
-def teacher_recipe(dataset: str | None) -> dict:
-    return dict(CIFAR_RECIPE)
-
-
 def save_config(cfg, path: Path) -> None:
     from kdx.engine.io import atomic_write_text
 
-    data = {"kdx": {"command": type(cfg).__name__}}
+    data = {"kdx": {"command": command_of(type(cfg))}}
     data.update(config_to_dict(cfg))
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")

@@ -12,7 +12,9 @@ from typer.testing import CliRunner
 
 import kdx
 from kdx.cli import app
-from kdx.distill.losses import get_objective, kd_kl
+from kdx.distill.functional import kd as kd_kl
+from kdx.distill.methods import MethodContext, StepOutputs, get_method
+from kdx.distill.task import build_methods, method_names
 from kdx.engine.schedule import get_schedule
 from kdx.errors import KdxError
 
@@ -42,19 +44,27 @@ def test_stage1_schedule_matches_official():
     assert sched(300, [0.05], C)[0] == pytest.approx(0.05 * (1 - 298 / 309))  # e=300: e-1 odd, as e=299
 
 
-def test_objectives():
+def _losses(method, s, y, t, **params):
+    names, w = method_names([method], "explainer", params.pop("ce_weight", None))
+    methods = build_methods(names, MethodContext(params=dict(params, ce_weight=w)))
+    out = StepOutputs(x=s, y=y, logits=s, model=None, teacher_logits=t)
+    return {k: v for m in methods for k, v in m.loss(out).items()}
+
+
+def test_explainer_methods():
     torch.manual_seed(0)
     s, t, y = torch.randn(8, 5), torch.randn(8, 5), torch.randint(0, 5, (8,))
-    kd = get_objective("kd").fn(s, y, t, None)
+    kd = _losses("kd", s, y, t, kd_weight=0.9, kd_temperature=4.0)
     p_t = torch.softmax(t / 4, 1)
     manual = (p_t * (p_t.log() - torch.log_softmax(s / 4, 1))).sum(1).mean() * 16
     assert kd["kd"].item() == pytest.approx(0.9 * manual.item(), rel=1e-5)
     assert kd["ce"].item() == pytest.approx(0.1 * torch.nn.functional.cross_entropy(s, y).item(), rel=1e-6)
     assert kd_kl(s, s, 4.0).item() == pytest.approx(0.0, abs=1e-6)
-    ls = get_objective("ls").fn(s, y, None, None)["ls"]
-    assert ls.item() == pytest.approx(torch.nn.functional.cross_entropy(s, y, label_smoothing=0.1).item(), rel=1e-6)
-    with pytest.raises(KdxError, match="valid objectives: ce, kd, ls"):
-        get_objective("dkd")
+    ls = _losses("ls", s, y, None)
+    assert set(ls) == {"ls"}  # ls replaces the plain CE term
+    assert ls["ls"].item() == pytest.approx(torch.nn.functional.cross_entropy(s, y, label_smoothing=0.1).item(), rel=1e-6)
+    with pytest.raises(KdxError, match="valid methods: .*ce.*kd.*ls"):
+        get_method("nosuch", "explainer")
 
 
 @pytest.fixture(scope="module")

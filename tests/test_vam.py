@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 import kdx
 from kdx.cli import app
 from kdx.distill.hierarchy import HierarchyHeads, load_hierarchy, map_stages, parse_clusters
-from kdx.distill.pieces import TeacherCache, get_loss_piece, list_loss_pieces
+from kdx.distill.methods import methods_for
+from kdx.distill.task import TeacherCache
 from kdx.distill.vam import VAMStudent, count_cost, default_blocks, wrap_student
 from kdx.errors import KdxError
 from kdx.explainer.routing import route
@@ -143,8 +144,8 @@ def test_hierarchy_loss_weighting_against_hand_computation():
     num = sum(w[t] * -torch.log_softmax(logits[n], 0)[t] for n, t in enumerate(target))
     den = sum(w[t] for t in target)
     torch.testing.assert_close(loss, num / den)
-    assert {"ce", "kd", "vam_entropy", "hierarchy"} <= set(list_loss_pieces())
-    assert get_loss_piece("hierarchy") is not None
+    assert {"ce", "kd", "vam_entropy", "hierarchy"} <= set(methods_for("student", selectable_only=False))
+    assert "hierarchy" not in methods_for("student")  # added by --hierarchy, not by --method
 
 
 def test_teacher_cache_reuses_outputs():

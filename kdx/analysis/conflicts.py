@@ -54,21 +54,11 @@ class Components:
 
 
 def loss_for(objective: str, params: dict | None):
-    """The training loss of ``objective`` (kdx.distill.losses) as ``fn(logits, y, teacher_logits)``."""
-    from types import SimpleNamespace
+    """The training loss of ``objective`` (a method name of :mod:`kdx.distill.methods`, with its
+    recorded option values) as ``fn(logits, y, teacher_logits)``."""
+    from kdx.distill.task import logit_loss
 
-    from kdx.distill.losses import get_objective
-
-    spec = get_objective(objective)
-    cfg = SimpleNamespace(**{k: v for k, v in (params or {}).items() if v is not None})
-    if objective == "ls" and not hasattr(cfg, "smoothing"):
-        cfg.smoothing = 0.1
-
-    def fn(logits, y, teacher_logits=None):
-        return sum(spec.fn(logits, y, teacher_logits, cfg).values())
-
-    fn.needs_teacher = spec.needs_teacher
-    return fn
+    return logit_loss(objective, params)
 
 
 def subtask_components(model, batches, losses: dict, total: int) -> Components:

@@ -71,7 +71,7 @@ def _labels(runs: list[dict], labels: list[str] | None) -> list[str]:
             raise KdxError(f"--label given {len(labels)} times for {len(runs)} runs; give one per run")
         base = list(labels)
     else:
-        base = [str(r["meta"].get("objective") or r["meta"].get("kind")) for r in runs]
+        base = [str(r["meta"].get("method") or r["meta"].get("objective") or r["meta"].get("kind")) for r in runs]
     out, seen = [], {}
     for b in base:
         seen[b] = seen.get(b, 0) + 1
@@ -199,11 +199,11 @@ def analyse_run(run, label, bundle, batches, conflict_images, do_conflicts, name
     if do_conflicts and not hasattr(model, "expert_param_groups"):
         _warn(f"{label}: model has no expert_param_groups(); no gradient conflicts")
     elif do_conflicts:
-        objective = str(meta.get("objective") or "ce")
+        objective = str(meta.get("method") or meta.get("objective") or "ce")
         losses, notes = {}, []
         teacher = None
         try:
-            fn = cf_mod.loss_for(objective, meta.get("objective_params"))
+            fn = cf_mod.loss_for(objective, meta.get("method_params") or meta.get("objective_params"))
             if fn.needs_teacher:
                 teacher, why = _teacher_logits(run, bundle, batches)
                 if teacher is None:
@@ -280,7 +280,7 @@ def run(runs: list[Path], *, dataset=None, split="val", images=1024, labels=None
         conflict_frames.append(res["conflicts"])
         sub_frames.append(res["subtasks"])
         cl_rows += cl_mod.cluster_rows(res["groups"], names, lab)
-        row = {"run": lab, "path": res["path"], "objective": res["meta"].get("objective"),
+        row = {"run": lab, "path": res["path"], "objective": (res["meta"].get("method") or res["meta"].get("objective")),
                "kind": res["meta"].get("kind"), "stage": res["meta"].get("stage"), "routing": res["mode"],
                "tau": res["tau"], "images": info["images"], "accuracy": res["accuracy"]}
         for l, a in enumerate(res["attention"]["soft"], start=1):
@@ -309,7 +309,7 @@ def run(runs: list[Path], *, dataset=None, split="val", images=1024, labels=None
         atomic_write_csv(out / f"{name}.csv", frame)
 
     # ---- clusters/*.json: per run under clusters/<label>/, the kd run's (or the first) at clusters/
-    objs = [res["meta"].get("objective") for res in results]
+    objs = [(res["meta"].get("method") or res["meta"].get("objective")) for res in results]
     main = results[objs.index("kd")] if "kd" in objs else results[0]
     for res in results:
         targets = [out / "clusters" / res["label"]] if len(results) > 1 else []
@@ -345,7 +345,7 @@ def run(runs: list[Path], *, dataset=None, split="val", images=1024, labels=None
     plots[""] = [("attention entropy per layer, all runs", f"plots/{f.name}")]
 
     # ---- report
-    info["runs"] = [{"label": res["label"], "path": res["path"], "objective": res["meta"].get("objective"),
+    info["runs"] = [{"label": res["label"], "path": res["path"], "objective": (res["meta"].get("method") or res["meta"].get("objective")),
                      "stage": res["meta"].get("stage"), "routing": res["mode"], "tau": res["tau"], "note": res["note"]}
                     for res in results]
     text = write_report(info, tables["summary"], tables["subtasks"], plots, n_layers)

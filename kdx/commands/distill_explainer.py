@@ -1,4 +1,4 @@
-"""`kdx distill-explainer`: train KDExplainer in two stages with objective ce | ls | kd.
+"""`kdx distill-explainer`: train KDExplainer in two stages with registered methods (ce, ls, kd, ...).
 
 Run directory: ``config.json``; ``stage1/`` and ``stage2/`` (each an ordinary engine run:
 model.safetensors, best.safetensors, metrics.csv, routing.csv, resume/, results.json);
@@ -11,13 +11,15 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import torch
 
 from kdx.commands.common import load_bundle
-from kdx.config import ExplainerConfig, parse_widths
-from kdx.distill.task import load_teacher
+from kdx.config import parse_widths
+from kdx.distill.methods import MethodContext
+from kdx.distill.task import build_methods, load_teacher, method_names
 from kdx.engine import checkpoint as ckpt
 from kdx.engine.distributed import barrier
 from kdx.engine.io import atomic_write_csv, atomic_write_text
@@ -46,12 +48,22 @@ def stage1_source(path: str) -> Path:
     return p
 
 
-def _stage_config(cfg: ExplainerConfig, stage: int) -> ExplainerConfig:
+def _stage_config(cfg, stage: int) -> SimpleNamespace:
+    """The engine's view of one stage: the explainer's options plus that stage's optimiser and schedule."""
+    values = dataclasses.asdict(cfg)
+    values.update(warmup_epochs=0, nesterov=False, milestones=[], gamma=1.0)
     if stage == 1:
-        return dataclasses.replace(cfg, epochs=cfg.stage1_epochs, lr=cfg.stage1_lr, optimizer="adam",
-                                   schedule="explainer-stage1", warmup_epochs=0)
-    return dataclasses.replace(cfg, epochs=cfg.stage2_epochs, lr=cfg.stage2_lr, optimizer=cfg.stage2_optimizer,
-                               schedule="halving", warmup_epochs=0)
+        values.update(epochs=cfg.stage1_epochs, lr=cfg.stage1_lr, optimizer="adam", schedule="explainer-stage1")
+    else:
+        values.update(epochs=cfg.stage2_epochs, lr=cfg.stage2_lr, optimizer=cfg.stage2_optimizer, schedule="halving")
+    return SimpleNamespace(**values)
+
+
+def _methods(cfg, bundle, teacher):
+    names, ce_weight = method_names(list(cfg.method), "explainer", cfg.ce_weight)
+    params = dict(dataclasses.asdict(cfg), ce_weight=ce_weight)
+    return build_methods(names, MethodContext(params=params, teacher=teacher, num_classes=bundle.num_classes,
+                                              num_samples=len(bundle.train)))
 
 
 def _merge(run_dir: Path, stages: list[int], name: str) -> pd.DataFrame | None:
@@ -72,7 +84,7 @@ def _merge(run_dir: Path, stages: list[int], name: str) -> pd.DataFrame | None:
     return merged
 
 
-def run(cfg: ExplainerConfig) -> dict:
+def run(cfg) -> dict:
     cfg.validate()
     rt = Runtime.from_config(cfg)
     run_dir = prepare_run_dir(cfg, rt.dist.is_main)
@@ -83,17 +95,18 @@ def run(cfg: ExplainerConfig) -> dict:
         teacher, teacher_meta = load_teacher(cfg.teacher, bundle)
         teacher_meta["_path"] = cfg.teacher
     stages = [1, 2] if cfg.stage == "both" else [int(cfg.stage)]
-    results: dict = {"objective": cfg.objective, "stages": {}}
+    method = "+".join(cfg.method)
+    results: dict = {"method": method, "stages": {}}
 
     def train_stage(stage: int, build_model) -> Path:
         """Train one stage in RUN/stage<N> unless it finished earlier; the engine resumes it if interrupted."""
         stage_dir = run_dir / f"stage{stage}"
         if not _stage_done(stage_dir):
             stage_dir.mkdir(parents=True, exist_ok=True)
-            task = ExplainerTask(build_model(), cfg.objective, cfg, stage=stage, teacher=teacher,
+            task = ExplainerTask(build_model(), _methods(cfg, bundle, teacher), cfg, stage=stage, teacher=teacher,
                                  teacher_meta=teacher_meta, class_names=bundle.class_names)
             Trainer(_stage_config(cfg, stage), task, bundle, stage_dir, runtime=rt,
-                    label=f"explainer stage {stage} ({cfg.objective})").fit()
+                    label=f"explainer stage {stage} ({method})").fit()
         results["stages"][str(stage)] = json.loads((stage_dir / "results.json").read_text())
         return stage_dir / ckpt.MODEL_FILE
 
@@ -143,7 +156,7 @@ def run(cfg: ExplainerConfig) -> dict:
 def _print_summary(run_dir: Path, cfg, results: dict, tree: dict) -> None:
     from rich.table import Table
 
-    table = Table(title=f"KDExplainer ({cfg.objective}) on {cfg.dataset}")
+    table = Table(title=f"KDExplainer ({'+'.join(cfg.method)}) on {cfg.dataset}")
     for col in ("stage", "best epoch (val)", "val top-1", "test top-1 best", "test top-1 last"):
         table.add_column(col, justify="right")
     for s, r in results["stages"].items():

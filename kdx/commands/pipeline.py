@@ -21,8 +21,7 @@ from pathlib import Path
 from rich.markup import escape as esc
 
 import kdx
-from kdx.config import (EXPLAINER_PRESETS, TEACHER_PRESETS, VAM_PRESETS, ExplainerConfig, TeacherConfig, VamConfig,
-                        build_config, explainer_recipe, load_table_file, teacher_recipe, vam_recipe)
+from kdx.config import build_config, config_class, load_table_file
 from kdx.engine.io import atomic_write_text
 from kdx.engine.progress import console
 from kdx.errors import KdxError
@@ -129,7 +128,8 @@ def check_step_tables(study: dict) -> None:
     """Refuse a key no step knows (a typo would otherwise be dropped without a word)."""
     import difflib
 
-    owners = {"teacher": TeacherConfig, "explainer": ExplainerConfig, "student": VamConfig}
+    owners = {"teacher": config_class("train-teacher"), "explainer": config_class("distill-explainer"),
+              "student": config_class("train-vam-student")}
     for section in SECTIONS:
         table = study.get(section) or {}
         if not isinstance(table, dict):
@@ -158,7 +158,7 @@ def _status(run_dir: Path, done_file: str = "results.json") -> str:
     return "new"
 
 
-def _run_training(cls, presets, recipe, run_fn, options: dict, run_dir: Path, name: str, log: list) -> None:
+def _run_training(cls, run_fn, options: dict, run_dir: Path, name: str, log: list) -> None:
     state = _status(run_dir)
     if state == "done":
         console.print(f"[green]{esc(name)}: finished earlier, skipped[/] ({esc(str(run_dir))})")
@@ -172,7 +172,7 @@ def _run_training(cls, presets, recipe, run_fn, options: dict, run_dir: Path, na
         cfg = config_for_resume(cls, str(run_dir), {"quiet": options.get("quiet"), "device": options.get("device")})
     else:
         console.print(f"[bold]{esc(name)}[/] -> {esc(str(run_dir))}")
-        cfg = build_config(cls, presets=presets, recipe_for_dataset=recipe, cli=dict(options, out=str(run_dir)))
+        cfg = build_config(cls, cli=dict(options, out=str(run_dir)))
     cfg.validate()
     run_fn(cfg)
     log.append({"step": name, "status": "resumed" if state == "resume" else "trained",
@@ -186,15 +186,15 @@ def run_seed(study: dict, root: Path, seed: int, log: list) -> dict:
     paths = {"teacher": Path(study["teacher_run"]) if study.get("teacher_run") else root / "teacher"}
     if not study.get("teacher_run"):
         opts = dict(g, seed=1029 + seed, **study["teacher"])
-        _run_training(TeacherConfig, TEACHER_PRESETS, teacher_recipe, train_teacher.run, opts, paths["teacher"],
+        _run_training(config_class("train-teacher"), train_teacher.run, opts, paths["teacher"],
                       f"[seed {seed}] teacher", log)
     for obj in study["objectives"]:
         run_dir = root / f"explainer-{obj}"
         paths[f"explainer-{obj}"] = run_dir
-        opts = dict(g, seed=1029 + seed, objective=obj, **study["explainer"])
+        opts = dict(g, seed=1029 + seed, method=obj, **study["explainer"])
         if obj == "kd":
             opts["teacher"] = str(paths["teacher"])
-        _run_training(ExplainerConfig, EXPLAINER_PRESETS, explainer_recipe, distill_explainer.run, opts, run_dir,
+        _run_training(config_class("distill-explainer"), distill_explainer.run, opts, run_dir,
                       f"[seed {seed}] explainer {obj}", log)
     analysis = root / "analysis"
     paths["analysis"] = analysis
@@ -221,7 +221,7 @@ def run_seed(study: dict, root: Path, seed: int, log: list) -> dict:
     else:
         t0 = time.perf_counter()
         console.print(f"[bold]{esc(f'[seed {seed}]')} train-vam-student --compare[/] -> {esc(str(students))}")
-        cfg = build_config(VamConfig, presets=VAM_PRESETS, recipe_for_dataset=vam_recipe, cli=dict(opts, out=str(students)))
+        cfg = build_config(config_class("train-vam-student"), cli=dict(opts, out=str(students)))
         cfg.validate()
         train_vam_student.run(cfg)  # skips finished methods and resumes an interrupted one by itself
         log.append({"step": f"[seed {seed}] students", "status": "ran", "seconds": time.perf_counter() - t0})

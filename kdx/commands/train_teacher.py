@@ -22,7 +22,7 @@ def run(cfg: TeacherConfig) -> dict:
     barrier(rt.dist)
     bundle = load_bundle(cfg)
     model = create_model(cfg.arch, num_classes=bundle.num_classes, in_channels=bundle.in_channels)
-    task = TrainTask(model, label_smoothing=cfg.label_smoothing)
+    task = TrainTask(model, label_smoothing=cfg.label_smoothing or 0.0)
     results = Trainer(cfg, task, bundle, run_dir, runtime=rt, label=f"teacher {cfg.arch}").fit()
     if rt.dist.is_main:
         print_results(f"teacher {cfg.arch} on {bundle.name}", run_dir, results)

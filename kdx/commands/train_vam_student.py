@@ -1,11 +1,14 @@
-"""`kdx train-vam-student`: a zoo student with KD, the virtual attention module (VAM) and
-hierarchy guidance; ``--compare`` trains CE / KD / KD+VAM / KD+VAM+hierarchy side by side.
+"""`kdx train-vam-student`: a zoo student with KD methods, the virtual attention module (VAM)
+and hierarchy guidance; ``--compare`` trains a grid of arms side by side.
 
 A single run is an ordinary engine run directory plus ``cost.csv`` and, with the VAM,
 ``vam_attention.csv``. ``--seeds`` puts one run per seed under ``RUN/seed{s}``; ``--compare``
-puts one run per method under ``RUN/seed{s}/{method}`` and writes ``comparison.csv``,
-``comparison_summary.csv`` and ``comparison.png`` in RUN. A rerun skips finished runs
-(``results.json``) and resumes interrupted ones (``resume/``).
+puts one run per arm under ``RUN/seed{s}/{arm}``: for every method M of ``--compare-methods``
+the arms M, M+vam, M+hier and M+vam+hier (the last two with ``--hierarchy``), plus ce once, all
+from the same seeds, initialisation and batch order, and writes ``comparison.csv`` (one row
+per arm and seed), ``comparison_summary.csv`` (mean, std and the paired per-seed difference of
+each arm against its method alone) and a plot. A rerun skips finished runs (``results.json``)
+and resumes interrupted ones (``resume/``).
 """
 
 from __future__ import annotations
@@ -20,10 +23,10 @@ import pandas as pd
 import torch
 
 from kdx.commands.common import format_delta, load_bundle, paired_delta
-from kdx.config import VamConfig, read_config_file, save_config
-from kdx.distill.hierarchy import HierarchyHeads, load_hierarchy, map_stages
-from kdx.distill.pieces import StudentTask, TeacherCache
-from kdx.distill.task import load_teacher
+from kdx.config import read_config_file, save_config
+from kdx.distill.methods import MethodContext
+from kdx.distill.student import StudentTask
+from kdx.distill.task import TeacherCache, build_methods, load_teacher, method_names
 from kdx.distill.vam import VAMStudent, vam_cost_rows
 from kdx.engine import checkpoint as ckpt
 from kdx.engine.device import seed_everything
@@ -34,26 +37,30 @@ from kdx.engine.rundir import holds_run, prepare_run_dir
 from kdx.engine.trainer import Runtime, Trainer
 from kdx.errors import KdxError, did_you_mean
 
-METHODS = {  # method -> (objective, vam, hierarchy)
-    "ce": ("ce", False, False),
-    "kd": ("kd", False, False),
-    "kd+vam": ("kd", True, False),
-    "kd+vam+hier": ("kd", True, True),
-}
+
+def compare_arms(cfg) -> list[tuple[str, str, dict]]:
+    """``[(arm label, base method, config changes)]`` of ``--compare``: ce once, then for every
+    method M of --compare-methods: M, M+vam and, with --hierarchy, M+hier and M+vam+hier."""
+    arms = [("ce", "ce", dict(method=["ce"], vam=False, hierarchy=None))]
+    for m in cfg.compare_methods:
+        parts = [p for p in m.split("+") if p]
+        label = "+".join(parts)
+        variants = [("", False, False), ("+vam", True, False)]
+        if cfg.hierarchy:
+            variants += [("+hier", False, True), ("+vam+hier", True, True)]
+        for suffix, vam, hier in variants:
+            arms.append((label + suffix, label, dict(method=parts, vam=vam,
+                                                    hierarchy=cfg.hierarchy if hier else None)))
+    return arms
 
 
-def _dir_name(method: str) -> str:
-    return method.replace("+", "_")
+def arm_config(cfg, changes: dict, seed: int, out: Path):
+    return dataclasses.replace(cfg, **changes, seed=int(seed), out=str(out), compare=False, seeds=None, resume=None,
+                               overwrite=False)
 
 
-def method_config(cfg: VamConfig, method: str, seed: int, out: Path) -> VamConfig:
-    objective, vam, hier = METHODS[method]
-    return dataclasses.replace(cfg, objective=objective, vam=vam, hierarchy=cfg.hierarchy if hier else None,
-                               seed=int(seed), out=str(out), compare=False, seeds=None, resume=None, overwrite=False)
-
-
-def method_name(cfg: VamConfig) -> str:
-    name = cfg.objective
+def method_name(cfg) -> str:
+    name = "+".join(cfg.method)
     if cfg.vam:
         name += "+vam"
     if cfg.hierarchy:
@@ -64,19 +71,19 @@ def method_name(cfg: VamConfig) -> str:
 class _Shared:
     """What the runs of one command share: runtime, datasets per seed, the teacher, cluster files."""
 
-    def __init__(self, cfg: VamConfig):
+    def __init__(self, cfg):
         self.rt = Runtime.from_config(cfg)
         self.bundles: dict = {}
         self.teacher = self.teacher_meta = None
         self.caches: dict = {}
 
-    def bundle(self, cfg: VamConfig):
+    def bundle(self, cfg):
         key = (cfg.seed, cfg.dataset, cfg.max_train_samples, cfg.val_fraction)
         if key not in self.bundles:
             self.bundles[key] = load_bundle(cfg)
         return self.bundles[key]
 
-    def load_teacher(self, cfg: VamConfig, bundle):
+    def load_teacher(self, cfg, bundle):
         if self.teacher is None:
             self.teacher, self.teacher_meta = load_teacher(cfg.teacher, bundle)
             self.teacher_meta["_path"] = cfg.teacher
@@ -87,54 +94,53 @@ def _log(cfg, text: str) -> None:
     table_console().print(text, highlight=False)
 
 
-def build_task(cfg: VamConfig, bundle, shared: _Shared, cache: TeacherCache | None = None) -> StudentTask:
+def _method_list(cfg) -> tuple[list[str], dict]:
+    """The methods of this run (ce first, the flag-added vam_entropy and hierarchy last) and the
+    config values they read (with the CE weight resolved)."""
+    names, ce_weight = method_names(list(cfg.method), "student", cfg.ce_weight)
+    if cfg.vam and cfg.vam_entropy > 0:
+        names.append("vam_entropy")
+    if cfg.hierarchy:
+        names.append("hierarchy")
+    params = dataclasses.asdict(cfg)
+    params["ce_weight"] = ce_weight
+    return names, params
+
+
+def build_task(cfg, bundle, shared: _Shared, cache: TeacherCache | None = None) -> StudentTask:
     from kdx.models import create_model, list_models
 
     if cfg.arch not in list_models():
         raise did_you_mean("arch", cfg.arch, list_models())
-    seed_everything(cfg.seed, cfg.deterministic)  # same initial backbone for every method of a seed
+    seed_everything(cfg.seed, cfg.deterministic)  # same initial backbone for every arm of a seed
     student = create_model(cfg.arch, num_classes=bundle.num_classes, in_channels=bundle.in_channels)
-    stage_names, stage_channels = list(student.stage_names), dict(zip(student.stage_names, student.stage_channels))
     model = VAMStudent(student, cfg.vam_blocks, tau=cfg.vam_tau0,
                        routing="hard" if cfg.vam_hard_eval else "soft") if cfg.vam else student
-    pieces = ["ce"]
-    weights = {"ce": 1.0}
+    names, params = _method_list(cfg)
+    from kdx.distill.methods import all_methods
+
     teacher = teacher_meta = None
-    if cfg.objective == "kd":
+    if any(all_methods()[n].needs_teacher for n in names):
         teacher, teacher_meta = shared.load_teacher(cfg, bundle)
-        pieces.append("kd")
-        weights.update(ce=cfg.ce_weight, kd=cfg.kd_weight, kd_temperature=cfg.kd_temperature)
-    metadata: dict = {"objective": cfg.objective, "hierarchy": None}
+    ctx = MethodContext(params=params, student=student, teacher=teacher, num_classes=bundle.num_classes,
+                        num_samples=len(bundle.train), in_shape=(bundle.in_channels, bundle.image_size,
+                                                                 bundle.image_size))
+    methods = build_methods(names, ctx)
+    metadata: dict = {"method": "+".join(cfg.method), "hierarchy": None}
     if cfg.vam:
         metadata["vam"] = {"tau0": cfg.vam_tau0, "tau_rule": "tau0 / epoch", "train_routing": "soft",
                            "hard_eval": bool(cfg.vam_hard_eval), "entropy_weight": cfg.vam_entropy}
-        if cfg.vam_entropy > 0:
-            pieces.append("vam_entropy")
-            weights["vam_entropy"] = cfg.vam_entropy
-    heads = None
-    hook_stages = None
-    if cfg.hierarchy:
-        hierarchy = load_hierarchy(cfg.hierarchy, bundle.num_classes)
-        mapping = map_stages(stage_names, list(hierarchy), cfg.hierarchy_stages)
-        torch.manual_seed(cfg.seed + 7)  # the heads' init does not shift anything else
-        heads = HierarchyHeads(mapping, stage_channels, hierarchy, bundle.num_classes)
-        hook_stages = sorted({s for s, _ in mapping}, key=stage_names.index)
-        pieces.append("hierarchy")
-        weights["hierarchy"] = cfg.hierarchy_weight
-        metadata["hierarchy"] = {"files": {str(k): v["file"] for k, v in hierarchy.items()},
-                                 "clusters": {str(k): v["clusters"] for k, v in hierarchy.items()},
-                                 "weight": cfg.hierarchy_weight,
-                                 "stage_mapping": [{"stage": s, "layer": layer} for s, layer in mapping],
-                                 "loss": "sum over heads of W * CE(cluster, weight 1/|cluster|)",
-                                 "aux_heads_saved": False}
-        text = ", ".join(f"{s} <-> layer {layer} ({len(hierarchy[layer]['clusters'])} clusters)" for s, layer in mapping)
-        _log(cfg, f"hierarchy guidance: student stage <-> explainer layer: {text}")
-    return StudentTask(model, pieces, weights, cfg, teacher=teacher, teacher_meta=teacher_meta,
-                       hierarchy_heads=heads, hook_stages=hook_stages, class_names=bundle.class_names,
-                       tau0=cfg.vam_tau0, teacher_cache=cache, metadata=metadata)
+    for m in methods:
+        if m.name == "hierarchy":
+            metadata["hierarchy"] = m.describe()
+            text = ", ".join(f"{s} <-> layer {layer} ({len(m.clusters[layer]['clusters'])} clusters)"
+                             for s, layer in m.mapping)
+            _log(cfg, f"hierarchy guidance: student stage <-> explainer layer: {text}")
+    return StudentTask(model, methods, teacher=teacher, teacher_meta=teacher_meta, class_names=bundle.class_names,
+                       tau0=cfg.vam_tau0, teacher_cache=cache, metadata=metadata, probe_shape=ctx.in_shape)
 
 
-def write_cost(cfg: VamConfig, bundle, run_dir: Path) -> pd.DataFrame:
+def write_cost(cfg, bundle, run_dir: Path) -> pd.DataFrame:
     shape = [bundle.in_channels, bundle.image_size, bundle.image_size]
     rows = vam_cost_rows(cfg.arch, bundle.num_classes, shape, cfg.vam_blocks)
     frame = pd.DataFrame(rows)
@@ -146,7 +152,7 @@ def _run_done(run_dir: Path) -> bool:
     return (run_dir / "results.json").is_file() and (run_dir / ckpt.MODEL_FILE).is_file()
 
 
-def train_one(cfg: VamConfig, shared: _Shared, label: str, cache: TeacherCache | None = None,
+def train_one(cfg, shared: _Shared, label: str, cache: TeacherCache | None = None,
               group: bool = False) -> dict:
     """Train the run in ``cfg.out``; returns its summary row. ``group`` (runs of --compare/--seeds):
     a finished run is skipped, an interrupted one resumed, one without resume state restarted."""
@@ -172,8 +178,7 @@ def train_one(cfg: VamConfig, shared: _Shared, label: str, cache: TeacherCache |
             Trainer(cfg, task, bundle, run_dir, runtime=rt, label=label).fit()
         finally:  # interrupted sessions count too: the wall time adds up over resumes
             wall = time.perf_counter() - t0
-            if task.hooks is not None:
-                task.hooks.remove()
+            task.remove_hooks()
             if rt.dist.is_main:
                 prev = _read_json(run_dir / "timing.json").get("wall_seconds", 0.0)
                 atomic_write_text(run_dir / "timing.json", json.dumps({"wall_seconds": prev + wall}) + "\n")
@@ -207,11 +212,11 @@ def summary_row(run_dir: Path, method: str, seed: int) -> dict:
 # ---------------------------------------------------------------- entry point
 
 
-def _seeds(cfg: VamConfig) -> list[int]:
+def _seeds(cfg) -> list[int]:
     return [int(s) for s in cfg.seeds] if cfg.seeds else [int(cfg.seed)]
 
 
-def _prepare_group_dir(cfg: VamConfig) -> Path:
+def _prepare_group_dir(cfg) -> Path:
     """RUN of --compare / --seeds: created, reused by a rerun (skip/resume), wiped by --overwrite."""
     out = Path(cfg.resume or cfg.out)
     if out.exists() and not out.is_dir():
@@ -229,7 +234,7 @@ def _prepare_group_dir(cfg: VamConfig) -> Path:
     return out
 
 
-def run(cfg: VamConfig) -> dict:
+def run(cfg) -> dict:
     cfg.validate()
     shared = _Shared(cfg)
     is_main = shared.rt.dist.is_main
@@ -240,19 +245,18 @@ def run(cfg: VamConfig) -> dict:
         return row
     out = _prepare_group_dir(cfg) if is_main else Path(cfg.resume or cfg.out)
     barrier(shared.rt.dist)
-    methods = [m for m in METHODS if cfg.hierarchy or not METHODS[m][2]] if cfg.compare else [None]
+    arms = compare_arms(cfg) if cfg.compare else [(None, None, {})]
     rows = []
     for seed in _seeds(cfg):
         cache = TeacherCache(cfg.teacher_cache_mb << 20) if cfg.compare and cfg.teacher_cache_mb > 0 else None
-        for method in methods:
-            if method is None:  # --seeds without --compare: the configured method once per seed
-                sub = dataclasses.replace(cfg, seed=int(seed), out=str(out / f"seed{seed}"), compare=False, seeds=None,
-                                          resume=None, overwrite=False)
+        for label, base, changes in arms:
+            if label is None:  # --seeds without --compare: the configured run once per seed
+                sub = arm_config(cfg, {}, seed, out / f"seed{seed}")
             else:
-                sub = method_config(cfg, method, seed, out / f"seed{seed}" / _dir_name(method))
+                sub = arm_config(cfg, changes, seed, out / f"seed{seed}" / label)
             sub.validate()
-            rows.append(train_one(sub, shared, label=f"seed {seed} {method_name(sub)}", cache=cache,
-                                  group=True))
+            row = train_one(sub, shared, label=f"seed {seed} {method_name(sub)}", cache=cache, group=True)
+            rows.append(dict(row, method=label or row["method"], base=base or row["method"]))
     if not is_main:
         return {}
     frame = pd.DataFrame(rows)
@@ -265,18 +269,21 @@ def run(cfg: VamConfig) -> dict:
 
 
 def summarize(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over seeds per arm, and the paired per-seed difference against the arm's method
+    alone (``base``; same seed = same initialisation and batch order)."""
     out = []
     for method, g in frame.groupby("method", sort=False):
-        row = {"method": method, "seeds": len(g)}
+        base = str(g["base"].iloc[0]) if "base" in g else method
+        row = {"method": method, "base": base, "seeds": len(g)}
         for col in ("test_top1_best", "test_top1_last", "best_epoch", "seconds", "train_seconds"):
             vals = pd.to_numeric(g[col], errors="coerce")
             row[f"{col}_mean"] = float(vals.mean())
-            row[f"{col}_std"] = float(vals.std(ddof=1)) if len(vals.dropna()) > 1 else 0.0
+            row[f"{col}_std"] = float(vals.std(ddof=1)) if len(vals.dropna()) > 1 else float("nan")
         row["params"], row["macs"] = g["params"].iloc[0], g["macs"].iloc[0]
         for col in ("test_top1_best", "test_top1_last"):
-            d = paired_delta(frame, method, "kd", col)
-            row[f"{col}_delta_vs_kd_mean"] = float(d.mean()) if len(d) else float("nan")
-            row[f"{col}_delta_vs_kd_std"] = float(d.std(ddof=1)) if len(d) > 1 else float("nan")
+            d = paired_delta(frame, method, base, col) if method != base else pd.Series(dtype=float)
+            row[f"{col}_delta_vs_base_mean"] = float(d.mean()) if len(d) else float("nan")
+            row[f"{col}_delta_vs_base_std"] = float(d.std(ddof=1)) if len(d) > 1 else float("nan")
         out.append(row)
     return pd.DataFrame(out)
 
@@ -293,12 +300,12 @@ def plot_comparison(summary: pd.DataFrame, path: Path, title: str = "") -> None:
     fig, ax = plt.subplots(figsize=(1.6 * len(methods) + 2.5, 4.2))
     for off, col, label in ((-width / 2, "test_top1_best", "best-val epoch"), (width / 2, "test_top1_last", "last epoch")):
         means = 100 * summary[f"{col}_mean"]
-        stds = 100 * summary[f"{col}_std"]
+        stds = 100 * summary[f"{col}_std"].fillna(0.0)
         bars = ax.bar([i + off for i in x], means, width, yerr=stds, capsize=4, label=label)
         for b, m, s in zip(bars, means, stds):
             ax.annotate(f"{m:.2f}\n±{s:.2f}", (b.get_x() + b.get_width() / 2, m + s), ha="center", va="bottom", fontsize=7,
                         xytext=(0, 2), textcoords="offset points")
-    lo = float((100 * (summary["test_top1_best_mean"] - summary["test_top1_best_std"])).min())
+    lo = float((100 * (summary["test_top1_best_mean"] - summary["test_top1_best_std"].fillna(0.0))).min())
     ax.set_ylim(max(0.0, lo - 10), min(100.0, float((100 * summary["test_top1_best_mean"]).max()) + 8))
     ax.set_xticks(list(x), methods)
     ax.set_ylabel("test top-1 (%), mean ± std over seeds")
@@ -318,17 +325,17 @@ def _pct(v, s=None) -> str:
 
 
 def _delta(r) -> str:
-    """Paired best-val-epoch difference against kd, in points: mean (± std over seeds)."""
-    if r["method"] == "kd":
+    """Paired best-val-epoch difference against the arm's method alone, in points: mean (± std over seeds)."""
+    if r["method"] == r.get("base", r["method"]):
         return "-"
-    return format_delta(r.get("test_top1_best_delta_vs_kd_mean"), r.get("test_top1_best_delta_vs_kd_std"))
+    return format_delta(r.get("test_top1_best_delta_vs_base_mean"), r.get("test_top1_best_delta_vs_base_std"))
 
 
-def _print_comparison(summary: pd.DataFrame, out: Path, cfg: VamConfig) -> None:
+def _print_comparison(summary: pd.DataFrame, out: Path, cfg) -> None:
     from rich.table import Table
 
     table = Table(title=f"student {cfg.arch} on {cfg.dataset}: test top-1, mean ± std over seeds")
-    for col in ("method", "seeds", "best-val epoch", "last epoch", "vs kd (paired)", "best epoch", "params", "MACs",
+    for col in ("method", "seeds", "best-val epoch", "last epoch", "vs method alone (paired)", "best epoch", "params", "MACs",
                 "s / run"):
         table.add_column(col, justify="left" if col == "method" else "right")
     for _, r in summary.iterrows():

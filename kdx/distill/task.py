@@ -61,6 +61,27 @@ def build_methods(names: list[str], ctx: MethodContext) -> list[Method]:
     return [registry[n](ctx) for n in names]
 
 
+def logit_loss(method: str, params: dict | None, command: str = "explainer"):
+    """The summed training loss of logit-only ``method`` (``"kd"``, ``"kd+dkd"``) with the recorded
+    option values ``params``, as ``fn(logits, y, teacher_logits)`` (``fn.needs_teacher``): what the
+    analysis needs to recompute a run's own loss."""
+    params = dict(params or {})
+    if "smoothing" in params and "label_smoothing" not in params:  # checkpoints before the method registry
+        params["label_smoothing"] = params.pop("smoothing")
+    names, ce_weight = method_names([n for n in str(method).split("+") if n], command, params.get("ce_weight"))
+    params["ce_weight"] = ce_weight
+    methods = build_methods(names, MethodContext(params=params))
+    if any(m.uses_features for m in methods):
+        raise KdxError(f"method {method} reads features; only logit methods can be recomputed from logits")
+
+    def fn(logits, y, teacher_logits=None):
+        out = StepOutputs(x=logits, y=y, logits=logits, model=None, teacher_logits=teacher_logits)
+        return sum(sum_losses(methods, out).values())
+
+    fn.needs_teacher = any(m.needs_teacher for m in methods)
+    return fn
+
+
 class TeacherCache:
     """Frozen-teacher logits keyed by a fingerprint of the (augmented) batch, bounded in bytes.
 

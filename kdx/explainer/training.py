@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from kdx.distill.task import DistillTask
+from kdx.distill.task import MethodTask
 from kdx.engine.checkpoint import register_kind
 from kdx.engine.schedule import register_schedule
 from kdx.explainer.model import KDExplainer, from_official_state_dict
@@ -86,12 +86,13 @@ def hard_tree(model: KDExplainer, class_names: list[str] | None = None) -> dict:
             "class_paths": paths, "layers": layers}
 
 
-class ExplainerTask(DistillTask):
-    """Train a :class:`KDExplainer` (stage 1 or 2) with objective ce | ls | kd."""
+class ExplainerTask(MethodTask):
+    """Train a :class:`KDExplainer` (stage 1 or 2) with registered logit methods (ce, ls, kd, ...)."""
 
-    def __init__(self, model: KDExplainer, objective: str, cfg, stage: int, teacher=None, teacher_meta=None,
+    def __init__(self, model: KDExplainer, methods, cfg, stage: int, teacher=None, teacher_meta=None,
                  class_names=None):
-        super().__init__(model, objective, cfg, teacher, teacher_meta)
+        super().__init__(model, methods, teacher=teacher, teacher_meta=teacher_meta)
+        self.cfg = cfg
         self.stage = stage
         self.class_names = class_names
         if stage == 2:
@@ -105,10 +106,13 @@ class ExplainerTask(DistillTask):
         model: KDExplainer = self.model
         if self.stage == 1:
             return [{"params": model.non_routing_parameters(), "lr": cfg.lr, "name": "experts"},
-                    {"params": model.routing_parameters(), "lr": cfg.routing_lr, "name": "routing"}]
-        return [{"params": model.non_routing_parameters(), "lr": cfg.lr, "name": "experts"}]
+                    {"params": model.routing_parameters(), "lr": cfg.routing_lr, "name": "routing"}] + \
+                self.method_param_group(cfg.lr)
+        return [{"params": model.non_routing_parameters(), "lr": cfg.lr, "name": "experts"}] + \
+            self.method_param_group(cfg.lr)
 
     def on_epoch_start(self, epoch: int) -> None:
+        super().on_epoch_start(epoch)
         if self.stage == 1:
             self.model.tau = tau_at(epoch, self.cfg.tau0)
 
@@ -144,9 +148,9 @@ class ExplainerTask(DistillTask):
             "arch": "kdexplainer",
             "explainer": model.config_dict(),
             "stage": self.stage,
-            "objective": self.objective_name,
-            "objective_params": {"smoothing": cfg.smoothing, "kd_temperature": cfg.kd_temperature,
-                                 "kd_weight": cfg.kd_weight, "ce_weight": cfg.ce_weight},
+            "method": "+".join(cfg.method),
+            "method_params": {k: v for r in self.method_records() for k, v in r["params"].items()},
+            "methods": self.method_records(),
             "teacher": self.teacher_record(),
             "tau_schedule": {"tau0": cfg.tau0, "rule": "tau0 / epoch", "routing": model.routing,
                              "final_tau": float(model.tau)},
