@@ -165,29 +165,28 @@ def training_command(command: str, run_module: str, help_text: str):
     app.command(command)(handle_errors(body))
 
 
-training_command("train-teacher", "train_teacher", """Train a teacher (any zoo architecture) with cross-entropy.
+training_command("train-teacher", "train_teacher",
+    "Train a teacher (any zoo architecture) with cross-entropy.\n\n"
+    "Defaults: the paper's CIFAR recipe (SGD 0.05, 240 epochs, x0.1 at 150/180/210, batch 64); on "
+    "fashion-mnist-mini (the default dataset) the quick preset's values. Presets: paper, quick (15 "
+    "epochs, cosine, batch 128: a CPU-sized run).")
 
-    Defaults: the paper's CIFAR recipe (SGD 0.05, 240 epochs, x0.1 at 150/180/210, batch 64); on
-    fashion-mnist-mini (the default dataset) the quick preset's values. Presets: paper, quick
-    (15 epochs, cosine, batch 128: a CPU-sized run).
-    """)
+training_command("distill-explainer", "distill_explainer",
+    "Distill a teacher into KDExplainer (a hierarchical mixture of experts, one binary subtask per "
+    "class).\n\n"
+    "Stage 1 learns the tree with soft routing (tau = tau0/epoch, Adam, official warm-up/decay); stage 2 "
+    "keeps the tree (hard routing, frozen), re-initialises the rest and trains with SGD. Official values "
+    "are the defaults; --preset quick (the default on fashion-mnist-mini) is a CPU-sized run (narrower "
+    "tree, few epochs). Methods: ce, ls, kd and the other logit methods.")
 
-training_command("distill-explainer", "distill_explainer", """Distill a teacher into KDExplainer (a hierarchical mixture of experts, one binary subtask per class).
-
-    Stage 1 learns the tree with soft routing (tau = tau0/epoch, Adam, official warm-up/decay);
-    stage 2 keeps the tree (hard routing, frozen), re-initialises the rest and trains with SGD.
-    Official values are the defaults; --preset quick (the default on fashion-mnist-mini) is a
-    CPU-sized run (narrower tree, few epochs). Methods: ce, ls, kd and the other logit methods.
-    """)
-
-training_command("train-vam-student", "train_vam_student", """Train a zoo student with KD methods and a virtual attention module (VAM), optionally hierarchy guidance.
-
-    Defaults: the paper's student recipe (SGD 0.05, 240 epochs, x0.1 at 150/180/210, batch 64);
-    on fashion-mnist-mini (the default dataset) the quick preset's values (8 epochs, cosine, batch
-    128). --method kd,crd sums methods. --compare trains the grid of --compare-methods (each
-    alone, + VAM, + hierarchy, + VAM + hierarchy) plus ce from the same seeds into
-    RUN/seed{s}/... and writes comparison.csv, comparison_summary.csv and a comparison plot.
-    """)
+training_command("train-vam-student", "train_vam_student",
+    "Train a zoo student with KD methods and a virtual attention module (VAM), optionally hierarchy "
+    "guidance.\n\n"
+    "Defaults: the paper's student recipe (SGD 0.05, 240 epochs, x0.1 at 150/180/210, batch 64); on "
+    "fashion-mnist-mini (the default dataset) the quick preset's values (8 epochs, cosine, batch 128). "
+    "--method kd,crd sums methods. --compare trains the grid of --compare-methods (each alone, + VAM, + "
+    "hierarchy, + VAM + hierarchy) plus ce from the same seeds into RUN/seed{s}/... and writes "
+    "comparison.csv, comparison_summary.csv and a comparison plot.")
 
 
 @app.command("analyze-conflicts")
