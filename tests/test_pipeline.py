@@ -101,3 +101,11 @@ def test_unknown_step_keys_are_refused():
         pipeline.build_study("demo", None, {"explainer": {"stage1_epoch": 3}})
     with pytest.raises(KdxError, match=r"unknown key 'label' in the study's \[analysis\] table"):
         pipeline.build_study("demo", None, {"analysis": {"label": "x"}})
+
+
+def test_paper_presets_use_the_official_explainer_teacher():
+    # the authors' explainer KD configs (configs/cifar-{10,100}/seed-1029/kd/ResNet50-LTB-*.yml) use ResNet50
+    for name in ("cifar10-paper", "cifar100-paper"):
+        preset = pipeline.PIPELINE_PRESETS[name]
+        assert preset["teacher"]["arch"] == "ResNet50" and "ResNet50" in preset["notes"], name
+    assert "kdx choice" in pipeline.PIPELINE_PRESETS["cifar100-paper"]["notes"]
