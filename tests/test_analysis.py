@@ -52,6 +52,32 @@ def test_compose_entropy_overlap_known_numbers():
     assert sw.shape == (2, 3, 3) and sw[1, 1, 2] == pytest.approx(0.25)
 
 
+def test_attention_entropy_at_tau1_by_hand():
+    """tau 1 = the routing's own distribution p = softmax(R / 0.5); R chosen so that p is exact."""
+    q = 0.5 * math.log(3)  # softmax([0, q] / 0.5) = [1/4, 3/4]
+    m = KDExplainer(num_classes=3, in_channels=1, image_size=16, experts=(2, 2), widths=[(4, 4), (4, 4)]).eval()
+    with torch.no_grad():
+        m.branches[0].copy_(torch.tensor([[0.0, q], [0.0, 0.0]]))     # p1 = [[1/4, 3/4], [1/2, 1/2]]
+        m.branches[1].copy_(torch.tensor([[q, 0.0], [0.0, 0.0], [0.0, q]]))  # p2 = [[3/4, 1/4], [1/2, 1/2], [1/4, 3/4]]
+    routed = as_routed(m)
+    final = A.compose(routing_matrices(routed, "soft", 0.5))
+    tau1 = A.compose(routing_matrices(routed, "soft", A.ROUTING_TAU))
+    # layer 1 at tau 1: p2 @ p1 = [[5/16, 11/16], [3/8, 5/8], [7/16, 9/16]]; layer 2: p2
+    assert torch.allclose(tau1[0], torch.tensor([[5 / 16, 11 / 16], [6 / 16, 10 / 16], [7 / 16, 9 / 16]]), atol=1e-6)
+
+    def h(*ps):  # mean binary entropy of the rows (x, 1 - x)
+        return sum(-x * math.log(x) - (1 - x) * math.log(1 - x) for x in ps) / len(ps)
+
+    row = A.entropy_summary(final, tau1)
+    assert row["attention_entropy_tau1_l1"] == pytest.approx(h(5 / 16, 6 / 16, 7 / 16), abs=1e-6)
+    assert row["attention_entropy_tau1_l2"] == pytest.approx(h(3 / 4, 1 / 2, 1 / 4), abs=1e-6)
+    assert row["norm_attention_entropy_tau1_l2"] == pytest.approx(h(3 / 4, 1 / 2, 1 / 4) / math.log(2), abs=1e-6)
+    # final tau 0.5: a = p^2 / sum p^2 -> leaf rows [9/10, 1/10], [1/2, 1/2], [1/10, 9/10]
+    assert row["attention_entropy_l2"] == pytest.approx(h(9 / 10, 1 / 2, 1 / 10), abs=1e-6)
+    assert sorted(row) == sorted(f"{n}attention_entropy{t}_l{l}" for n in ("", "norm_") for t in ("", "_tau1")
+                                 for l in (1, 2))
+
+
 def test_compose_rows_sum_to_one_on_explainer():
     m = tiny(classes=5)
     for mode in ("soft", "hard"):
@@ -167,7 +193,13 @@ def test_end_to_end(tmp_path):
     patterns = [re.compile("^" + re.escape(c).replace("<l>", r"\d+").replace("<signal>", "(objective|ce)") + "$")
                 for c in documented["summary"]]
     assert all(any(p.match(c) for p in patterns) for c in summary.columns), list(summary.columns)
-    assert "norm_entropy_l3" in summary.columns and "conflict_rate_objective" in summary.columns
+    assert "norm_attention_entropy_l3" in summary.columns and "conflict_rate_objective" in summary.columns
+    assert not any(c.startswith(("entropy_l", "norm_entropy_l")) for c in summary.columns)
+    # the fake runs end at tau 1, where the final-tau and the tau-1 attention are the same
+    for l in (1, 2, 3):
+        for n in ("", "norm_"):
+            assert summary[f"{n}attention_entropy_l{l}"].tolist() == \
+                pytest.approx(summary[f"{n}attention_entropy_tau1_l{l}"].tolist(), abs=1e-6)
     assert list(summary["run"]) == ["ce", "ls", "kd"]
     assert summary.loc[2, "images"] == 64
     conf = pd.read_csv(out / "conflicts.csv")
@@ -185,6 +217,7 @@ def test_end_to_end(tmp_path):
     for lab in ("ce", "ls", "kd"):
         assert f"**{lab}**" in report
     assert "plots/entropy.png" in report
+    assert "norm_attention_entropy_tau1_l3" in report and "mean normalised attention entropy (tau 1)" in report
     # bad input: a classifier checkpoint / mismatched labels -> one-line errors, exit code 2
     res = CliRunner().invoke(app, ["analyze-conflicts", str(runs[0]), "--label", "a", "--label", "b",
                                    "--out", str(out)])

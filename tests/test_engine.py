@@ -79,6 +79,9 @@ def test_schedules():
     assert cos(1, [1.0], C)[0] == pytest.approx(1.0)
     assert cos(240, [1.0], C)[0] < 1e-3
     assert get_schedule("halving")(61, [0.05, 0.1], C) == pytest.approx([0.0125, 0.025])
+    # authors' stage 2: halved before epochs 30, 60, ... (their `epoch % 30 == 0`, epochs from 1)
+    halving = [get_schedule("halving")(e, [0.05], C)[0] for e in (1, 29, 30, 31, 59, 60, 61)]
+    assert halving == pytest.approx([0.05, 0.05, 0.025, 0.025, 0.025, 0.0125, 0.0125])
     with pytest.raises(KdxError, match="valid schedules"):
         get_schedule("linear")
 

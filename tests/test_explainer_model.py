@@ -16,7 +16,7 @@ from torch import nn
 
 from kdx.errors import KdxError
 from kdx.explainer import KDExplainer, from_official_state_dict, route, routing_entropy, routing_probs, tau_at
-from kdx.explainer.model import to_official_state_dict
+from kdx.explainer.model import stem_size, to_official_state_dict
 
 TSV = Path(__file__).parent / "data" / "explainer_state_dict_layout.tsv"
 
@@ -33,12 +33,15 @@ def oracle_weights(R, tau, mode):
 
 
 class OfficialExplainer(nn.Module):
-    def __init__(self, num_classes, head="ce", experts=(2, 4, 8), in_ch=3, large=False):
+    """The 32-px (CIFAR) path: the stem exists, unused (the large path is ``AuthorsDeep`` below)."""
+
+    def __init__(self, num_classes, head="ce", experts=(2, 4, 8), in_ch=3):
         super().__init__()
-        self.num_classes, self.head, self.experts, self.large = num_classes, head, experts, large
+        self.num_classes, self.head, self.experts = num_classes, head, experts
         self.tau, self.mode = 10.0, "soft"
-        self.conv1_0 = nn.Sequential(nn.Conv2d(in_ch, 64, 7, 2, 3), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2))
-        cin = 64 if large else in_ch
+        self.conv1_0 = nn.Sequential(nn.Conv2d(in_ch, 64, kernel_size=7), nn.BatchNorm2d(64), nn.ReLU(),
+                                     nn.MaxPool2d(kernel_size=2, stride=2))
+        cin = in_ch
         for n, E in enumerate(experts):
             L = n + 2
             out = 32 if n == len(experts) - 1 else 64
@@ -55,8 +58,6 @@ class OfficialExplainer(nn.Module):
                                                     nn.Linear(128, 1 if head == "ce" else 2)))
 
     def forward(self, x):
-        if self.large:
-            x = self.conv1_0(x)
         inputs = [x] * self.experts[0]
         for n, E in enumerate(self.experts):
             L = n + 2
@@ -74,6 +75,99 @@ class OfficialExplainer(nn.Module):
             o = getattr(self, f"fc2_{c}")(getattr(self, f"fc1_{c}")(z))
             logits.append(o[:, 0] if self.head == "ce" else o.max(dim=1).values)
         return torch.stack(logits, dim=1)
+
+
+def authors_gumbel_softmax(s, t=1):
+    # LEARNTOBRANCH.py: gumbel_softmax (no noise, despite the name)
+    return torch.pow(math.e, s / t) / torch.sum(torch.pow(math.e, s / t), 1).view(-1, 1)
+
+
+class AuthorsDeep(nn.Module):
+    """Transcription of the authors' ``LEARNTOBRANCH_Deep`` (LEARNTOBRANCH.py) for a dataset that
+    is not CIFAR10/CIFAR100 (the large-input path), ``task='mc'``: same module names, so its
+    ``state_dict()`` is theirs, and the same forward statement by statement (``.cuda()`` dropped)."""
+
+    def __init__(self, num_attributes=10, loss_method="ce"):
+        super().__init__()
+        self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+        self.conv1_0 = nn.Sequential(*[nn.Conv2d(3, 64, kernel_size=7), nn.BatchNorm2d(64), nn.ReLU(True),
+                                       nn.MaxPool2d(kernel_size=2, stride=2)])
+        fc_channel = 49
+        self.num_children = [2, 4, 8, 16, num_attributes]
+        self.num_in_channels = [64, 64, 64, 64, 32]
+        self.num_out_channels = [64, 64, 64, 64]
+        self.branches = []
+        self.loss_method = loss_method
+        output_channel = 2 if loss_method == "nce" else 1
+        for layer in range(len(self.num_children) - 1):
+            layer_child = self.num_children[layer]
+            for i in range(layer_child):
+                setattr(self, "conv{}_{}".format(str(layer + 2), str(i)), nn.Sequential(*[
+                    nn.Conv2d(self.num_in_channels[layer], self.num_out_channels[layer], kernel_size=3, padding=1),
+                    nn.BatchNorm2d(self.num_out_channels[layer]),
+                    nn.ReLU(True),
+                    nn.Conv2d(self.num_out_channels[layer], self.num_in_channels[layer + 1], kernel_size=3, padding=1),
+                    nn.BatchNorm2d(self.num_in_channels[layer + 1]),
+                    nn.ReLU(True),
+                    nn.MaxPool2d(kernel_size=2, stride=2)]))
+            setattr(self, "branch_{}".format(str(layer + 2)), nn.ParameterList([nn.Parameter(torch.nn.init.uniform_(
+                torch.zeros(self.num_children[layer + 1], self.num_children[layer]), a=0, b=1), True)]))
+            self.branches.append(getattr(self, "branch_{}".format(str(layer + 2))))
+        for i in range(num_attributes):
+            setattr(self, "fc1_" + str(i), nn.Sequential(*[nn.Linear(fc_channel * 32, 128), nn.ReLU(True),
+                                                           nn.Dropout(0.15)]))
+            setattr(self, "fc2_" + str(i), nn.Sequential(*[nn.Linear(128, 128), nn.ReLU(True), nn.Dropout(0.15),
+                                                           nn.Linear(128, output_channel)]))
+        self.num_attributes = num_attributes
+
+    def branching_op(self, branch, par, chi, t, training=True):
+        d = torch.zeros(chi, par, dtype=branch[0].dtype)  # theirs: .cuda(); here: the branch's dtype
+        pro = branch[0]
+        pro = authors_gumbel_softmax(pro, 0.5)
+        _, ind = torch.max(pro, 1)
+        for i in range(chi):
+            if training:
+                d[i] += torch.log(pro[i])
+            else:
+                d[i][ind[i]] += 1
+        if training:
+            d = authors_gumbel_softmax(d, t)
+        return d
+
+    def forward(self, x, t=10, training=True):
+        x = self.conv1_0(x)  # dataset is neither CIFAR10 nor CIFAR100
+        xs = []
+        x_branches = [x, x]
+        for layer in range(len(self.num_children) - 1):
+            layer_child = self.num_children[layer]
+            for i in range(layer_child):
+                conv = getattr(self, "conv{}_{}".format(str(layer + 2), str(i)))
+                xs.append(conv(x_branches[i]))
+            x_branches = []
+            d = self.branching_op(self.branches[layer], layer_child, self.num_children[layer + 1], t, training)
+            for i in range(self.num_children[layer + 1]):
+                for j in range(layer_child):
+                    if j == 0:
+                        x_branch = xs[j] * d[i][j]
+                    else:
+                        x_branch += xs[j] * d[i][j]
+                x_branches.append(x_branch)
+            xs = []
+        outputs = []
+        for i in range(self.num_attributes):
+            tx = x_branches[i]
+            tx = self.avgpool(tx)
+            tx = tx.view(tx.size(0), -1)
+            fc1 = getattr(self, "fc1_" + str(i))
+            fc2 = getattr(self, "fc2_" + str(i))
+            fc2_output = fc2(fc1(tx))
+            if self.loss_method == "ce":
+                outputs.append(fc2_output)
+            else:  # 'nce', task 'mc'
+                fc2_output = torch.max(fc2_output, 1)[0]
+                fc2_output = fc2_output.view(fc2_output.size(0), 1)
+                outputs.append(fc2_output)
+        return torch.cat(outputs, 1)
 
 
 def randomize(model, seed):
@@ -141,20 +235,54 @@ def test_import_matches_oracle(classes, head):
         assert back[k].dtype == sd[k].dtype and back[k].shape == sd[k].shape and torch.equal(back[k], sd[k]), k
 
 
-def test_small_grayscale_and_large_inputs_match_oracle():
+def test_small_grayscale_and_two_layer_inputs_match_oracle():
     torch.manual_seed(1)
-    # 28 px: 3x3 leaf maps; 64 px: stem + 4 layers, 1x1 leaf maps; 2 layers: 8x8 maps pooled DOWN to 7x7
-    cases = ((1, 28, False, (2, 4, 8)), (3, 64, True, (2, 4, 8, 16)), (3, 32, False, (2, 3)))
-    for in_ch, size, large, experts in cases:
-        oracle = randomize(OfficialExplainer(10, "ce", experts, in_ch=in_ch, large=large), seed=size).eval()
+    # 28 px: 3x3 leaf maps; 2 layers: 8x8 maps pooled DOWN to 7x7
+    for in_ch, size, experts in ((1, 28, (2, 4, 8)), (3, 32, (2, 3))):
+        oracle = randomize(OfficialExplainer(10, "ce", experts, in_ch=in_ch), seed=size).eval()
         model = from_official_state_dict(oracle.state_dict()).eval()
-        assert model.use_stem == large and model.experts == experts
+        assert not model.use_stem and model.experts == experts
         ref_model = KDExplainer(10, in_channels=in_ch, image_size=size, experts=None if size != 32 else experts)
-        assert ref_model.experts == experts and ref_model.use_stem == large
+        assert ref_model.experts == experts and not ref_model.use_stem
         assert layout(to_official_state_dict(ref_model)) == layout(oracle.state_dict())
         x = torch.randn(2, in_ch, size, size)
         with torch.no_grad():
             assert rel_err(model(x), oracle(x)) <= 1e-5
+
+
+def large_input_max_abs_diff(head, seed=64, dtype=torch.float32):
+    """Max |kdx - authors| of the logits of an imported 64-px ``LEARNTOBRANCH_Deep`` state dict,
+    per routing (soft at tau 10 and 10/7, hard), eval mode."""
+    torch.manual_seed(seed)
+    oracle = randomize(AuthorsDeep(10, head), seed=seed).eval()
+    model = from_official_state_dict(oracle.state_dict()).eval().to(dtype)
+    oracle.to(dtype)
+    assert model.use_stem and model.experts == (2, 4, 8, 16) and model.head_type == head
+    assert model.widths == [[64, 64], [64, 64], [64, 64], [64, 32]]
+    assert layout(to_official_state_dict(KDExplainer(10, image_size=64, head=head))) == layout(oracle.state_dict())
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(seed)).to(dtype)
+    diffs = {}
+    with torch.no_grad():
+        for mode, tau, soft in (("soft", 10.0, True), ("soft", 10.0 / 7, True), ("hard", 1.0, False)):
+            model.routing, model.tau = mode, tau
+            ref, out = oracle(x, tau, soft), model(x)
+            assert out.shape == ref.shape == (3, 10) and ref.abs().max() > 1e-3
+            diffs[(mode, tau)] = (out - ref).abs().max().item()
+    return diffs
+
+
+@pytest.mark.parametrize("head", ["ce", "nce"])
+def test_large_input_import_matches_authors_forward(head):
+    """64 px: stem conv 7x7 (stride 1, no padding) + 4 expert layers, against the transcription
+    of the authors' forward; also the import under the old stride-2 stem reading would differ."""
+    diffs = large_input_max_abs_diff(head)
+    assert max(diffs.values()) <= 1e-5, diffs  # measured: <= 7.2e-6 (fp32 rounding; logits up to ~10)
+    diffs = large_input_max_abs_diff(head, dtype=torch.float64)  # kdx computes routing weights in fp32
+    assert max(diffs.values()) <= 1e-6 and diffs[("hard", 1.0)] <= 1e-12, diffs
+    assert stem_size(64) == 29 and KDExplainer(10, image_size=64).stem[0].stride == (1, 1)
+
+
+def test_large_input_model_routes_16_experts():
     # the 4-layer model routes 16 experts and uses the stem (its weights get gradients)
     model = KDExplainer(10, image_size=64)
     assert [tuple(r.shape) for r in model.routing_logits()] == [(4, 2), (8, 4), (16, 8), (10, 16)]

@@ -87,7 +87,12 @@ def test_distill_explainer_kd_both_stages(teacher, tmp_path):
     assert list(metrics["stage"]) == [1, 1, 2]
     s1 = metrics[metrics["stage"] == 1]
     assert s1["tau"].tolist() == pytest.approx([10.0, 5.0])  # tau = tau0 / epoch
-    assert {"train_loss_ce", "train_loss_kd", "entropy_l1", "entropy_l2", "entropy_l3"} <= set(metrics.columns)
+    assert {"train_loss_ce", "train_loss_kd", "routing_entropy_l1", "routing_entropy_l2",
+            "routing_entropy_l3"} <= set(metrics.columns)
+    assert not any(c.startswith("entropy_l") for c in metrics.columns)  # named apart from the analysis' columns
+    results = json.loads((out / "results.json").read_text())
+    assert results["stage1_final_routing_entropy"] == pytest.approx(
+        {f"routing_entropy_l{i}": s1[f"routing_entropy_l{i}"].iloc[-1] for i in (1, 2, 3)})
     assert s1["lr_routing"].tolist() == [0.0, 0.0]  # official warm-up: routing frozen in epochs 1-2
     routing = pd.read_csv(out / "routing.csv")
     assert list(routing.columns) == ["stage", "epoch", "layer", "child", "parent", "logit", "weight"]

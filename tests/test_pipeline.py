@@ -55,8 +55,10 @@ def test_tiny_study_end_to_end_and_rerun_skips(tmp_path, capsys):
     assert set(summary[summary["component"] == "explainer"]["name"]) == {"ce", "ls", "kd"}
     assert {"ce", "kd", "kd+vam", "kd+vam+hier"} <= set(summary[summary["component"] == "student"]["name"])
     report = (out / "study_report.md").read_text()
-    for needle in ("## Teacher", "## Explainers", "## Students", "kdx pipeline --config", "torch", "best_vs_kd"):
+    for needle in ("## Teacher", "## Explainers", "## Students", "kdx pipeline --config", "torch", "best_vs_kd",
+                   "norm_attention_entropy_l3", "norm_attention_entropy_tau1_l3"):
         assert needle in report, needle
+    assert {"attention_entropy_l3", "attention_entropy_tau1_l3"} <= set(summary.columns)
     # a rerun skips every finished step ...
     log_before = (out / "explainer-ls" / "results.json").read_text()
     capsys.readouterr()
@@ -101,3 +103,28 @@ def test_unknown_step_keys_are_refused():
         pipeline.build_study("demo", None, {"explainer": {"stage1_epoch": 3}})
     with pytest.raises(KdxError, match=r"unknown key 'label' in the study's \[analysis\] table"):
         pipeline.build_study("demo", None, {"analysis": {"label": "x"}})
+
+
+def test_paper_presets_use_the_official_explainer_teacher():
+    # the authors' explainer KD configs (configs/cifar-{10,100}/seed-1029/kd/ResNet50-LTB-*.yml) use ResNet50
+    for name in ("cifar10-paper", "cifar100-paper"):
+        preset = pipeline.PIPELINE_PRESETS[name]
+        assert preset["teacher"]["arch"] == "ResNet50" and "ResNet50" in preset["notes"], name
+    assert "kdx choice" in pipeline.PIPELINE_PRESETS["cifar100-paper"]["notes"]
+
+
+def test_study_report_reads_attention_entropy_at_both_temperatures(tmp_path):
+    from kdx.commands.study_report import collect
+
+    paths = {"teacher": tmp_path / "t", "analysis": tmp_path / "a", "students": tmp_path / "s",
+             "explainer-kd": tmp_path / "kd"}
+    for p in paths.values():
+        p.mkdir()
+    (paths["explainer-kd"] / "results.json").write_text(json.dumps({"test_top1_best": 0.5}))
+    pd.DataFrame([{"run": "kd", "attention_entropy_l1": 0.4, "norm_attention_entropy_l1": 0.2,
+                   "attention_entropy_tau1_l1": 0.6, "norm_attention_entropy_tau1_l1": 0.3,
+                   "conflict_rate_ce": 0.1, "tau": 0.5}]).to_csv(paths["analysis"] / "summary.csv", index=False)
+    rows = collect({"teacher": {"arch": "r"}, "objectives": ["kd"]}, 0, paths)
+    kd = rows[1]
+    assert kd["name"] == "kd" and kd["norm_attention_entropy_tau1_l1"] == 0.3 and kd["attention_entropy_l1"] == 0.4
+    assert kd["conflict_rate_ce"] == 0.1 and "tau" not in kd

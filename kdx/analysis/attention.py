@@ -38,6 +38,30 @@ def normalised_entropy(att: torch.Tensor) -> torch.Tensor:
     return h / math.log(e) if e > 1 else torch.zeros_like(h)
 
 
+# ``route(R, tau=1, "soft") = softmax(log softmax(R / 0.5) / 1) = softmax(R / 0.5)``: at tau 1 the
+# soft routing weights ARE the routing's own distribution p, whatever tau the run ended at.
+ROUTING_TAU = 1.0
+
+
+def entropy_column(layer: int, normalised: bool = False, tau1: bool = False) -> str:
+    """Name of a summary column of the composed subtask attention entropy of ``layer`` (from 1):
+    ``[norm_]attention_entropy[_tau1]_l<layer>`` (final tau, or tau 1 = ``softmax(R / 0.5)``).
+    Training metrics use ``routing_entropy_l<i>`` (one routing matrix, not a composition)."""
+    return f"{'norm_' if normalised else ''}attention_entropy{'_tau1' if tau1 else ''}_l{layer}"
+
+
+def entropy_summary(final: list[torch.Tensor], tau1: list[torch.Tensor]) -> dict[str, float]:
+    """Summary columns per layer l (from 1): mean over subtasks of the entropy (nats) and the
+    normalised entropy of the composed attention ``final[l-1]`` (soft, the run's final tau) and
+    ``tau1[l-1]`` (soft at tau 1, i.e. composed from ``p = softmax(R / 0.5)``)."""
+    row = {}
+    for key, atts in ((False, final), (True, tau1)):
+        for l, a in enumerate(atts, start=1):
+            row[entropy_column(l, tau1=key)] = float(entropy(a).mean())
+            row[entropy_column(l, normalised=True, tau1=key)] = float(normalised_entropy(a).mean())
+    return row
+
+
 def overlap(att: torch.Tensor) -> torch.Tensor:
     """Histogram intersection ``O_ij = sum_e min(a_ie, a_je)`` (C x C): 1 = identical attention,
     0 = disjoint experts; under hard routing 1 if both subtasks use the same expert, else 0."""

@@ -11,6 +11,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 
+from kdx.analysis.attention import entropy_column  # noqa: E402
 from kdx.engine.io import atomic_path  # noqa: E402
 
 MANY = 30  # above this many classes: no per-class tick labels
@@ -119,7 +120,7 @@ def entropy_bars(summary: pd.DataFrame, layers: int, path: Path) -> Path:
     width = 0.8 / max(1, len(runs))
     for i, run in enumerate(runs):
         row = summary[summary["run"] == run].iloc[0]
-        vals = [row.get(f"norm_entropy_l{l}", np.nan) for l in range(1, layers + 1)]
+        vals = [row.get(entropy_column(l, normalised=True), np.nan) for l in range(1, layers + 1)]
         xs = np.arange(1, layers + 1) + (i - (len(runs) - 1) / 2) * width
         bars = ax.bar(xs, vals, width=width, label=run, color=f"C{i}")
         for b, v in zip(bars, vals):

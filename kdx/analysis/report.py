@@ -5,6 +5,8 @@ import math
 
 import pandas as pd
 
+from kdx.analysis.attention import entropy_column
+
 SMALL = 0.05  # relative differences below 5 % are called "about the same"
 
 
@@ -36,10 +38,12 @@ def comparisons(summary: pd.DataFrame, layers: int) -> list[str]:
     for _, other in summary.iterrows():
         if other["run"] == ref["run"]:
             continue
-        for l in range(1, layers + 1):
-            a, b = ref.get(f"norm_entropy_l{l}", math.nan), other.get(f"norm_entropy_l{l}", math.nan)
-            out.append(f"layer {l}: {ref['run']} mean normalised attention entropy {_fmt(a)} vs "
-                       f"{other['run']} {_fmt(b)} ({_compare(a, b)})")
+        for tau1, at in ((False, "final tau"), (True, "tau 1")):
+            for l in range(1, layers + 1):
+                col = entropy_column(l, normalised=True, tau1=tau1)
+                a, b = ref.get(col, math.nan), other.get(col, math.nan)
+                out.append(f"layer {l}: {ref['run']} mean normalised attention entropy ({at}) {_fmt(a)} vs "
+                           f"{other['run']} {_fmt(b)} ({_compare(a, b)})")
         for sig in ("objective", "ce"):
             a, b = ref.get(f"conflict_rate_{sig}", math.nan), other.get(f"conflict_rate_{sig}", math.nan)
             out.append(f"gradient conflict rate ({sig} signal): {ref['run']} {_fmt(a, True)} vs "
@@ -54,12 +58,16 @@ def write_report(info: dict, summary: pd.DataFrame, subtasks: pd.DataFrame, plot
               f"gradient conflicts on {info['conflict_images']} of them",
               "- attention modes: `soft` (the run's final tau) and `hard` (argmax routing); gradients, "
               "accuracy and AUROC under each run's own routing (stage 2: hard; stage 1: soft at final tau), eval mode",
+              "- entropy: of the soft subtask attention at the run's final tau (`norm_attention_entropy_l<l>`, "
+              "depends on how long the run trained) and at tau 1, i.e. composed from the routing's own "
+              "distribution softmax(R / 0.5) (`norm_attention_entropy_tau1_l<l>`, comparable across runs)",
               "- runs:"]
     for r in info["runs"]:
         lines.append(f"  - **{r['label']}**: `{r['path']}` (objective {r['objective']}, stage {r['stage']}, "
                      f"routing {r['routing']}, tau {r['tau']:.4g}){' — ' + r['note'] if r.get('note') else ''}")
     lines += ["", "## Summary", ""]
-    cols = ["run", "objective", "accuracy"] + [f"norm_entropy_l{l}" for l in range(1, layers + 1)] + \
+    cols = ["run", "objective", "accuracy"] + [entropy_column(l, True) for l in range(1, layers + 1)] + \
+        [entropy_column(l, True, True) for l in range(1, layers + 1)] + \
         ["conflict_rate_objective", "conflict_rate_ce", "weighted_conflict_objective", "weighted_conflict_ce"] + \
         [f"clusters_l{l}" for l in range(1, layers + 1)]
     cols = [c for c in cols if c in summary.columns]

@@ -190,7 +190,8 @@ def analyse_run(run, label, bundle, batches, conflict_images, do_conflicts, name
     sub.insert(0, "run", label)
     sub.insert(2, "class_name", [names[c] for c in sub["subtask"]])
     att = {"soft": att_mod.compose(routing_matrices(model, "soft", final_tau)),
-           "hard": att_mod.compose(routing_matrices(model, "hard"))}
+           "hard": att_mod.compose(routing_matrices(model, "hard")),
+           "tau1": att_mod.compose(routing_matrices(model, "soft", att_mod.ROUTING_TAU))}
     groups = cl_mod.hard_clusters(att["hard"])
     out = {"label": label, "subtasks": sub, "attention": att, "groups": groups, "mode": mode, "tau": final_tau,
            "accuracy": float((logits.argmax(1) == y).double().mean()), "note": ""}
@@ -283,9 +284,7 @@ def run(runs: list[Path], *, dataset=None, split="val", images=1024, labels=None
         row = {"run": lab, "path": res["path"], "objective": (res["meta"].get("method") or res["meta"].get("objective")),
                "kind": res["meta"].get("kind"), "stage": res["meta"].get("stage"), "routing": res["mode"],
                "tau": res["tau"], "images": info["images"], "accuracy": res["accuracy"]}
-        for l, a in enumerate(res["attention"]["soft"], start=1):
-            row[f"entropy_l{l}"] = float(att_mod.entropy(a).mean())
-            row[f"norm_entropy_l{l}"] = float(att_mod.normalised_entropy(a).mean())
+        row.update(att_mod.entropy_summary(res["attention"]["soft"], res["attention"]["tau1"]))
         for sig in ("objective", "ce"):
             st = cf_mod.conflict_stats(res["conflicts"], sig)
             row[f"conflict_rate_{sig}"] = st["conflict_rate"]
@@ -362,15 +361,17 @@ def _print_summary(summary: pd.DataFrame, layers: int, out: Path) -> None:
 
     table = Table(title="analyze-conflicts")
     cols = ["run", "objective", "top-1"] + [f"H L{l}" for l in range(1, layers + 1)] + \
-        ["confl obj", "confl ce", "clusters", "s"]
+        [f"H1 L{l}" for l in range(1, layers + 1)] + ["confl obj", "confl ce", "clusters", "s"]
     for c in cols:
         table.add_column(c, justify="left" if c in ("run", "objective") else "right")
     for _, r in summary.iterrows():
         table.add_row(str(r["run"]), str(r["objective"]), f(r["accuracy"], True),
-                      *[f(r.get(f"norm_entropy_l{l}", math.nan)) for l in range(1, layers + 1)],
+                      *[f(r.get(att_mod.entropy_column(l, True), math.nan)) for l in range(1, layers + 1)],
+                      *[f(r.get(att_mod.entropy_column(l, True, True), math.nan)) for l in range(1, layers + 1)],
                       f(r["conflict_rate_objective"], True), f(r["conflict_rate_ce"], True),
                       "/".join(str(r.get(f"clusters_l{l}", "-")) for l in range(1, layers + 1)), f"{r['seconds']:.0f}")
     console = table_console()
     console.print(table)
-    console.print("H = mean normalised soft attention entropy; confl = conflict rate on shared experts")
+    console.print("H = mean normalised soft attention entropy at the final tau, H1 = at tau 1 (softmax(R / 0.5)); "
+                  "confl = conflict rate on shared experts")
     console.print(f"analysis written to {out} (report.md, *.csv, clusters/, plots/)")

@@ -144,8 +144,8 @@ def run(cfg) -> dict:
         metrics = pd.read_csv(run_dir / "metrics.csv")
         s1rows = metrics[metrics["stage"] == 1]
         if len(s1rows):
-            ent = {c: float(s1rows[c].iloc[-1]) for c in s1rows.columns if c.startswith("entropy_l")}
-            results["stage1_final_entropy"] = ent
+            ent = {c: float(s1rows[c].iloc[-1]) for c in s1rows.columns if c.startswith("routing_entropy_l")}
+            results["stage1_final_routing_entropy"] = ent
             results["stage1_final_tau"] = float(s1rows["tau"].iloc[-1])
         atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
         _print_summary(run_dir, cfg, results, tree)
@@ -164,8 +164,9 @@ def _print_summary(run_dir: Path, cfg, results: dict, tree: dict) -> None:
                       f"{100 * r['test_top1_best']:.2f}%", f"{100 * r['test_top1_last']:.2f}%")
     console = table_console()
     console.print(table)
-    if "stage1_final_entropy" in results:
-        ent = ", ".join(f"{k[len('entropy_'):]} {v:.3f}" for k, v in results["stage1_final_entropy"].items())
+    if "stage1_final_routing_entropy" in results:
+        ent = ", ".join(f"{k[len('routing_entropy_'):]} {v:.3f}"
+                        for k, v in results["stage1_final_routing_entropy"].items())
         console.print(f"stage-1 mean routing entropy at tau {results['stage1_final_tau']:.3g}: {ent}")
     last = tree["layers"][-1]
     groups = ["{" + ", ".join(g["names"]) + "}" for g in last["groups"] if g["classes"]]

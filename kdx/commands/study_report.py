@@ -73,7 +73,7 @@ def collect(study: dict, seed: int, paths: dict) -> list[dict]:
             match = asum[asum["run"] == obj]
             if len(match):
                 for col in asum.columns:
-                    if col.startswith(("entropy", "normalised_entropy", "norm_entropy", "conflict", "clusters")):
+                    if col.startswith(("attention_entropy", "norm_attention_entropy", "conflict", "clusters")):
                         row[col] = match.iloc[0][col]
         rows.append(row)
     comp = paths["students"] / "comparison.csv"
@@ -122,9 +122,14 @@ def write_report(study: dict, out: Path, per_seed: dict, log: list, seconds: flo
     lines.append(md_table(as_percent(teach[["seed", "name", "best_epoch", "test_top1_best", "test_top1_last"]])))
 
     lines += ["## Explainers", "",
-              "Test top-1 of the final (stage-2, hard-routing) explainer; entropy and conflicts from `analysis/`.", ""]
+              "Test top-1 of the final (stage-2, hard-routing) explainer; entropy and conflicts from `analysis/`. "
+              "`norm_attention_entropy_l<l>`: mean normalised entropy of the soft subtask attention over layer l "
+              "at the run's final tau (it depends on the run's length); `norm_attention_entropy_tau1_l<l>`: the same "
+              "at tau 1, composed from the routing's own distribution softmax(R / 0.5), comparable across runs. "
+              "Entropies in nats are in `study_summary.csv`.", ""]
     expl = summary[summary["component"] == "explainer"].dropna(axis=1, how="all")
-    lines.append(md_table(as_percent(expl.drop(columns=["component"]))))
+    nats = [c for c in expl.columns if str(c).startswith("attention_entropy")]
+    lines.append(md_table(as_percent(expl.drop(columns=["component", *nats]))))
     report = paths0["analysis"] / "report.md"
     if report.is_file():
         lines += ["", f"Full analysis: [{_rel(report, out)}]({_rel(report, out)}).", ""]

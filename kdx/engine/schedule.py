@@ -64,6 +64,9 @@ def cosine(epoch, base_lrs, cfg):
 
 @register_schedule("halving")
 def halving(epoch, base_lrs, cfg):
-    """Official explainer stage 2: lr halved every ``halve_every`` (30) epochs."""
+    """Official explainer stage 2: ``lr = base * 0.5 ** (epoch // halve_every)`` (every 30 epochs).
+
+    As the authors' ``adjust_learning_rate_stage2``, called before each epoch e (from 1): it
+    halves the lr when ``e % 30 == 0``, so epochs 30-59 run at base/2 and 60-89 at base/4."""
     every = int(getattr(cfg, "halve_every", 30) or 30)
-    return [lr * 0.5 ** ((epoch - 1) // every) for lr in base_lrs]
+    return [lr * 0.5 ** (epoch // every) for lr in base_lrs]

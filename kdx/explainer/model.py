@@ -9,10 +9,11 @@ mode)`` (see :mod:`kdx.explainer.routing`). Leaf head per class: adaptive avg po
 -> flatten -> Linear(hidden) -> ReLU -> Dropout -> Linear(hidden) -> ReLU -> Dropout ->
 Linear(1) ("ce") or Linear(2) + max ("nce").
 
-Inputs larger than 32 px (official code): the stem (7x7 conv 64, stride 2, padding 3
-like the official ``conv1_0``; BN; ReLU; maxpool 2) is applied first and the default
-tree gets a 4th layer of 16 experts. [kdx] widths of that tree: (64, 64) for layers 1-3,
-(64, 32) for layer 4 (the last expert layer always ends at 32 channels by default).
+Inputs larger than 32 px (official code, ``LEARNTOBRANCH_Deep`` outside CIFAR): the stem
+``conv1_0`` = Conv2d(3, 64, kernel_size=7) (stride 1, no padding, with bias) -> BN -> ReLU
+-> maxpool 2 is applied first (an H-px image becomes (H - 6) // 2 px: 64 -> 29), and the
+tree has a 4th layer of 16 experts. Widths of that tree, as the official code: (64, 64)
+for layers 1-3, (64, 32) for layer 4 (the last expert layer ends at 32 channels).
 The stem parameters always exist (the CIFAR state dict carries them, unused).
 
 Vectorisation
@@ -75,8 +76,13 @@ from kdx.errors import KdxError
 from kdx.explainer.routing import check_mode, route
 
 HEADS = ("ce", "nce")
-STEM_CHANNELS = 64
+STEM_CHANNELS, STEM_KERNEL = 64, 7
 BN_MOMENTUM, BN_EPS = 0.1, 1e-5
+
+
+def stem_size(image_size: int) -> int:
+    """Side of the stem's output map: 7x7 conv without padding (H - 6), then maxpool 2 (floor)."""
+    return (image_size - STEM_KERNEL + 1) // 2
 
 
 def _stack(ts: Sequence[Tensor]) -> Tensor:
@@ -241,7 +247,7 @@ class KDExplainer(nn.Module):
                 raise KdxError(f"widths entries are (mid, out) or (in, mid, out), got {w}")
             pairs.append(w)
             cin = w[1]
-        size = image_size // 4 if use_stem else image_size
+        size = stem_size(image_size) if use_stem else image_size
         if size >> len(experts) < 1:
             raise KdxError(f"image_size {image_size} is too small for {len(experts)} expert layers")
 
@@ -250,7 +256,7 @@ class KDExplainer(nn.Module):
         self.dropout, self.hidden, self.pool, self.use_stem = dropout, hidden, pool, use_stem
         self.routing, self.tau = routing, tau
 
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, STEM_CHANNELS, 7, stride=2, padding=3),
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, STEM_CHANNELS, STEM_KERNEL),  # stride 1, no padding
                                   nn.BatchNorm2d(STEM_CHANNELS), nn.ReLU(inplace=True), nn.MaxPool2d(2))
         cin, layers = (STEM_CHANNELS if use_stem else in_channels), []
         for e, (mid, out) in zip(experts, pairs):

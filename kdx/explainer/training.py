@@ -118,6 +118,9 @@ class ExplainerTask(MethodTask):
 
     @torch.no_grad()
     def layer_entropies(self) -> list[float]:
+        """``routing_entropy_l<i>``: mean over the children of routing matrix i of
+        ``-sum_j a_ij log a_ij``, ``a = route(R_i, tau, routing)`` at this epoch's tau (one matrix,
+        not the composed subtask attention of ``kdx analyze-conflicts``)."""
         return [float(routing_entropy(a.float()).mean()) for a in self.model.routing_weights()]
 
     def epoch_metrics(self, epoch: int) -> dict:
@@ -125,7 +128,7 @@ class ExplainerTask(MethodTask):
         if self.stage == 1:
             row["tau"] = float(self.model.tau)
         for i, h in enumerate(self.layer_entropies(), start=1):
-            row[f"entropy_l{i}"] = h
+            row[f"routing_entropy_l{i}"] = h
         return row
 
     @torch.no_grad()
