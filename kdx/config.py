@@ -123,7 +123,7 @@ class ExplainerBase(RunConfig):
                                     panel="Method", flags=("-t",), metavar="PATH")
     stage: str = option("both", "Stages to train.", panel="Explainer", choices=("1", "2", "both"))
     from_run: Optional[str] = option(None, "Stage-1 run (or checkpoint) that --stage 2 starts from.",
-                                     panel="Explainer", metavar="PATH")
+                                     panel="Explainer", flags=("--from",), metavar="PATH")
     experts: Optional[list[int]] = option(None, "Experts per layer [2,4,8; 2,4,8,16 above 32 px].",
                                           panel="Explainer", low=1, metavar="COUNTS")
     widths: Optional[str] = option(None, "mid:out channels per expert layer [64:64,64:64,64:32].",

@@ -45,7 +45,7 @@ def test_help_shows_every_declared_default(command):
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     for opt in [o for o in field_options(config_class(command)) if o.cli]:
-        line = next((ln for ln in lines if re.search(rf"{re.escape(opt.flag)}(\s|/)", ln)), None)
+        line = next((ln for ln in lines if re.search(rf"^\s*\S\s+{re.escape(opt.flag)}(\s|/|,)", ln)), None)
         assert line is not None, f"{opt.flag} missing from {command} --help"
         shown = re.search(r"\[default: ([^;\]]*)", line)
         assert shown and shown.group(1).strip() == show_default(opt), (opt.name, line)
