@@ -145,10 +145,10 @@ def test_error_cuda_absent(tmp_path):
     assert_one_line_error(result, "CUDA is not available")
 
 
-@pytest.mark.parametrize("flag,value,pattern", [("--epochs", "-3", "epochs must be a positive"),
+@pytest.mark.parametrize("flag,value,pattern", [("--epochs", "-3", "epochs must be >= 1"),
                                                  ("--lr", "0", "lr must be > 0"),
                                                  ("--lr", "-0.1", "lr must be > 0"),
-                                                 ("--batch-size", "0", "batch-size must be a positive"),
+                                                 ("--batch-size", "0", "batch-size must be >= 1"),
                                                  ("--val-fraction", "1.5", "val-fraction")])
 def test_error_invalid_numbers(tmp_path, flag, value, pattern):
     assert_one_line_error(invoke("train-teacher", "--arch", "resnet8", flag, value, "--out", tmp_path / "x"), pattern)

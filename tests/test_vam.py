@@ -184,13 +184,14 @@ def test_compare_end_to_end(compare_run):
     out, teacher, ana, text = compare_run
     assert "layer2 <-> layer 1" in text and "layer3 <-> layer 2" in text  # the printed mapping
     comp = pd.read_csv(out / "comparison.csv")
-    assert list(comp["method"]) == ["ce", "kd", "kd+vam", "kd+vam+hier"]
+    assert list(comp["method"]) == ["ce", "kd", "kd+vam", "kd+hier", "kd+vam+hier"]
+    assert list(comp["base"]) == ["ce", "kd", "kd", "kd", "kd"]
     for col in ("test_top1_best", "test_top1_last", "best_epoch", "params", "macs", "seconds"):
         assert comp[col].notna().all(), col
     assert comp["params"].iloc[2] < comp["params"].iloc[1]
     summary = pd.read_csv(out / "comparison_summary.csv")
-    assert len(summary) == 4 and (out / "comparison.png").stat().st_size > 1000
-    run = out / "seed1029" / "kd_vam_hier"
+    assert len(summary) == 5 and (out / "comparison.png").stat().st_size > 1000
+    run = out / "seed1029" / "kd+vam+hier"
     metrics = pd.read_csv(run / "metrics.csv")
     for col in ("train_loss_ce", "train_loss_kd", "train_loss_vam_entropy", "train_loss_hierarchy", "tau",
                 "vam_entropy"):
@@ -212,11 +213,12 @@ def test_compare_end_to_end(compare_run):
 
 def test_load_evaluate_info_of_a_vam_student(compare_run):
     out = compare_run[0]
-    run = out / "seed1029" / "kd_vam_hier"
+    run = out / "seed1029" / "kd+vam+hier"
     model, meta = kdx.load(run)
     assert isinstance(model, VAMStudent) and meta["kind"] == "vam-student" and meta["arch"] == "resnet8"
     vam = meta["vam"]
-    assert vam["blocks"] == 4 and vam["tau0"] == 10.0 and vam["final_tau"] == 10.0 and vam["hard_eval"] is True
+    assert vam["blocks"] == 4 and vam["tau0"] == 4.0 and vam["final_tau"] == 4.0  # quick recipe on the mini set
+    assert vam["hard_eval"] is True
     assert vam["entropy_weight"] == 0.01 and model.routing == "hard" and not model.training
     hier = meta["hierarchy"]
     assert hier["weight"] == 0.1 and hier["stage_mapping"] == [{"stage": "layer2", "layer": 1},
@@ -255,12 +257,12 @@ def test_summary_paired_delta_against_kd():
     from kdx.commands.train_vam_student import summarize
 
     frame = pd.DataFrame({
-        "method": ["kd", "kd+vam", "kd", "kd+vam", "kd", "kd+vam"], "seed": [0, 0, 1, 1, 2, 2],
+        "method": ["kd", "kd+vam", "kd", "kd+vam", "kd", "kd+vam"], "base": ["kd"] * 6, "seed": [0, 0, 1, 1, 2, 2],
         "test_top1_best": [0.90, 0.91, 0.80, 0.83, 0.85, 0.85], "test_top1_last": [0.9, 0.9, 0.8, 0.8, 0.85, 0.86],
         "best_epoch": [4] * 6, "seconds": [1.0] * 6, "train_seconds": [1.0] * 6, "params": [10] * 6, "macs": [20] * 6})
     s = summarize(frame).set_index("method")
     # paired by seed: +0.01, +0.03, 0.00 -> mean 0.01333, sample std 0.01528
-    assert s.loc["kd+vam", "test_top1_best_delta_vs_kd_mean"] == pytest.approx(0.04 / 3)
-    assert s.loc["kd+vam", "test_top1_best_delta_vs_kd_std"] == pytest.approx(0.0152753, abs=1e-6)
-    assert s.loc["kd", "test_top1_best_delta_vs_kd_mean"] == 0.0
-    assert s.loc["kd+vam", "test_top1_last_delta_vs_kd_mean"] == pytest.approx(0.01 / 3)
+    assert s.loc["kd+vam", "test_top1_best_delta_vs_base_mean"] == pytest.approx(0.04 / 3)
+    assert s.loc["kd+vam", "test_top1_best_delta_vs_base_std"] == pytest.approx(0.0152753, abs=1e-6)
+    assert s.loc["kd", "test_top1_best_delta_vs_base_mean"] != s.loc["kd", "test_top1_best_delta_vs_base_mean"]  # NaN
+    assert s.loc["kd+vam", "test_top1_last_delta_vs_base_mean"] == pytest.approx(0.01 / 3)
