@@ -19,7 +19,12 @@ Not a method (it registers nothing); two things live here:
    vgg             ReLU(``block0``)        ReLU(``block1`` .. ``block4``)
    ==============  ======================  ===========================================
 
-   ``pooled`` is ``forward_head(forward_features(x), pre_logits=True)`` for every family.
+   ``pooled`` is the global average of the final map (``forward_features``), which
+   :func:`final_tap` also reads through a hook: ``layerK`` (resnet, ShuffleNet V1),
+   ReLU(``bn2``) (ShuffleNet V2), ``conv2`` (mobilenetv2), ReLU(``bn1``) (wrn), ReLU(``block4``)
+   (vgg). Hooks rather than ``StepOutputs.feat_s`` (``wants_final``) keep the methods working
+   on a VAM-wrapped student, whose wrapper has no ``forward_head``; other families fall back
+   to ``wants_final``.
 
 2. **The initialisation phase of the two-stage methods** (RepDistiller ``helper/pretrain.py``,
    KDExplainer's ``init_pretrain``): SGD (momentum 0.9, weight decay 5e-4) on the method's
@@ -53,6 +58,10 @@ class Tap:
     source: str
     relu: bool = False
 
+    @property
+    def label(self) -> str:
+        return f"relu({self.source})" if self.relu else self.source
+
     def read(self, features: dict, final: Optional[Tensor]) -> Tensor:
         t = final if self.source == FINAL else features[self.source]
         if t is None:
@@ -77,10 +86,36 @@ def feature_taps(model: nn.Module) -> tuple[Optional[Tap], list[Tap]]:
     if isinstance(model, MobileNetV2Net):
         return Tap("conv1"), [Tap(s) for s in stages]
     if isinstance(model, WideResNet):
-        return Tap("conv1"), [Tap(s) for s in stages[:-1]] + [Tap(FINAL)]
+        return Tap("conv1"), [Tap(s) for s in stages[:-1]] + [final_tap(model)]
     if isinstance(model, VGG):
         return Tap(stages[0], relu=True), [Tap(s, relu=True) for s in stages[1:]]
     return None, [Tap(s) for s in stages]
+
+
+def final_tap(model: nn.Module) -> Tap:
+    """The hook that reads ``model.forward_features(x)`` (``FINAL``: ``wants_final``, for other families)."""
+    from kdx.models.mobilenet import MobileNetV2Net
+    from kdx.models.resnet import ResNet
+    from kdx.models.shufflenet import _ShuffleNet
+    from kdx.models.vgg import VGG
+    from kdx.models.wrn import WideResNet
+
+    if isinstance(model, _ShuffleNet) and hasattr(model, "conv2"):
+        return Tap("bn2", relu=True)
+    if isinstance(model, (ResNet, _ShuffleNet)):
+        return Tap(model.stage_names[-1])
+    if isinstance(model, MobileNetV2Net):
+        return Tap("conv2")
+    if isinstance(model, WideResNet):
+        return Tap("bn1", relu=True)
+    if isinstance(model, VGG):
+        return Tap(model.stage_names[-1], relu=True)
+    return Tap(FINAL)
+
+
+def needs_final(*taps: Optional[Tap]) -> bool:
+    """Whether any tap reads ``StepOutputs.feat_s``/``feat_t`` (the method then sets ``wants_final``)."""
+    return any(t is not None and t.source == FINAL for t in taps)
 
 
 def hook_names(taps: Iterable[Optional[Tap]]) -> list[str]:
