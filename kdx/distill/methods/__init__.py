@@ -9,5 +9,21 @@ from kdx.distill.methods.base import (  # noqa: F401
     register_method, resolve_ce_weight,
 )
 from kdx.distill.methods import ce, hierarchy, kd, ls, vam_entropy  # noqa: E402,F401
+from kdx.distill.methods import dkd  # noqa: E402,F401
+from kdx.distill.methods import at  # noqa: E402,F401
+from kdx.distill.methods import sp  # noqa: E402,F401
+from kdx.distill.methods import pkt  # noqa: E402,F401
+from kdx.distill.methods import rkd  # noqa: E402,F401
+from kdx.distill.methods import nst  # noqa: E402,F401
+from kdx.distill.methods import fitnet  # noqa: E402,F401
 
-BUILTIN = (ce, ls, kd, vam_entropy, hierarchy)
+BUILTIN = (
+    ce, ls, kd, vam_entropy, hierarchy,
+    dkd,
+    at,
+    sp,
+    pkt,
+    rkd,
+    nst,
+    fitnet,
+)

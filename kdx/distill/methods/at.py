@@ -1,0 +1,78 @@
+"""``at``: Zagoruyko and Komodakis, "Paying More Attention to Attention: Improving the Performance
+of Convolutional Neural Networks via Attention Transfer", ICLR 2017.
+
+``at_weight * sum over paired stages of AT(f_s, f_t; p)`` (:func:`kdx.distill.functional.at`:
+mean squared difference of the L2-normalised maps ``mean_c f^p``, the larger map pooled to the
+smaller) on every intermediate stage, RepDistiller's ``feat[1:-1]`` (:mod:`.repdistiller`:
+``f1..fk``, after their activation). Defaults: the authors' configs (others_kd/attention:
+other_loss_weight 1000, p 2). Student and teacher must have as many stages (RepDistiller's
+``zip`` would silently drop the extra ones; kdx refuses the pairing).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kdx.distill import functional as KF
+from kdx.distill.methods.base import Method, MethodContext, register_method
+from kdx.distill.methods.repdistiller import Tap, describe, feature_taps, hook_names, needs_final
+from kdx.errors import KdxError
+from kdx.options import Option
+
+
+def stage_taps(ctx: MethodContext) -> tuple[list[Tap], list[Tap]]:
+    """RepDistiller's ``f1..fk`` of the student and of the teacher ([] without the models, e.g.
+    when the method is built only to be listed or refused)."""
+    if ctx.student is None or ctx.teacher is None:
+        return [], []
+    return feature_taps(ctx.student)[1], feature_taps(ctx.teacher)[1]
+
+
+def check_one_to_one(method: str, probe, taps_s: list[Tap], taps_t: list[Tap]) -> None:
+    """One-line error unless the student and the teacher have the same number of stages."""
+    if len(taps_s) == len(taps_t) and taps_s:
+        return
+
+    def listing(taps, feats, final):
+        return ", ".join(f"{t.label} ({describe(t.read(feats, final))})" for t in taps) or "none"
+
+    raise KdxError(f"{method} pairs the stages one to one, but the student has {len(taps_s)} "
+                   f"[{listing(taps_s, probe.features_s, probe.feat_s)}] and the teacher {len(taps_t)} "
+                   f"[{listing(taps_t, probe.features_t, probe.feat_t)}]")
+
+
+def read_pairs(out, taps_s: list[Tap], taps_t: list[Tap]):
+    """The (student, teacher) tensors of every paired tap of one step."""
+    return [(a.read(out.features_s, out.feat_s), b.read(out.features_t, out.feat_t)) for a, b in zip(taps_s, taps_t)]
+
+
+@register_method
+class AT(Method):
+    name = "at"
+    help = "attention transfer on every intermediate stage"
+    paper = ("Zagoruyko, Komodakis. Paying More Attention to Attention: Improving the Performance of "
+             "Convolutional Neural Networks via Attention Transfer. ICLR 2017")
+    needs_teacher = True
+    uses_features = True
+    options = (
+        Option("at_weight", float, 1000.0, "Weight of the summed AT losses (authors' configs).", low=0,
+               panel="Method"),
+        Option("at_p", float, 2.0, "AT exponent p of the attention map mean_c(f^p).", low=0, low_open=True,
+               panel="Method"),
+    )
+
+    def __init__(self, ctx: MethodContext):
+        super().__init__(ctx)
+        self.taps_s, self.taps_t = stage_taps(ctx)
+        self.wants_final = needs_final(*self.taps_s, *self.taps_t)
+
+    def stages(self):
+        return hook_names(self.taps_s), hook_names(self.taps_t)
+
+    def setup(self, probe):
+        check_one_to_one(self.name, probe, self.taps_s, self.taps_t)
+
+    def loss(self, out):
+        p = self.params["at_p"]
+        terms = [KF.at(s, t, p) for s, t in read_pairs(out, self.taps_s, self.taps_t)]
+        return {"at": self.params["at_weight"] * torch.stack(terms).sum()}
