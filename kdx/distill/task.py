@@ -61,10 +61,11 @@ def build_methods(names: list[str], ctx: MethodContext) -> list[Method]:
     return [registry[n](ctx) for n in names]
 
 
-def logit_loss(method: str, params: dict | None, command: str = "explainer"):
+def logit_loss(method: str, params: dict | None, command: str = "explainer", epoch: int | None = None):
     """The summed training loss of logit-only ``method`` (``"kd"``, ``"kd+dkd"``) with the recorded
     option values ``params``, as ``fn(logits, y, teacher_logits)`` (``fn.needs_teacher``): what the
-    analysis needs to recompute a run's own loss."""
+    analysis needs to recompute a run's own loss. ``epoch`` (default: past every warm-up, as at the
+    end of training) is what epoch-dependent methods such as DKD's warm-up see."""
     params = dict(params or {})
     if "smoothing" in params and "label_smoothing" not in params:  # checkpoints before the method registry
         params["label_smoothing"] = params.pop("smoothing")
@@ -75,7 +76,8 @@ def logit_loss(method: str, params: dict | None, command: str = "explainer"):
         raise KdxError(f"method {method} reads features; only logit methods can be recomputed from logits")
 
     def fn(logits, y, teacher_logits=None):
-        out = StepOutputs(x=logits, y=y, logits=logits, model=None, teacher_logits=teacher_logits)
+        out = StepOutputs(x=logits, y=y, logits=logits, model=None, teacher_logits=teacher_logits,
+                          epoch=10**9 if epoch is None else int(epoch))
         return sum(sum_losses(methods, out).values())
 
     fn.needs_teacher = any(m.needs_teacher for m in methods)
