@@ -238,7 +238,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "paper": {},
         # CPU-sized: a few epochs of a small student on fashion-mnist-mini; tau0 4 as the quick explainer
         "quick": dict(epochs=8, batch_size=128, lr=0.1, schedule="cosine", warmup_epochs=1, vam_tau0=4.0,
-                      eval_batch_size=500),
+                      eval_batch_size=500, hierarchy_mapping="kdx-depth"),
     },
 }
 

@@ -127,6 +127,10 @@ def test_stage_mapping():
     assert map_stages(["a", "b", "c", "d"], [1, 2]) == [("b", 1), ("d", 2)]
     assert map_stages(["s1", "s2", "s3"], [1, 2, 3], ["s3", "s3", "s2"]) == [("s3", 1), ("s3", 2), ("s2", 3)]
     assert map_stages(["s1", "s2", "s3"], [1, 3], ["s2=3"]) == [("s2", 3)]
+    # the official code: heads on stages 1 and 2 fed by explainer layers 1 and 2, deeper layers unused
+    assert map_stages(["s1", "s2", "s3"], [1, 2, 3], mode="authors") == [("s1", 1), ("s2", 2)]
+    with pytest.raises(KdxError, match="layers 1 and 2"):
+        map_stages(["s1", "s2", "s3"], [2, 3], mode="authors")
     with pytest.raises(KdxError, match="unknown stage"):
         map_stages(["s1", "s2"], [1, 2], ["s1", "zz"])
 

@@ -10,9 +10,14 @@ cross-entropy with per-cluster weights 1/|cluster| (PyTorch's weighted mean:
 ``sum_n w[t_n] * ce_n / sum_n w[t_n]``). [kdx] each head's loss is multiplied by the weight
 W and the heads' losses are summed.
 
-Stages are mapped to explainer layers by relative depth: layer l of L goes to student stage
-``floor(l * S / L + 0.5)`` of S (1-based, at least 1); with S == L stage i <-> layer i.
-``--hierarchy-stages`` overrides it (a list of stage names, one per layer in layer order, or
+Stages are mapped to explainer layers in one of two ways (``--hierarchy-mapping``):
+
+* ``authors`` (the official code, the paper presets' default): two heads, on student stages 1
+  and 2, fed by the clusters of explainer layers 1 and 2; deeper cluster layers are not used.
+* ``kdx-depth`` [kdx]: every cluster layer, by relative depth: layer l of L goes to student stage
+  ``floor(l * S / L + 0.5)`` of S (1-based, at least 1); with S == L stage i <-> layer i.
+
+``--hierarchy-stages`` overrides either (a list of stage names, one per layer in layer order, or
 ``STAGE=LAYER`` items).
 """
 
@@ -107,9 +112,16 @@ def load_hierarchy(sources, num_classes: int) -> dict[int, dict]:
     return dict(sorted(layers.items()))
 
 
-def map_stages(stage_names: list[str], layers: list[int], override=None) -> list[tuple[str, int]]:
-    """[(student stage, explainer layer)] by relative depth, or as ``override`` says."""
+def map_stages(stage_names: list[str], layers: list[int], override=None,
+               mode: str = "kdx-depth") -> list[tuple[str, int]]:
+    """[(student stage, explainer layer)] as ``mode`` (authors | kdx-depth) or ``override`` says."""
     layers = sorted(layers)
+    if mode == "authors" and not override:
+        missing = [layer for layer in (1, 2) if layer not in layers]
+        if missing or len(stage_names) < 2:
+            raise KdxError(f"--hierarchy-mapping authors needs the clusters of explainer layers 1 and 2 and a "
+                           f"student with 2 stages; missing layer(s) {missing or '-'}, stages {stage_names}")
+        return [(stage_names[0], 1), (stage_names[1], 2)]
     if override:
         items = [str(s).strip() for s in override if str(s).strip()]
         if all("=" in s for s in items):

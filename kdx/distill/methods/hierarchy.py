@@ -25,8 +25,11 @@ class Hierarchy(Method):
         Option("hierarchy", list[str], None, "analyze-conflicts folder or clusters/layer{L}.json file; "
                "repeat the flag or separate with commas.", nullable=True, panel="Hierarchy", metavar="PATH"),
         Option("hierarchy_weight", float, 0.1, "Weight W of the cluster losses.", low=0, panel="Hierarchy"),
+        Option("hierarchy_mapping", str, "authors", "Heads: authors = student stages 1 and 2 fed by explainer "
+               "layers 1 and 2 (the official code); kdx-depth = every cluster layer, by relative depth.",
+               choices=("authors", "kdx-depth"), panel="Hierarchy"),
         Option("hierarchy_stages", list[str], None, "Student stages, one per cluster layer, or STAGE=LAYER items "
-               "[by relative depth].", nullable=True, panel="Hierarchy", metavar="STAGES"),
+               "(overrides --hierarchy-mapping).", nullable=True, panel="Hierarchy", metavar="STAGES"),
     )
 
     def __init__(self, ctx: MethodContext):
@@ -34,7 +37,8 @@ class Hierarchy(Method):
         student = ctx.student
         stage_names = list(student.stage_names)
         self.clusters = load_hierarchy(self.params["hierarchy"], ctx.num_classes)
-        self.mapping = map_stages(stage_names, list(self.clusters), self.params["hierarchy_stages"])
+        self.mapping = map_stages(stage_names, list(self.clusters), self.params["hierarchy_stages"],
+                                  self.params["hierarchy_mapping"])
         torch.manual_seed(int(ctx.params.get("seed", 0)) + 7)  # the heads' init does not shift anything else
         self.heads = HierarchyHeads(self.mapping, dict(zip(stage_names, student.stage_channels)), self.clusters,
                                     ctx.num_classes)
@@ -52,6 +56,7 @@ class Hierarchy(Method):
         return {"files": {str(k): v["file"] for k, v in self.clusters.items()},
                 "clusters": {str(k): v["clusters"] for k, v in self.clusters.items()},
                 "weight": self.params["hierarchy_weight"],
+                "mapping": self.params["hierarchy_mapping"],
                 "stage_mapping": [{"stage": s, "layer": layer} for s, layer in self.mapping],
                 "loss": "sum over heads of W * CE(cluster, weight 1/|cluster|)",
                 "aux_heads_saved": False}
