@@ -142,6 +142,10 @@ def test_dataset_recipe_is_real():
     mini = build_config(teacher, cli={"out": "x"})
     cifar = build_config(teacher, cli={"out": "x", "dataset": "cifar10"})
     assert (mini.epochs, cifar.epochs) == (15, 240)
+    student = config_class("train-vam-student")
+    paper = build_config(student, cli={"out": "x", "dataset": "cifar100", "preset": "paper"})
+    quick = build_config(student, cli={"out": "x"})
+    assert (paper.hierarchy_mapping, quick.hierarchy_mapping) == ("authors", "kdx-depth")
 
 
 def test_each_command_config_holds_only_its_fields():
