@@ -51,3 +51,70 @@ def test_train_teacher_empty_idx(tmp_path):
     result = invoke("train-teacher", *TINY, "--dataset", "mnist", "--data-root", root, "--out", tmp_path / "r")
     assert_one_line_error(result, "the train split has no images")
     assert not (tmp_path / "r" / "results.json").exists()
+
+
+# ------------------------------------------------------------------ items 16, 24, 26: import-checkpoint
+@pytest.mark.parametrize("arch,channels", [("MobileNetV2", 1), ("MobileNetV2", 3), ("wrn_16_2", 3), ("resnet8", 1)])
+def test_import_sorted_keys_infers_channels_from_the_stem(tmp_path, arch, channels):
+    import torch
+
+    from kdx.engine.checkpoint import load_state, read_metadata
+    from kdx.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(arch, num_classes=7, in_channels=channels).eval()
+    state = dict(sorted(model.state_dict().items()))  # key order of a safetensors round trip
+    torch.save({"model": state}, tmp_path / "sorted.pth")
+    out = tmp_path / "m.safetensors"
+    result = invoke("import-checkpoint", tmp_path / "sorted.pth", "--arch", arch, "--out", out)
+    assert result.exit_code == 0, result.output
+    meta = read_metadata(out)
+    assert meta["num_classes"] == 7 and meta["input_shape"][0] == channels
+    loaded = create_model(arch, num_classes=7, in_channels=channels).eval()
+    loaded.load_state_dict(load_state(out))
+    x = torch.randn(2, channels, 32, 32)
+    assert torch.equal(model(x), loaded(x))
+
+
+def test_registry_io_keys_name_stem_and_head():
+    from kdx.models import list_models
+    from kdx.models.registry import io_keys
+
+    assert io_keys("MobileNetV2") == {"stem": "conv1.0.weight", "head": "classifier.0.weight"}
+    assert io_keys("wrn_16_2")["stem"] == "conv1.weight" and io_keys("vgg8")["stem"] == "block0.0.weight"
+    assert all(io_keys(a)["stem"] and io_keys(a)["head"] for a in list_models())
+
+
+@pytest.mark.parametrize("channels,dataset,pattern", [(1, "cifar10", "3-channel images, the weights take 1"),
+                                                      (3, "fashion-mnist-mini", "1-channel images, the weights take 3")])
+def test_import_refuses_channels_that_do_not_fit_the_dataset(tmp_path, channels, dataset, pattern):
+    import torch
+
+    from kdx.models import create_model
+
+    torch.save(create_model("resnet8", num_classes=10, in_channels=channels).state_dict(), tmp_path / "w.pth")
+    out = tmp_path / "w.safetensors"
+    result = invoke("import-checkpoint", tmp_path / "w.pth", "--arch", "resnet8", "--dataset", dataset, "--out", out)
+    assert_one_line_error(result, pattern)
+    assert not out.exists()
+
+
+def test_import_raw_pickle_prints_one_line(tmp_path):
+    """A plain pickle (not torch.save) makes torch warn about its protocol: kdx's line must be alone."""
+    import pickle
+    import subprocess
+    import sys
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    with open(tmp_path / "raw.pth", "wb") as f:
+        pickle.dump({"model": Payload()}, f, protocol=4)
+    proc = subprocess.run([sys.executable, "-m", "kdx", "import-checkpoint", str(tmp_path / "raw.pth"), "--arch",
+                           "resnet8", "--out", str(tmp_path / "o.safetensors")], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "pwned" not in proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kdx: error: cannot read"), proc.stderr
+    assert "weights-only unpickler" in lines[0]
