@@ -118,3 +118,76 @@ def test_import_raw_pickle_prints_one_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("kdx: error: cannot read"), proc.stderr
     assert "weights-only unpickler" in lines[0]
+
+
+# ------------------------------------------------------------------ item 23: hostile checkpoint metadata
+def hostile_checkpoint(path, kdx_text: str):
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(path), metadata={"format": "kdx", "kdx": kdx_text})
+    return path
+
+
+GOOD = {"kind": "classifier", "arch": "resnet8", "num_classes": 10, "input_shape": [1, 28, 28],
+        "dataset": "fashion-mnist-mini", "metrics": {"test_top1": 0.5}, "epoch": 1}
+
+
+@pytest.mark.parametrize("text,pattern", [
+    ("[1, 2, 3]", "must be a JSON object, got a JSON list"),
+    ('"hello"', "must be a JSON object, got a JSON string"),
+    ("[" * 100000 + "]" * 100000, "nested 100000 levels deep"),
+    ('{"a": ' * 5000 + "1" + "}" * 5000, "nested 5000 levels deep"),
+    ('{"kind": "classifier", "arch": "resnet8", "num_classes": "ten"}', "'num_classes' must be an integer"),
+    ('{"kind": "classifier", "arch": "resnet8", "num_classes": 10, "metrics": [1]}', "'metrics' must be an object"),
+    ('{"kind": "classifier", "arch": "resnet8", "num_classes": 10, "input_shape": [1, 0, 28]}', "'input_shape'"),
+    ('{"kind": "classifier", "arch": "resnet8", "num_classes": 1e400}', "'num_classes'"),
+    ('{"kind": "classifier", "arch": "resnet8", "num_classes": 10, "std": [0.0]}', "'std' must be"),
+    ('{"kind": "classifier", "arch": "resnet8", "num_classes": 10, "mean": [NaN]}', "'mean' must be"),
+    ('{"kind": "classifier", "arch": 8, "num_classes": 10}', "'arch' must be a string"),
+    ('{"kind": "classifier", "num_classes": 10}', "lacks field 'arch'"),
+    ('{"kind": "classifier", "arch": "resnet8", "num_classes": 2, "class_names": ["a"]}', "1 class names for 2"),
+    ('{"kind": "vam-student", "arch": "resnet8", "num_classes": 10, "vam": {"blocks": "x"}}', "vam.blocks"),
+    ('{"kind": "explainer", "explainer": {"num_classes": 10, "evil": 1}}', "unknown key 'evil'"),
+    ('{"kind": "explainer", "explainer": {"num_classes": 10, "experts": "abc"}}', "explainer.experts"),
+    ("{not json", "corrupt kdx metadata"),
+])
+@pytest.mark.parametrize("command", ["info", "evaluate"])
+def test_hostile_metadata_is_one_line(tmp_path, command, text, pattern):
+    ckpt = hostile_checkpoint(tmp_path / "h.safetensors", text)
+    result = invoke(command, ckpt)
+    assert_one_line_error(result, pattern)
+
+
+def test_metadata_validator_accepts_what_kdx_writes():
+    import json
+
+    from kdx.engine.metadata import json_depth, parse_metadata
+
+    assert parse_metadata(json.dumps(GOOD), "x") == GOOD
+    assert json_depth('{"a": "[[[[", "b": [[1]]}') == 3  # brackets inside strings do not count
+    assert json_depth('{"a": "\\"[[[["}') == 1  # nor after an escaped quote
+    meta = dict(GOOD, kind="vam-student", vam={"blocks": 4, "final_tau": 0.5, "routing": "soft"}, teacher=None)
+    assert parse_metadata(json.dumps(meta), "x")["vam"]["blocks"] == 4
+    meta = {"kind": "explainer", "arch": "kdexplainer", "num_classes": 10, "stage": None, "tree": {"layers": []},
+            "explainer": {"num_classes": 10, "in_channels": 1, "image_size": 28, "experts": [2, 4, 8],
+                          "widths": None, "head": "ce", "routing": "soft", "tau": 10.0, "dropout": 0.15}}
+    assert parse_metadata(json.dumps(meta), "x")["explainer"]["experts"] == [2, 4, 8]
+    assert parse_metadata(json.dumps(dict(GOOD, future_field={"any": [1]})), "x")["future_field"] == {"any": [1]}
+
+
+def test_real_checkpoint_metadata_passes(tmp_path):
+    """A checkpoint kdx itself wrote (import-checkpoint) reads back through the validator."""
+    import torch
+
+    from kdx.engine.checkpoint import read_metadata
+    from kdx.models import create_model
+
+    torch.save(create_model("resnet8", num_classes=10, in_channels=1).state_dict(), tmp_path / "w.pth")
+    out = tmp_path / "w.safetensors"
+    assert invoke("import-checkpoint", tmp_path / "w.pth", "--arch", "resnet8", "--dataset", "fashion-mnist-mini",
+                  "--out", out).exit_code == 0
+    meta = read_metadata(out)
+    assert meta["class_names"][0] == "T-shirt/top" and meta["input_shape"] == [1, 28, 28]
+    result = invoke("info", out)
+    assert result.exit_code == 0 and "resnet8" in result.output
