@@ -53,6 +53,20 @@ def test_train_teacher_empty_idx(tmp_path):
     assert not (tmp_path / "r" / "results.json").exists()
 
 
+def test_evaluate_label_out_of_range(tmp_path):
+    import torch
+
+    from kdx.models import create_model
+
+    torch.save(create_model("resnet8", num_classes=10, in_channels=1).state_dict(), tmp_path / "w.pth")
+    ckpt = tmp_path / "w.safetensors"
+    assert invoke("import-checkpoint", tmp_path / "w.pth", "--arch", "resnet8", "--dataset", "mnist",
+                  "--out", ckpt).exit_code == 0
+    root = idx_dir(tmp_path / "data", bad_label=200)
+    result = invoke("evaluate", ckpt, "--dataset", "mnist", "--data-root", root)
+    assert_one_line_error(result, "label 200 at index 3 is outside 0..9")
+
+
 # ------------------------------------------------------------------ items 16, 24, 26: import-checkpoint
 @pytest.mark.parametrize("arch,channels", [("MobileNetV2", 1), ("MobileNetV2", 3), ("wrn_16_2", 3), ("resnet8", 1)])
 def test_import_sorted_keys_infers_channels_from_the_stem(tmp_path, arch, channels):
