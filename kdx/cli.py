@@ -205,14 +205,17 @@ def analyze_conflicts(
     conflicts: bool = typer.Option(True, "--conflicts/--no-conflicts", help="Compute gradient conflicts."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset folder [the run's]."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N | mps"),
+    plot_format: str = typer.Option("png", "--plot-format", help="Figure format: png | pdf | svg (pdf/svg are written beside the PNGs the report embeds)."),
 ):
     """Subtask attention, entropy, sharing, gradient conflicts and class clusters of explainer runs.
 
     Typically the same data trained with ce, ls and kd; writes CSVs, clusters/layer{L}.json
     (for the VAM hierarchy guidance), plots and report.md to --out (docs/analyze-conflicts.md).
     """
+    from kdx.analysis.plots import set_plot_format
     from kdx.commands import analyze_conflicts as cmd
 
+    set_plot_format(plot_format)
     cmd.run(runs, dataset=dataset, split=split, images=images, labels=label, batch_size=batch_size, device=device,
             out=out, data_root=data_root, conflict_images=conflict_images, conflicts=conflicts)
 
@@ -232,14 +235,17 @@ def pipeline_cmd(
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset folder."),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | mps."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="One line per epoch instead of progress bars."),
+    plot_format: str = typer.Option("png", "--plot-format", help="Figure format: png | pdf | svg (pdf/svg are written beside the PNGs the report embeds)."),
 ):
     """Run the whole study: teacher -> explainers (ce, ls, kd) -> analyze-conflicts -> VAM students.
 
     Every step is an ordinary run directory under the study folder; a rerun skips finished
     steps and resumes an interrupted one. Writes study_report.md and study_summary.csv.
     """
+    from kdx.analysis.plots import set_plot_format
     from kdx.commands import pipeline as cmd
 
+    set_plot_format(plot_format)
     flags = {"teacher_run": str(teacher) if teacher else None, "dataset": dataset,
              "data_root": str(data_root) if data_root else None, "device": device, "quiet": True if quiet else None}
     if seeds:

@@ -175,6 +175,8 @@ class StudentBase(OptimConfig):
                                         high=SEED_MAX, metavar="SEEDS")
     teacher_cache_mb: int = option(256, "--compare: share the frozen teacher's logits between the arms of a seed "
                                    "(MiB).", panel="Compare", low=0)
+    plot_format: Optional[str] = option(None, "--compare figure format; pdf/svg are written beside comparison.png "
+                                        "[png].", panel="Compare", choices=("png", "pdf", "svg"))
 
     def validate(self) -> None:
         super().validate()

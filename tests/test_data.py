@@ -328,3 +328,54 @@ def test_tiny_imagenet_layout(tmp_path):
     assert x.shape == (2, 3, 64, 64)
     with pytest.raises(KdxError, match="wnids.txt"):
         load_dataset("tiny-imagenet", root=tmp_path / "none")
+
+
+# ---------------------------------------------------------------- hostile IDX content (issue 13, item 20)
+def test_idx_label_out_of_range_is_refused(tmp_path):
+    d = make_idx_dir(tmp_path / "d", gz=False)
+    labels = (np.arange(40) % 10).astype(np.uint8)
+    labels[7] = 200
+    write_idx(d / IDX_NAMES[1], labels)
+    with pytest.raises(KdxError, match="train label 200 at index 7 is outside 0..9"):
+        load_dataset("mnist", root=d)
+    write_idx(d / IDX_NAMES[1], (np.arange(40) % 10).astype(np.uint8))
+    write_idx(d / IDX_NAMES[3], np.full(20, 10, dtype=np.uint8))
+    with pytest.raises(KdxError, match=r"test label 10 at index 0 is outside 0..9 \(20 such labels\)"):
+        load_dataset("mnist", root=d)
+    write_idx(d / IDX_NAMES[3], np.full(20, -1, dtype=np.int8))  # signed labels below zero
+    with pytest.raises(KdxError, match="test label -1"):
+        load_dataset("mnist", root=d)
+
+
+@pytest.mark.parametrize("n_train,n_test,val_fraction,pattern", [
+    (0, 20, 0.1, "the train split has no images"),
+    (40, 0, 0.1, "the test split has no images"),
+    (0, 0, 0.0, "the train split has no images"),
+    (10, 20, 0.5, "leaves the train split empty"),  # one image per class, half held out
+])
+def test_idx_empty_splits_are_refused(tmp_path, n_train, n_test, val_fraction, pattern):
+    d = make_idx_dir(tmp_path / "d", n_train=n_train, n_test=n_test, gz=False)
+    with pytest.raises(KdxError, match=pattern):
+        load_dataset("mnist", root=d, val_fraction=val_fraction)
+
+
+def test_idx_bad_shapes_and_label_types(tmp_path):
+    d = make_idx_dir(tmp_path / "d", gz=False)
+    write_idx(d / IDX_NAMES[0], np.zeros((40, 28, 20), dtype=np.uint8))
+    with pytest.raises(KdxError, match="28x20; kdx needs square images"):
+        load_dataset("mnist", root=d)
+    write_idx(d / IDX_NAMES[0], np.zeros((40, 0, 0), dtype=np.uint8))
+    with pytest.raises(KdxError, match="0x0"):
+        load_dataset("mnist", root=d)
+    write_idx(d / IDX_NAMES[0], np.zeros((40, 28, 28), dtype=np.uint8))
+    raw = bytes([0, 0, 0x0D, 1]) + (40).to_bytes(4, "big") + np.zeros(40, dtype=">f4").tobytes()
+    (d / IDX_NAMES[1]).write_bytes(raw)  # float labels
+    with pytest.raises(KdxError, match="labels must be integers"):
+        load_dataset("mnist", root=d)
+    huge = bytes([0, 0, 0x08, 3]) + b"\xff\xff\xff\xff" * 3  # dims whose product overflows int64
+    (d / IDX_NAMES[0]).write_bytes(huge + b"\x00" * 16)
+    with pytest.raises(KdxError, match="truncated"):
+        read_idx(d / IDX_NAMES[0])
+    (d / IDX_NAMES[0]).write_bytes(b"")
+    with pytest.raises(KdxError, match="magic.*empty"):
+        read_idx(d / IDX_NAMES[0])

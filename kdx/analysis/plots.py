@@ -1,28 +1,61 @@
-"""Figures of analyze-conflicts (matplotlib, Agg backend, PNG, written atomically)."""
+"""Figures of analyze-conflicts, train-vam-student --compare and the study report.
+
+Formats: every figure is written as PNG (the markdown reports embed it) and, when the plot
+format is ``pdf`` or ``svg``, also as that vector format beside it (for papers). The format is a
+parameter of every plot function (``fmt``) whose default is the module setting
+(:func:`set_plot_format`, the ``--plot-format`` flags). Vector files are reproducible (no dates).
+
+Backend: figures are :class:`matplotlib.figure.Figure` objects saved through their canvas, never
+pyplot, so kdx neither needs a display nor changes the backend of the process that imports it
+(a notebook keeps its inline/widget backend; a headless CLI needs no ``matplotlib.use``).
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.colors import TwoSlopeNorm
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.colors import TwoSlopeNorm  # noqa: E402
-
-from kdx.analysis.attention import entropy_column  # noqa: E402
-from kdx.engine.io import atomic_path  # noqa: E402
+from kdx.analysis.attention import entropy_column
+from kdx.engine.io import atomic_path
+from kdx.errors import KdxError
 
 MANY = 30  # above this many classes: no per-class tick labels
+PLOT_FORMATS = ("png", "pdf", "svg")
+PLOT_FORMAT = "png"  # module setting: the default of every plot function's ``fmt``
+_NO_DATES = {"pdf": {"CreationDate": None}, "svg": {"Date": None}, "png": {}}
 
 
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+def check_plot_format(fmt: str) -> str:
+    """``fmt`` if it is one of :data:`PLOT_FORMATS`, else a one-line KdxError."""
+    if fmt not in PLOT_FORMATS:
+        raise KdxError(f"--plot-format must be one of {', '.join(PLOT_FORMATS)}; got '{fmt}'")
+    return fmt
+
+
+def set_plot_format(fmt: str) -> None:
+    """Set the module-wide default format of the figures (``png``, ``pdf`` or ``svg``)."""
+    global PLOT_FORMAT
+    PLOT_FORMAT = check_plot_format(fmt)
+
+
+def _figure(figsize, **kw) -> Figure:
+    return Figure(figsize=figsize, **kw)
+
+
+def _save(fig: Figure, path: Path, fmt: str | None = None, tight: bool = True, **savekw) -> Path:
+    """Write ``path`` as PNG and, for ``fmt`` pdf/svg, ``path`` with that suffix too; return the PNG path."""
+    fmt = check_plot_format(fmt or PLOT_FORMAT)
+    if tight and fig.get_layout_engine() is None:
+        fig.tight_layout()
+    png = Path(path).with_suffix(".png")
+    for kind in dict.fromkeys(("png", fmt)):
+        with atomic_path(png.with_suffix("." + kind)) as tmp, matplotlib.rc_context({"svg.hashsalt": "kdx"}):
+            fig.savefig(tmp, dpi=110, format=kind, metadata=_NO_DATES[kind], **savekw)
+    return png
 
 
 def _class_ticks(ax, names, axis="y"):
@@ -40,10 +73,11 @@ def _class_ticks(ax, names, axis="y"):
             ax.set_xticklabels(names, fontsize=8, rotation=60, ha="right")
 
 
-def attention_heatmap(att: np.ndarray, names: list[str], title: str, path: Path) -> Path:
+def attention_heatmap(att: np.ndarray, names: list[str], title: str, path: Path, fmt: str | None = None) -> Path:
     """Subtask (rows, class names) x expert (columns) attention, colour bar 0..1."""
     c, e = att.shape
-    fig, ax = plt.subplots(figsize=(max(5.2, 1.6 + 0.45 * e), max(3.2, min(14.0, 0.8 + 0.28 * c))))
+    fig = _figure((max(5.2, 1.6 + 0.45 * e), max(3.2, min(14.0, 0.8 + 0.28 * c))))
+    ax = fig.subplots()
     im = ax.imshow(att, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.set_xticks(range(e))
     ax.set_xticklabels([str(i) for i in range(e)], fontsize=8)
@@ -57,10 +91,10 @@ def attention_heatmap(att: np.ndarray, names: list[str], title: str, path: Path)
     ax.set_ylabel("subtask (class)")
     ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=ax, label="attention weight")
-    return _save(fig, path)
+    return _save(fig, path, fmt)
 
 
-def tree_plot(groups_per_layer, names: list[str], title: str, path: Path) -> Path:
+def tree_plot(groups_per_layer, names: list[str], title: str, path: Path, fmt: str | None = None) -> Path:
     """The hard class tree: root -> experts of layer 1 -> ... -> class names (leaves).
 
     ``groups_per_layer[l]`` = [(expert, classes)]; the parent of an expert of layer l+1 is the
@@ -71,7 +105,8 @@ def tree_plot(groups_per_layer, names: list[str], title: str, path: Path) -> Pat
     order = sorted(range(c), key=lambda k: tuple(owner[l][k] for l in range(n_layers)) + (k,))
     x_leaf = {k: i for i, k in enumerate(order)}
     depth = n_layers + 1
-    fig, ax = plt.subplots(figsize=(max(6.0, min(24.0, 0.55 * c + 2)), 1.3 * depth + (2.0 if c <= MANY else 0.8)))
+    fig = _figure((max(6.0, min(24.0, 0.55 * c + 2)), 1.3 * depth + (2.0 if c <= MANY else 0.8)))
+    ax = fig.subplots()
 
     def xpos(layer, e):  # mean x of the leaves under expert e of layer (0-based)
         return float(np.mean([x_leaf[k] for k in range(c) if owner[layer][k] == e]))
@@ -110,13 +145,14 @@ def tree_plot(groups_per_layer, names: list[str], title: str, path: Path) -> Pat
     for s in ("top", "right", "bottom", "left"):
         ax.spines[s].set_visible(False)
     ax.set_title(title, fontsize=10)
-    return _save(fig, path)
+    return _save(fig, path, fmt)
 
 
-def entropy_bars(summary: pd.DataFrame, layers: int, path: Path) -> Path:
+def entropy_bars(summary: pd.DataFrame, layers: int, path: Path, fmt: str | None = None) -> Path:
     """Mean normalised soft-attention entropy per layer, one bar per run (grouped by layer)."""
     runs = list(summary["run"])
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 + 1.1 * layers * max(1, len(runs)) * 0.5), 3.8))
+    fig = _figure((max(5.0, 1.2 + 1.1 * layers * max(1, len(runs)) * 0.5), 3.8))
+    ax = fig.subplots()
     width = 0.8 / max(1, len(runs))
     for i, run in enumerate(runs):
         row = summary[summary["run"] == run].iloc[0]
@@ -132,18 +168,19 @@ def entropy_bars(summary: pd.DataFrame, layers: int, path: Path) -> Path:
     ax.set_ylabel("mean normalised entropy\n(soft attention, final tau)")
     ax.set_title("Subtask attention entropy per layer (0 = one expert, 1 = uniform)", fontsize=10)
     ax.legend(fontsize=8, loc="upper center", ncol=len(runs), frameon=False)
-    return _save(fig, path)
+    return _save(fig, path, fmt)
 
 
-def conflict_matrices(mats: list[np.ndarray], names: list[str], title: str, path: Path) -> Path:
+def conflict_matrices(mats: list[np.ndarray], names: list[str], title: str, path: Path,
+                      fmt: str | None = None) -> Path:
     """Per layer a subtask x subtask matrix of mean cosine over shared experts; blank = not shared."""
     n = len(mats)
     c = len(names)
     side = 3.2 if c <= MANY else 4.0
-    fig, axes = plt.subplots(1, n, figsize=(side * n + 1.5, side + (1.2 if c <= MANY else 0.4)), squeeze=False,
-                             layout="constrained")
+    fig = _figure((side * n + 1.5, side + (1.2 if c <= MANY else 0.4)), layout="constrained")
+    axes = fig.subplots(1, n, squeeze=False)
     norm = TwoSlopeNorm(vmin=-1.0, vcenter=0.0, vmax=1.0)
-    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.85")
+    cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="0.85")
     im = None
     for l, (ax, mat) in enumerate(zip(axes[0], mats), start=1):
         im = ax.imshow(np.ma.masked_invalid(mat), cmap=cmap, norm=norm, interpolation="nearest")
@@ -155,7 +192,86 @@ def conflict_matrices(mats: list[np.ndarray], names: list[str], title: str, path
         ax.set_title(f"layer {l}", fontsize=9)
     fig.suptitle(title, fontsize=10)
     fig.colorbar(im, ax=list(axes[0]), label="cosine (grey: no shared expert)", shrink=0.85)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save(fig, path, fmt, tight=False, bbox_inches="tight")
+
+
+def comparison_plot(summary: pd.DataFrame, path: Path, title: str = "", baseline: str = "kd",
+                    fmt: str | None = None) -> Path:
+    """Write :func:`comparison_figure` to ``path`` (PNG, and pdf/svg beside it per ``fmt``)."""
+    return _save(comparison_figure(summary, title, baseline), path, fmt)
+
+
+def comparison_figure(summary: pd.DataFrame, title: str = "", baseline: str = "kd") -> Figure:
+    """train-vam-student --compare: two honest panels from ``comparison_summary.csv``.
+
+    Left: test top-1 (%) per method at the best-validation epoch and at the last epoch, bars
+    from 0 (no truncated axis), mean ± std over seeds. Right: the paired per-seed difference of
+    best-val-epoch top-1 against the arm's method alone (:func:`paired_differences`; ``baseline``
+    in older summaries) in points, mean ± std over seeds, around a zero line: the panel where a
+    gain is told from seed noise. The legend sits below the panels, clear of every bar."""
+    methods = [str(m) for m in summary["method"]]
+    fig = _figure((max(8.0, 1.9 * len(methods) + 4.0), 4.6), layout="constrained")
+    ax, ax_d = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.25, 1.0]})
+    x = np.arange(len(methods))
+    width = 0.38
+    for off, col, label, color in ((-width / 2, "test_top1_best", "best-val epoch", "C0"),
+                                   (width / 2, "test_top1_last", "last epoch", "C7")):
+        means = 100 * pd.to_numeric(summary[f"{col}_mean"], errors="coerce").to_numpy(float)
+        stds = 100 * pd.to_numeric(summary[f"{col}_std"], errors="coerce").fillna(0.0).to_numpy(float)
+        bars = ax.bar(x + off, means, width, yerr=stds, capsize=3, label=label, color=color,
+                      error_kw={"elinewidth": 0.8})
+        ax.bar_label(bars, labels=[f"{m:.1f}" if np.isfinite(m) else "" for m in means], fontsize=7, padding=2)
+    ax.set_ylim(0, 110)
+    ax.set_yticks(range(0, 101, 20))
+    ax.set_xticks(x, methods, fontsize=8)
+    ax.set_ylabel("test top-1 (%), mean ± std over seeds")
+    ax.set_title("accuracy (axis from 0)", fontsize=9)
+    _delta_panel(ax_d, summary, baseline)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=2, fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def paired_differences(summary: pd.DataFrame, baseline: str = "kd") -> tuple[list[tuple[str, float, float]], str]:
+    """``([(label, mean, std)], against)`` in points: each arm's paired per-seed difference of
+    best-val-epoch top-1 against its method alone (columns ``base`` and
+    ``test_top1_best_delta_vs_base_{mean,std}``), or, in a summary without ``base``, against
+    ``baseline`` (``test_top1_best_delta_vs_<baseline>_{mean,std}``). Arms that are their own
+    base are left out; an empty list when the summary has no paired differences."""
+    methods = summary["method"].astype(str)
+    if "base" in summary and "test_top1_best_delta_vs_base_mean" in summary:
+        col, bases, against = "test_top1_best_delta_vs_base", summary["base"].astype(str), "the method alone"
+    elif f"test_top1_best_delta_vs_{baseline}_mean" in summary and (methods == baseline).any():
+        col, bases, against = f"test_top1_best_delta_vs_{baseline}", pd.Series(baseline, index=summary.index), baseline
+    else:
+        return [], ""
+    keep = methods != bases
+    mean = 100 * pd.to_numeric(summary.loc[keep, f"{col}_mean"], errors="coerce").to_numpy(float)
+    std = 100 * pd.to_numeric(summary.loc[keep, f"{col}_std"], errors="coerce").to_numpy(float)
+    labels = [f"{m}\nvs {b}" for m, b in zip(methods[keep], bases[keep])]
+    return list(zip(labels, mean, std)), against
+
+
+def _delta_panel(ax, summary: pd.DataFrame, baseline: str) -> None:
+    """Bars of the paired differences (points) around a zero line, error bars = std over seeds."""
+    rows, against = paired_differences(summary, baseline)
+    if not rows:
+        ax.text(0.5, 0.5, "no paired differences in this comparison", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return
+    labels, mean, std = zip(*rows)
+    mean, std = np.asarray(mean, float), np.asarray(std, float)
+    err = np.nan_to_num(std, nan=0.0)
+    xs = np.arange(len(labels))
+    colors = ["C2" if m > 0 else "C3" for m in np.nan_to_num(mean)]
+    bars = ax.bar(xs, np.nan_to_num(mean), 0.55, yerr=err, capsize=4, color=colors, error_kw={"elinewidth": 0.8})
+    text = [("" if not np.isfinite(m) else f"{m:+.2f}" + ("" if not np.isfinite(s) else f"\n±{s:.2f}"))
+            for m, s in zip(mean, std)]
+    ax.bar_label(bars, labels=text, fontsize=7, padding=2)
+    ax.axhline(0.0, color="0.25", lw=0.8)
+    lim = max(0.5, float(np.nan_to_num(np.abs(mean) + err).max()) * 1.6)
+    ax.set_ylim(-lim, lim)
+    ax.set_xticks(xs, labels, fontsize=8)
+    ax.set_ylabel(f"difference vs {against} (points)")
+    ax.set_title("paired per-seed difference (best-val epoch)", fontsize=9)

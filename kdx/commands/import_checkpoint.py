@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -11,15 +12,28 @@ from kdx.engine import checkpoint as ckpt
 from kdx.errors import KdxError, did_you_mean
 
 
+def _load_error_detail(exc: Exception) -> str:
+    """The informative part of torch.load's error, on one line: the weights-only unpickler's
+    reason (e.g. ``Unsupported global: GLOBAL builtins.print``) rather than its boilerplate."""
+    text = str(exc).strip()
+    if "WeightsUnpickler error:" in text:
+        reason = " ".join(text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0].split())
+        return f"refused by the weights-only unpickler ({reason or 'unsupported content'}); not a plain tensor checkpoint"
+    if isinstance(exc, KeyError) or not text:
+        return f"not a torch checkpoint ({type(exc).__name__}{': ' + text if text else ''})"
+    return " ".join(text.splitlines()[0].split())[:300]
+
+
 def read_foreign_state_dict(file: Path) -> dict:
     """Read a .pth safely: ``{"model": sd}``, ``{"state_dict": sd}``, ``{"net": sd}`` or a bare state dict."""
     if not file.is_file():
         raise KdxError(f"checkpoint not found: {file}")
     try:
-        obj = torch.load(str(file), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of raw pickles: noise above our line
+            warnings.simplefilter("ignore")
+            obj = torch.load(str(file), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError... for unsafe or corrupt files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise KdxError(f"cannot read {file} with torch.load(weights_only=True): {first}") from None
+        raise KdxError(f"cannot read {file} with torch.load(weights_only=True): {_load_error_detail(exc)}") from None
     if isinstance(obj, dict):
         for key in ("model", "state_dict", "net", "model_state_dict"):
             if key in obj and isinstance(obj[key], dict):
@@ -28,6 +42,21 @@ def read_foreign_state_dict(file: Path) -> dict:
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise KdxError(f"{file} does not hold a state dict of tensors (nor one under 'model'/'state_dict')")
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
+
+
+def _infer_io(state: dict, arch: str, num_classes: int | None, in_channels: int | None) -> tuple[int, int]:
+    """(num_classes, in_channels) of the weights: the given values, else read from the arch's own
+    classifier and stem keys (:func:`kdx.models.registry.io_keys`; key order in the file is
+    irrelevant), else 100 classes and 3 channels (the load then reports what does not fit)."""
+    from kdx.models.registry import io_keys
+
+    keys = io_keys(arch)
+    head, stem = state.get(keys["head"] or ""), state.get(keys["stem"] or "")
+    if num_classes is None:
+        num_classes = int(head.shape[0]) if head is not None and head.dim() == 2 else 100
+    if in_channels is None:
+        in_channels = int(stem.shape[1]) if stem is not None and stem.dim() == 4 else 3
+    return num_classes, in_channels
 
 
 def _dataset_meta(dataset: str | None, num_classes: int, in_channels: int) -> dict:
@@ -40,6 +69,9 @@ def _dataset_meta(dataset: str | None, num_classes: int, in_channels: int) -> di
     meta.update(info)
     if meta.get("num_classes") != num_classes:
         raise KdxError(f"dataset '{dataset}' has {meta['num_classes']} classes, the weights {num_classes}")
+    if meta["input_shape"][0] != in_channels:
+        raise KdxError(f"dataset '{dataset}' has {meta['input_shape'][0]}-channel images, "
+                       f"the weights take {in_channels}")
     return meta
 
 
@@ -64,14 +96,7 @@ def run(file: Path, *, out: Path, kind="classifier", arch=None, num_classes=None
             raise KdxError("--arch is required for --kind classifier")
         if arch not in list_models():
             raise did_you_mean("arch", arch, list_models())
-        n = num_classes
-        if n is None:
-            heads = [v for k, v in state.items() if k.endswith("weight") and v.dim() == 2]
-            n = heads[-1].shape[0] if heads else 100
-        c_in = in_channels
-        if c_in is None:
-            convs = [v for v in state.values() if v.dim() == 4]
-            c_in = convs[0].shape[1] if convs else 3
+        n, c_in = _infer_io(state, arch, num_classes, in_channels)
         model = create_model(arch, num_classes=n, in_channels=c_in)
         ckpt.check_and_load_state_dict(model, state, str(file), arch)
         meta = {"kind": "classifier", "arch": arch}

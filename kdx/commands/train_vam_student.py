@@ -263,7 +263,8 @@ def run(cfg) -> dict:
     atomic_write_csv(out / "comparison.csv", frame.drop(columns=["run_dir"]))
     summary = summarize(frame)
     atomic_write_csv(out / "comparison_summary.csv", summary)
-    plot_comparison(summary, out / "comparison.png", title=f"{cfg.arch} on {cfg.dataset} ({len(_seeds(cfg))} seed(s))")
+    plot_comparison(summary, out / "comparison.png", title=f"{cfg.arch} on {cfg.dataset} ({len(_seeds(cfg))} seed(s))",
+                    fmt=getattr(cfg, "plot_format", None))
     _print_comparison(summary, out, cfg)
     return {"comparison": rows}
 
@@ -288,34 +289,12 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def plot_comparison(summary: pd.DataFrame, path: Path, title: str = "") -> None:
-    import matplotlib
+def plot_comparison(summary: pd.DataFrame, path: Path, title: str = "", fmt: str | None = None) -> Path:
+    """comparison.png (and .pdf/.svg with --plot-format): accuracy from 0 and each arm's paired difference
+    against its method alone (kdx.analysis.plots.comparison_figure)."""
+    from kdx.analysis.plots import comparison_plot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    methods = list(summary["method"])
-    x = range(len(methods))
-    width = 0.38
-    fig, ax = plt.subplots(figsize=(1.6 * len(methods) + 2.5, 4.2))
-    for off, col, label in ((-width / 2, "test_top1_best", "best-val epoch"), (width / 2, "test_top1_last", "last epoch")):
-        means = 100 * summary[f"{col}_mean"]
-        stds = 100 * summary[f"{col}_std"].fillna(0.0)
-        bars = ax.bar([i + off for i in x], means, width, yerr=stds, capsize=4, label=label)
-        for b, m, s in zip(bars, means, stds):
-            ax.annotate(f"{m:.2f}\n±{s:.2f}", (b.get_x() + b.get_width() / 2, m + s), ha="center", va="bottom", fontsize=7,
-                        xytext=(0, 2), textcoords="offset points")
-    lo = float((100 * (summary["test_top1_best_mean"] - summary["test_top1_best_std"].fillna(0.0))).min())
-    ax.set_ylim(max(0.0, lo - 10), min(100.0, float((100 * summary["test_top1_best_mean"]).max()) + 8))
-    ax.set_xticks(list(x), methods)
-    ax.set_ylabel("test top-1 (%), mean ± std over seeds")
-    ax.set_title(title)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    return comparison_plot(summary, path, title=title, baseline="kd", fmt=fmt)
 
 
 def _pct(v, s=None) -> str:

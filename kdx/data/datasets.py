@@ -211,6 +211,23 @@ _SPECS = {  # name -> (mean, std, augment)
 }
 
 
+def check_split(name: str, part: str, split, num_classes: int) -> None:
+    """Refuse a split kdx cannot train or evaluate on: no samples, a label outside
+    ``[0, num_classes)``, or images with a zero or non-square side."""
+    if len(split) == 0:
+        raise KdxError(f"{name}: the {part} split has no images")
+    labels = split.labels
+    bad = torch.nonzero((labels < 0) | (labels >= num_classes)).flatten()
+    if len(bad):
+        i = int(bad[0])
+        raise KdxError(f"{name}: {part} label {int(labels[i])} at index {i} is outside 0..{num_classes - 1} "
+                       f"({len(bad)} such label{'s' if len(bad) > 1 else ''})")
+    if isinstance(split, TensorSplit):
+        h, w = split.images.shape[-2:]
+        if h == 0 or w == 0 or h != w:
+            raise KdxError(f"{name}: {part} images are {h}x{w}; kdx needs square images of side >= 1")
+
+
 def list_datasets() -> list[str]:
     """Registered dataset names (``folder:PATH`` stands for any image folder)."""
     return list(_SPECS)
@@ -249,10 +266,16 @@ def load_dataset(name: str = DEFAULT_DATASET, root=None, download: bool = False,
         augment = {"crop_padding": max(1, size // 8), "hflip": True}
     for s in (train, test):
         s.default_augment, s.mean, s.std = augment, mean, std
+    check_split(name, "train", train, len(classes))
+    check_split(name, "test", test, len(classes))
     val = None
     if val_fraction > 0:
         keep, held = stratified_split(train.labels, val_fraction, seed)
         train, val = train.subset(keep), train.subset(held)
+        for part, s in (("train", train), ("validation", val)):
+            if len(s) == 0:
+                raise KdxError(f"{name}: val_fraction {val_fraction} of {len(keep) + len(held)} training images "
+                               f"leaves the {part} split empty; change --val-fraction")
     channels = 3 if isinstance(train, FolderSplit) else train.images.shape[1]
     return DatasetBundle(name=name, class_names=list(classes), in_channels=channels, image_size=int(size),
                          mean=tuple(mean), std=tuple(std), train=train, val=val, test=test, augment=dict(augment))

@@ -7,6 +7,7 @@ uint32 sizes, then the data (big-endian, C order).
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 import zlib
 from pathlib import Path
@@ -45,7 +46,7 @@ def read_idx(path) -> torch.Tensor:
     if len(data) < header:
         raise KdxError(f"{path} is truncated: header needs {header} bytes, file has {len(data)}")
     dims = struct.unpack(f">{ndim}I", data[4:header])
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(dims) * dtype.itemsize  # exact (np.prod would wrap on hostile dims)
     if len(data) - header != expected:
         what = "truncated" if len(data) - header < expected else "corrupt (trailing bytes)"
         raise KdxError(f"{path} is {what}: dims {list(dims)} need {expected} data bytes, "
@@ -72,6 +73,8 @@ def read_idx_pair(images_path, labels_path) -> tuple[torch.Tensor, torch.Tensor]
         raise KdxError(f"{images_path}: expected a 3-d uint8 image array, got {images.dim()}-d {images.dtype}")
     if labels.dim() != 1:
         raise KdxError(f"{labels_path}: expected a 1-d label array, got {labels.dim()}-d")
+    if labels.is_floating_point():
+        raise KdxError(f"{labels_path}: labels must be integers, got {labels.dtype}")
     if len(labels) != len(images):
         raise KdxError(f"label count {len(labels)} in {labels_path} != image count {len(images)} "
                        f"in {images_path}")

@@ -17,6 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from kdx.engine.io import atomic_path, atomic_write_text
+from kdx.engine.metadata import parse_metadata
 from kdx.errors import KdxError
 
 MODEL_FILE = "model.safetensors"
@@ -128,7 +129,7 @@ def read_metadata(path: str | Path) -> dict:
     if "kdx" not in raw:
         raise KdxError(f"{path} is a safetensors file without kdx metadata; use `kdx import-checkpoint` first")
     try:
-        return json.loads(raw["kdx"])
+        return parse_metadata(raw["kdx"], path)  # size, depth and schema checked (kdx.engine.metadata)
     except ValueError:
         raise KdxError(f"{path}: corrupt kdx metadata") from None
 

@@ -93,3 +93,23 @@ def get_model_meta(name: str) -> dict:
     _check(name)
     info = {**_META[name], **_structure(name)}
     return {k: list(v) if isinstance(v, list) else v for k, v in info.items()}
+
+
+@functools.lru_cache(maxsize=None)
+def io_keys(name: str) -> dict:
+    """``{"stem": key, "head": key}``: the state-dict keys of the architecture's input conv
+    (its weight is out × in_channels × k × k) and of its classifier weight (num_classes × features).
+
+    Found from the architecture itself, not from a file's key order: built twice on the meta
+    device, the stem is the 4-d weight whose shape changes with ``in_channels`` and the head
+    the 2-d weight whose shape changes with ``num_classes``. A key is None if none is found."""
+    factory = _check(name)
+    try:
+        with torch.device("meta"):
+            a = factory(num_classes=10, in_channels=3).state_dict()
+            b = factory(num_classes=11, in_channels=4).state_dict()
+    except Exception:  # a third-party factory that cannot be built on "meta"
+        return {"stem": None, "head": None}
+    stem = [k for k, v in a.items() if v.dim() == 4 and v.shape[1] == 3 and b[k].shape[1] == 4]
+    head = [k for k, v in a.items() if v.dim() == 2 and v.shape[0] == 10 and b[k].shape[0] == 11]
+    return {"stem": stem[0] if len(stem) == 1 else None, "head": head[0] if len(head) == 1 else None}
