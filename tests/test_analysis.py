@@ -18,7 +18,7 @@ from kdx.analysis.metrics import auroc, subtask_metrics
 from kdx.analysis.routed import as_routed, routing_matrices
 from kdx.cli import app
 from kdx.explainer import KDExplainer
-from kdx.explainer.training import hard_tree
+from kdx.explainer.tree import hard_tree
 
 torch.set_num_threads(1)
 
@@ -152,7 +152,7 @@ def test_components_match_per_class_autograd_and_sum(mode):
 def _fake_run(tmp_path, objective, seed):
     from kdx.data import load_dataset
     from kdx.engine.checkpoint import save_checkpoint
-    from kdx.explainer.training import hard_tree as ht
+    from kdx.explainer.tree import hard_tree as ht
 
     b = load_dataset("fashion-mnist-mini", val_fraction=0.1, seed=5)
     torch.manual_seed(seed)

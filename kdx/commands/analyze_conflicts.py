@@ -23,6 +23,7 @@ from kdx.analysis import plots as pl_mod
 from kdx.analysis.report import write_report
 from kdx.analysis.routed import as_routed, check_routed, routing_matrices
 from kdx.engine import checkpoint as ckpt
+from kdx.engine import runs as layout
 from kdx.engine.io import atomic_write_csv, atomic_write_text
 from kdx.engine.progress import table_console
 from kdx.errors import KdxError
@@ -42,19 +43,8 @@ def _warn(msg: str) -> None:
     Console(stderr=True).print(f"[yellow]kdx: warning:[/yellow] {msg}", highlight=False)
 
 
-def _run_config(file: Path) -> dict:
-    for d in (file.parent, file.parent.parent):
-        f = d / "config.json"
-        if f.is_file():
-            try:
-                return json.loads(f.read_text())
-            except ValueError:
-                raise KdxError(f"{f}: not valid JSON") from None
-    return {}
-
-
 def load_run(path: Path) -> dict:
-    file = ckpt.resolve_checkpoint(path)
+    file = layout.checkpoint_file(path)
     meta = ckpt.read_metadata(file)
     kind = meta.get("kind", "classifier")
     if kind not in ROUTED_KINDS:
@@ -62,7 +52,7 @@ def load_run(path: Path) -> dict:
     model, meta = ckpt.load_model(file)
     routed = as_routed(model)
     check_routed(routed)
-    return {"path": str(path), "file": file, "meta": meta, "model": routed, "config": _run_config(file)}
+    return {"path": str(path), "file": file, "meta": meta, "model": routed, "split": layout.split_spec(file, meta)}
 
 
 def _labels(runs: list[dict], labels: list[str] | None) -> list[str]:
@@ -100,13 +90,12 @@ def _check_same_task(runs: list[dict]) -> None:
 def _load_images(runs, dataset, split, images, batch_size, device, data_root):
     from kdx.data import load_dataset, make_loader
 
-    meta, cfg = runs[0]["meta"], runs[0]["config"]
-    dataset = dataset or meta.get("dataset")
+    meta, spec = runs[0]["meta"], runs[0]["split"]
+    dataset = dataset or spec["dataset"]
     if not dataset:
         raise KdxError(f"{runs[0]['path']} does not record its dataset; pass --dataset")
-    seed = int(cfg.get("seed", meta.get("seed", 0)) or 0)
-    vf = float(cfg.get("val_fraction", 0.1) if cfg.get("val_fraction") is not None else 0.1)
-    root = str(data_root) if data_root else cfg.get("data_root")
+    seed, vf = spec["seed"], spec["val_fraction"]
+    root = str(data_root) if data_root else spec["data_root"]
     bundle = load_dataset(dataset, root=root, download=False, val_fraction=vf if split == "val" else 0.0, seed=seed)
     n_cls = int(meta.get("num_classes", bundle.num_classes))
     if n_cls != bundle.num_classes:
