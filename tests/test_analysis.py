@@ -183,6 +183,10 @@ def test_end_to_end(tmp_path):
     res = CliRunner().invoke(app, ["analyze-conflicts", *map(str, runs), "--images", "64", "--batch-size", "32",
                                    "--out", str(out), "--device", "cpu"])
     assert res.exit_code == 0, res.output
+    # not a terminal: one progress line per run, in order
+    done = [line for line in res.output.splitlines() if line.startswith("analyze-conflicts: run ")]
+    assert [line.split(" done in ")[0] for line in done] == [f"analyze-conflicts: run {i}/3 '{lab}'"
+                                                             for i, lab in enumerate(("ce", "ls", "kd"), start=1)]
     doc = (__import__("pathlib").Path(__file__).parents[1] / "docs" / "analyze-conflicts.md").read_text()
     documented = {m.group(1): [row.split("|")[1].strip().strip("`") for row in m.group(2).strip().splitlines()[1:]]
                   for m in DOC_COLUMNS.finditer(doc + "\n")}
@@ -254,8 +258,11 @@ def test_components_with_pooling_before_mixing():
                     hidden=8, routing="soft", tau=0.7).eval()
     x, y = torch.randn(4, 1, 32, 32), torch.randint(0, 3, (4,))
     losses = {"ce": loss_for("ce", None)}
-    fast = subtask_components(as_routed(m), [(x, y, None)], losses, 4)
-    gen = _generic_components(as_routed(m), [(x, y, None)], losses, 4)
+    steps, gsteps = [], []
+    fast = subtask_components(as_routed(m), [(x, y, None)], losses, 4, progress=steps.append)
+    gen = _generic_components(as_routed(m), [(x, y, None)], losses, 4, progress=gsteps.append)
+    assert steps == ["batch 1/1, chunk 1/1, layer 2", "batch 1/1, chunk 1/1, layer 1"]
+    assert gsteps == ["batch 1/1, chunk 1/1"]
     for l in range(2):
         for e in range(m.experts[l]):
             g = gen.grads[l][e][fast.rows[l][e]]

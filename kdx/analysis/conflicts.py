@@ -61,18 +61,20 @@ def loss_for(objective: str, params: dict | None):
     return logit_loss(objective, params)
 
 
-def subtask_components(model, batches, losses: dict, total: int) -> Components:
+def subtask_components(model, batches, losses: dict, total: int, progress=None) -> Components:
     """Gradient components of every subtask for every loss in ``losses`` ({signal: fn}).
 
-    ``batches``: iterable of ``(x, y, teacher_logits or None)`` on the model's device; ``total``:
+    ``batches``: list of ``(x, y, teacher_logits or None)`` on the model's device; ``total``:
     the number of images over all batches (each batch's mean loss is weighted by n / total, so
-    the components sum to the gradient of the mean loss over all images)."""
+    the components sum to the gradient of the mean loss over all images). ``progress``: called
+    with a short text ("batch 1/2, chunk 3/4, layer 2") as the work advances."""
     model.eval()
+    progress = progress or (lambda text: None)
     if isinstance(model, KDExplainer):
-        return _explainer_components(model, batches, losses, total)
+        return _explainer_components(model, batches, losses, total, progress)
     if not hasattr(model, "expert_param_groups"):
         raise KdxError(f"{type(model).__name__} has no expert_param_groups(): no gradient conflicts")
-    return _generic_components(model, batches, losses, total)
+    return _generic_components(model, batches, losses, total, progress)
 
 
 def _cotangents(z, y, t, losses, scale):
@@ -149,7 +151,7 @@ def _layer_components(m, l, inputs, cot, W, rows, acc, probe_l, R):
     return nxt
 
 
-def _explainer_components(m, batches, losses, total) -> Components:
+def _explainer_components(m, batches, losses, total, progress) -> Components:
     S, C, L = len(losses), m.num_classes, len(m.layers)
     R = S * C
     W = [w.detach() for w in m.routing_weights()]
@@ -157,8 +159,9 @@ def _explainer_components(m, batches, losses, total) -> Components:
     cls_rows = torch.arange(R) % C
     rows = [[torch.nonzero(att[l][cls_rows, e] > 0).flatten() for e in range(m.experts[l])] for l in range(L)]
     acc = [[None] * m.experts[l] for l in range(L)]
-    for x, y, t in batches:
+    for b, (x, y, t) in enumerate(batches, start=1):
         step, probe = _chunk_size(m, W, rows, x)
+        chunks = -(-x.shape[0] // step)
         for i0 in range(0, x.shape[0], step):
             xs, ys = x[i0:i0 + step], y[i0:i0 + step]
             ts = None if t is None else t[i0:i0 + step]
@@ -177,6 +180,7 @@ def _explainer_components(m, batches, losses, total) -> Components:
             dfeat = dfeat.reshape(R, n, -1)  # row r = (signal r // C, class r % C)
             cot = _leaf_cotangents(m, last, W[-1], dfeat, rows[-1], cls_rows)
             for l in range(L - 1, -1, -1):
+                progress(f"batch {b}/{len(batches)}, chunk {i0 // step + 1}/{chunks}, layer {l + 1}")
                 cot = _layer_components(m, l, inputs, cot, W, rows, acc, probe[l], R)
     grads = [[a if a is not None else torch.zeros((0, 0), dtype=torch.float64) for a in layer] for layer in acc]
     return Components(list(losses), C, [[r.cpu() for r in lr] for lr in rows],
@@ -193,7 +197,7 @@ def _view_of(grad_base: torch.Tensor, view: torch.Tensor, base: torch.Tensor) ->
                         g.storage_offset() + view.storage_offset() - base.storage_offset())
 
 
-def _generic_components(model, batches, losses, total) -> Components:
+def _generic_components(model, batches, losses, total, progress=lambda text: None) -> Components:
     groups = model.expert_param_groups()
     C, S = model.num_classes, len(losses)
     R = S * C
@@ -211,7 +215,7 @@ def _generic_components(model, batches, losses, total) -> Components:
         b.requires_grad_(True)
     acc = [[None] * len(layer) for layer in groups]
     try:
-        for x, y, t in batches:
+        for b, (x, y, t) in enumerate(batches, start=1):
             n = x.shape[0]
             with torch.enable_grad():
                 z = model(x)
@@ -220,6 +224,7 @@ def _generic_components(model, batches, losses, total) -> Components:
                 cots = (G[:, None] * eye[None, :, None, :]).reshape(R, n, C)  # row r: signal r//C, class r%C
                 k = int(max(1, min(R, 8)))
                 for j0 in range(0, R, k):
+                    progress(f"batch {b}/{len(batches)}, chunk {j0 // k + 1}/{-(-R // k)}")
                     gb = torch.autograd.grad(z, bases, cots[j0:j0 + k], retain_graph=True, is_grads_batched=True,
                                              allow_unused=True)
                     for l, layer in enumerate(groups):

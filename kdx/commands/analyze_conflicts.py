@@ -43,6 +43,42 @@ def _warn(msg: str) -> None:
     Console(stderr=True).print(f"[yellow]kdx: warning:[/yellow] {msg}", highlight=False)
 
 
+class RunProgress:
+    """Progress of the analysis on stderr: on a terminal a live line (run, layer, chunk), updated as
+    the gradient components advance; otherwise (piped, a log file) one plain line per finished run."""
+
+    def __init__(self, total: int, console: Console | None = None):
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.total, self.console = total, console or Console(stderr=True)
+        self.live = self.console.is_terminal
+        self._bar = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), TextColumn("{task.fields[where]}"),
+                             TimeElapsedColumn(), console=self.console, transient=True) if self.live else None
+        self._task = None
+
+    def start(self, index: int, label: str) -> None:
+        if self._bar is not None:
+            if self._task is None:
+                self._bar.start()
+                self._task = self._bar.add_task("", where="")
+            self._bar.update(self._task, description=f"run {index}/{self.total} '{label}'", where="logits")
+
+    def update(self, where: str) -> None:
+        if self._bar is not None and self._task is not None:
+            self._bar.update(self._task, where=where)
+
+    def done(self, index: int, label: str, seconds: float, accuracy: float) -> None:
+        line = f"analyze-conflicts: run {index}/{self.total} '{label}' done in {seconds:.1f} s (top-1 {100 * accuracy:.1f}%)"
+        if self._bar is not None:
+            self._bar.console.print(line, highlight=False)
+        else:
+            self.console.print(line, highlight=False, soft_wrap=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
 def load_run(path: Path) -> dict:
     file = layout.checkpoint_file(path)
     meta = ckpt.read_metadata(file)
@@ -165,7 +201,7 @@ def _conflict_matrix(frame: pd.DataFrame, signal: str, layer: int, c: int):
     return mat
 
 
-def analyse_run(run, label, bundle, batches, conflict_images, do_conflicts, names):
+def analyse_run(run, label, bundle, batches, conflict_images, do_conflicts, names, progress=None):
     model, meta = run["model"], run["meta"]
     t0 = time.time()
     mode = "soft" if model.routing == "gumbel" else model.routing
@@ -215,7 +251,7 @@ def analyse_run(run, label, bundle, batches, conflict_images, do_conflicts, name
             cbatches.append((x[:left], yy[:left], t))
             left -= len(x[:left])
         total = sum(len(b[1]) for b in cbatches)
-        comp = cf_mod.subtask_components(model, cbatches, losses, total)
+        comp = cf_mod.subtask_components(model, cbatches, losses, total, progress=progress)
         mode_att = att_mod.compose(routing_matrices(model, mode))
         frame = cf_mod.conflict_frame(comp, mode_att, label)
         if objective == "ce" and not notes:  # the run's own loss is ce: the same numbers
@@ -251,11 +287,16 @@ def run(runs: list[Path], *, dataset=None, split="val", images=1024, labels=None
     info["conflict_images"] = min(conflict_images or info["images"], info["images"]) if conflicts else 0
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    results = []
-    for r, label in zip(loaded, names_):
-        res = analyse_run(r, label, bundle, batches, info["conflict_images"], conflicts, names)
-        res.update(path=r["path"], meta=r["meta"])
-        results.append(res)
+    results, shown = [], RunProgress(len(loaded))
+    try:
+        for i, (r, label) in enumerate(zip(loaded, names_), start=1):
+            shown.start(i, label)
+            res = analyse_run(r, label, bundle, batches, info["conflict_images"], conflicts, names, shown.update)
+            res.update(path=r["path"], meta=r["meta"])
+            results.append(res)
+            shown.done(i, label, res["seconds"], res["accuracy"])
+    finally:
+        shown.close()
 
     # ---- tables
     att_rows, ent_rows, share_frames, conflict_frames, sub_frames, cl_rows, summary = [], [], [], [], [], [], []
