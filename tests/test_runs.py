@@ -38,7 +38,7 @@ def evaluate_json(*args) -> dict:
 def explainer_run(tmp_path_factory, single_thread):
     """A tiny two-stage ce explainer run with a validation split (seed 7, not the fallback 0)."""
     out = tmp_path_factory.mktemp("runs") / "ce"
-    r = invoke("distill-explainer", "--objective", "ce", "--out", out, "--seed", "7", *TINY, "--stage1-lr", "0.01",
+    r = invoke("distill-explainer", "--method", "ce", "--out", out, "--seed", "7", *TINY, "--stage1-lr", "0.01",
                "--routing-lr", "0.05", "--stage2-optimizer", "adam", "--stage2-lr", "0.005")  # learns: 20 % val
     assert r.exit_code == 0, r.output
     return out
@@ -132,7 +132,7 @@ def test_stage2_starts_from_the_best_stage1_checkpoint(tmp_path, option, single_
     routing = _fake_stage1(tmp_path / "s1")
     extra = [] if option is None else ["--stage2-from", option]
     out = tmp_path / "s2"
-    r = invoke("distill-explainer", "--objective", "ce", "--stage", "2", "--from", tmp_path / "s1", "--out", out,
+    r = invoke("distill-explainer", "--method", "ce", "--stage", "2", "--from", tmp_path / "s1", "--out", out,
                *extra, *TINY)
     assert r.exit_code == 0, r.output
     expect = routing["model" if option == "last" else "best"]
@@ -144,8 +144,13 @@ def test_stage2_starts_from_the_best_stage1_checkpoint(tmp_path, option, single_
 
 
 def test_stage2_from_is_checked_before_anything_is_written(tmp_path):
-    r = invoke("distill-explainer", "--objective", "ce", "--stage2-from", "first", "--out", tmp_path / "x", *TINY)
-    assert r.exit_code == 2 and "--stage2-from must be one of best, last" in r.output
+    r = invoke("distill-explainer", "--method", "ce", "--stage2-from", "first", "--out", tmp_path / "x", *TINY)
+    assert r.exit_code == 2 and "stage2-from" in r.output and "best" in r.output and "last" in r.output
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(KdxError, match="--stage2-from must be one of best, last"):
+        from kdx.commands.distill_explainer import stage1_source
+
+        stage1_source(str(tmp_path), "first")
 
 
 # ------------------------------------------------------------------ checkpoint kinds
