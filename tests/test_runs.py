@@ -39,7 +39,7 @@ def explainer_run(tmp_path_factory, single_thread):
     """A tiny two-stage ce explainer run with a validation split (seed 7, not the fallback 0)."""
     out = tmp_path_factory.mktemp("runs") / "ce"
     r = invoke("distill-explainer", "--method", "ce", "--out", out, "--seed", "7", *TINY, "--stage1-lr", "0.01",
-               "--routing-lr", "0.05", "--stage2-optimizer", "adam", "--stage2-lr", "0.005")  # learns: 20 % val
+               "--routing-lr", "0.05", "--stage2-optimizer", "adam", "--stage2-lr", "0.005", "--halve-every", "5")
     assert r.exit_code == 0, r.output
     return out
 
@@ -74,8 +74,9 @@ def test_evaluate_val_split_is_the_runs(explainer_run):
         recorded = read_metadata(runs.checkpoint_file(path, which))["metrics"]
         data = evaluate_json(path, "--split", "val", "--which", which)
         assert data["count"] == 600
-        assert recorded["val_top1"] > 0.11  # above chance: at chance every split of a stratified set scores 10 %
         assert (data["top1"], data["loss"]) == (recorded["val_top1"], recorded["val_loss"]), (path, which)
+    # above chance (at chance every split of a stratified set scores 10 %): the splits are told apart
+    assert json.loads((out / "stage1" / "results.json").read_text())["val_top1_best"] > 0.15
     results = json.loads((out / "stage2" / "results.json").read_text())
     assert evaluate_json(out, "--split", "val", "--which", "best")["top1"] == results["val_top1_best"]
     assert evaluate_json(out)["top1"] == results["test_top1_last"]
