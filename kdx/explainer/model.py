@@ -25,7 +25,7 @@ Vectorisation
 * Mixing of a layer is one ``mm`` of the (children x parents) weights with the stacked
   parent outputs (the leaves too). Pooling is linear and commutes with the mixing; for
   CIFAR (4x4 maps pooled UP to 7x7) it is folded into the first head Linear instead, so the
-  heads multiply 512 instead of 1568 features (see ``_leaf_inputs``). Equal to the
+  heads multiply 512 instead of 1568 features (see ``leaf_features``). Equal to the
   official mix-then-pool up to float rounding (tests: <= 1e-5 relative).
 * The C heads run as three ``baddbmm`` calls; nothing loops over classes or expert pairs.
 * Small things that measurably matter on CPU: stacked parameters are ``unbind``-ed once per
