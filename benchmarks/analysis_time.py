@@ -23,11 +23,10 @@ import torch
 from PIL import Image
 
 from kdx.analysis import conflicts as cf
-from kdx.analysis.routed import ExplainerAdapter
 from kdx.commands import analyze_conflicts
 from kdx.engine.checkpoint import save_checkpoint
 from kdx.explainer.model import KDExplainer
-from kdx.explainer.training import hard_tree
+from kdx.explainer.tree import hard_tree
 
 
 def make_case(root: Path, classes: int, images: int, width: int) -> tuple[Path, Path, KDExplainer]:
@@ -80,7 +79,7 @@ def main() -> None:
             for b in args.budgets:
                 cf.BUDGET = 1 << b
                 t0 = time.perf_counter()
-                cf.subtask_components(ExplainerAdapter(model.eval()), batches, losses, n)
+                cf.subtask_components(model.eval(), batches, losses, n)
                 dt = time.perf_counter() - t0
                 base = base or dt
                 print(f"  components only, {n} images, 2 signals, BUDGET 2^{b}: {dt:.1f} s "

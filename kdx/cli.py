@@ -175,7 +175,8 @@ training_command("distill-explainer", "distill_explainer",
     "Distill a teacher into KDExplainer (a hierarchical mixture of experts, one binary subtask per "
     "class).\n\n"
     "Stage 1 learns the tree with soft routing (tau = tau0/epoch, Adam, official warm-up/decay); stage 2 "
-    "keeps the tree (hard routing, frozen), re-initialises the rest and trains with SGD. Official values "
+    "keeps the tree of the best stage-1 epoch on validation (--stage2-from), frozen under hard routing, "
+    "re-initialises the rest and trains with SGD. Official values "
     "are the defaults; --preset quick (the default on fashion-mnist-mini) is a CPU-sized run (narrower "
     "tree, few epochs). Methods: ce, ls, kd and the other logit methods.")
 
@@ -271,9 +272,13 @@ def evaluate_cmd(
     routing: Optional[str] = typer.Option(None, "--routing", help="Explainers/VAM: soft | hard | gumbel [from metadata]."),
     tau: Optional[float] = typer.Option(None, "--tau", help="Explainers/VAM: routing temperature [from metadata]."),
     per_class_csv: Optional[Path] = typer.Option(None, "--per-class-csv", help="Where to write per-class accuracy "
-                                                 "[RUN/eval_<dataset>_<split>.csv, or beside the file]."),
+                                                 "[RUN/eval_<dataset>_<split>[_best][_<routing>][_tau<tau>]"
+                                                 "[_<precision>].csv, or beside the file]."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | mps"),
-    batch_size: int = typer.Option(256, "--batch-size", "-b", help="Evaluation batch size."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Evaluation batch size [the run's "
+                                             "eval batch size, or 256]."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="auto | fp32 | bf16 | fp16 autocast [the "
+                                            "run's, so the numbers agree with its results.json; fp32 if it records none]."),
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Validation share [the run's, or 0.1]."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the validation split [the run's]."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (top1, top5 as fractions) for scripts."),
@@ -283,17 +288,18 @@ def evaluate_cmd(
 
     cmd.run(checkpoint, dataset=dataset, split=split, data_root=data_root, which=which, routing=routing, tau=tau,
             per_class_csv=per_class_csv, device=device, batch_size=batch_size, val_fraction=val_fraction, seed=seed,
-            json_out=json_out)
+            json_out=json_out, precision=precision)
 
 
 @app.command("info")
 @handle_errors
 def info_cmd(checkpoint: Path = typer.Argument(..., help="A checkpoint file or a run directory."),
-             json_out: bool = typer.Option(False, "--json", help="Print the metadata as JSON.")):
+             json_out: bool = typer.Option(False, "--json", help="Print the metadata as JSON."),
+             which: str = typer.Option("model", "--which", help="In a run directory: model (last epoch) or best.")):
     """Show a checkpoint's metadata (kind, arch, dataset, metrics...) as a table."""
     from kdx.commands import info as cmd
 
-    cmd.run(checkpoint, json_out=json_out)
+    cmd.run(checkpoint, json_out=json_out, which=which)
 
 
 @app.command("import-checkpoint")

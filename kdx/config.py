@@ -142,6 +142,8 @@ class ExplainerBase(RunConfig):
     stage2_optimizer: str = option("sgd", "Stage-2 optimizer: sgd (official) | adam.", panel="Explainer",
                                    choices=("sgd", "adam"))
     halve_every: int = option(30, "Stage-2 lr halving period in epochs.", panel="Explainer", low=1)
+    stage2_from: str = option("best", "Stage-1 checkpoint stage 2 starts from: best (on validation, never test) "
+                              "| last (epoch).", panel="Explainer", choices=("best", "last"))
     batch_size: int = option(128, "Training batch size per process.", panel=DATA, flags=("-b",), low=1)
 
     def validate(self) -> None:

@@ -18,7 +18,7 @@ from kdx.analysis.metrics import auroc, subtask_metrics
 from kdx.analysis.routed import as_routed, routing_matrices
 from kdx.cli import app
 from kdx.explainer import KDExplainer
-from kdx.explainer.training import hard_tree
+from kdx.explainer.tree import hard_tree
 
 torch.set_num_threads(1)
 
@@ -152,7 +152,7 @@ def test_components_match_per_class_autograd_and_sum(mode):
 def _fake_run(tmp_path, objective, seed):
     from kdx.data import load_dataset
     from kdx.engine.checkpoint import save_checkpoint
-    from kdx.explainer.training import hard_tree as ht
+    from kdx.explainer.tree import hard_tree as ht
 
     b = load_dataset("fashion-mnist-mini", val_fraction=0.1, seed=5)
     torch.manual_seed(seed)
@@ -183,6 +183,10 @@ def test_end_to_end(tmp_path):
     res = CliRunner().invoke(app, ["analyze-conflicts", *map(str, runs), "--images", "64", "--batch-size", "32",
                                    "--out", str(out), "--device", "cpu"])
     assert res.exit_code == 0, res.output
+    # not a terminal: one progress line per run, in order
+    done = [line for line in res.output.splitlines() if line.startswith("analyze-conflicts: run ")]
+    assert [line.split(" done in ")[0] for line in done] == [f"analyze-conflicts: run {i}/3 '{lab}'"
+                                                             for i, lab in enumerate(("ce", "ls", "kd"), start=1)]
     doc = (__import__("pathlib").Path(__file__).parents[1] / "docs" / "analyze-conflicts.md").read_text()
     documented = {m.group(1): [row.split("|")[1].strip().strip("`") for row in m.group(2).strip().splitlines()[1:]]
                   for m in DOC_COLUMNS.finditer(doc + "\n")}
@@ -224,3 +228,61 @@ def test_end_to_end(tmp_path):
     assert res.exit_code == 2 and "--label" in res.output
     res = CliRunner().invoke(app, ["analyze-conflicts", str(tmp_path / "nope"), "--out", str(out)])
     assert res.exit_code == 2 and "not found" in res.output
+
+
+# ------------------------------------------------------------------ one implementation of the forward
+@pytest.mark.parametrize("size,experts", [(16, None), (32, (2, 4)), (64, (2, 4))])
+def test_model_parts_are_the_forward(size, experts):
+    """The public parts the analysis runs (expert_pass, leaf_features, leaf_head_weight, head_logits,
+    mix) compose to exactly ``forward``: leaf pool folded (16 px), pooled before mixing (32 px, 8x8
+    maps), and with the stem (64 px)."""
+    from kdx.explainer.model import mix
+
+    torch.manual_seed(0)
+    widths = [(4, 4)] * (len(experts) if experts else 3)
+    m = KDExplainer(num_classes=5, in_channels=1, image_size=size, experts=experts, widths=widths, hidden=8).eval()
+    x = torch.randn(3, 1, size, size)
+    with torch.no_grad():
+        W = m.routing_weights()
+        _, outs = m.expert_pass(x, W)
+        last = outs[-1]
+        z = m.head_logits(mix(W[-1], m.leaf_features(last)).view(5, 3, -1), m.leaf_head_weight(*last.shape[-2:]))
+        assert torch.equal(z, m(x))
+
+
+def test_components_with_pooling_before_mixing():
+    """The fast path pulls cotangents back through the model's own leaf_features (here a 8x8 -> 7x7
+    pooling matmul) and agrees with batched autograd on the whole model."""
+    torch.manual_seed(2)
+    m = KDExplainer(num_classes=3, in_channels=1, image_size=32, experts=(2, 4), widths=[(4, 4), (4, 4)],
+                    hidden=8, routing="soft", tau=0.7).eval()
+    x, y = torch.randn(4, 1, 32, 32), torch.randint(0, 3, (4,))
+    losses = {"ce": loss_for("ce", None)}
+    steps, gsteps = [], []
+    fast = subtask_components(as_routed(m), [(x, y, None)], losses, 4, progress=steps.append)
+    gen = _generic_components(as_routed(m), [(x, y, None)], losses, 4, progress=gsteps.append)
+    assert steps == ["batch 1/1, chunk 1/1, layer 2", "batch 1/1, chunk 1/1, layer 1"]
+    assert gsteps == ["batch 1/1, chunk 1/1"]
+    for l in range(2):
+        for e in range(m.experts[l]):
+            g = gen.grads[l][e][fast.rows[l][e]]
+            assert (fast.grads[l][e] - g).abs().max() < 1e-5 * (1 + float(g.abs().max()))
+
+
+def test_no_private_name_is_imported_across_packages():
+    """No private name crosses the borders of kdx.explainer and kdx.analysis (the analysis imported
+    the model's private ``_mix`` and guarded itself with a runtime allclose)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "kdx"
+    bad = []
+    for f in root.rglob("*.py"):
+        package = ".".join(f.relative_to(root.parent).parts[:2])
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("kdx."):
+                ours = {package, ".".join(node.module.split(".")[:2])} & {"kdx.analysis", "kdx.explainer"}
+                if ours and not node.module.startswith(package) and any(a.name.startswith("_") for a in node.names):
+                    bad.append(f"{f.relative_to(root.parent)}: from {node.module} import ...")
+    assert bad == []
+    assert "allclose" not in (root / "analysis" / "conflicts.py").read_text()

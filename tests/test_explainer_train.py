@@ -100,8 +100,10 @@ def test_distill_explainer_kd_both_stages(teacher, tmp_path):
     assert (per_epoch == 4 * 2 + 8 * 4 + 10 * 8).all()
     sums = routing.groupby(["stage", "epoch", "layer", "child"])["weight"].sum()
     assert sums.to_numpy() == pytest.approx(1.0, abs=1e-5)
-    # stage 2 keeps (and freezes) the stage-1 tree, re-initialises the rest
-    a = load_file(str(out / "stage1" / "model.safetensors"))
+    # stage 2 keeps (and freezes) the tree of the best stage-1 epoch on validation, re-initialises the rest
+    start = json.loads((out / "results.json").read_text())["stage2_from"]
+    assert start["checkpoint"] == "stage1/best.safetensors"
+    a = load_file(str(out / "stage1" / "best.safetensors"))
     b = load_file(str(out / "stage2" / "model.safetensors"))
     routing_keys = [k for k in a if k.startswith("branches")]
     assert routing_keys and all(torch.equal(a[k], b[k]) for k in routing_keys)

@@ -12,7 +12,8 @@ the network together, batched with ``torch.func.vjp`` + ``vmap``, chunked over c
 
 Two implementations, same numbers (tested against each other and against a per-class loop):
 
-* :func:`_explainer_components` (KDExplainer): one plain forward, then an expert-by-expert
+* :func:`_explainer_components` (KDExplainer): one plain forward (the model's own, in its
+  public parts), then an expert-by-expert
   backward from the leaves down. Each expert's vjp is batched over only the subtasks that reach
   it (under hard routing: the classes routed through it), so the cost is about C backward passes
   along one root-to-leaf path, not C full backward passes.
@@ -29,12 +30,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch.func import vjp, vmap
 
 from kdx.analysis.attention import compose
-from kdx.analysis.routed import ExplainerAdapter
 from kdx.errors import KdxError
+from kdx.explainer.model import KDExplainer, expert_block, mix
 
 # float elements per big temporary (16 MiB). Measured (benchmarks/analysis_time.py, C=100, 2 cores):
 # 2^22 ran the gradient components 1.6x faster than 2^25, whose large temporaries are
@@ -61,18 +61,20 @@ def loss_for(objective: str, params: dict | None):
     return logit_loss(objective, params)
 
 
-def subtask_components(model, batches, losses: dict, total: int) -> Components:
+def subtask_components(model, batches, losses: dict, total: int, progress=None) -> Components:
     """Gradient components of every subtask for every loss in ``losses`` ({signal: fn}).
 
-    ``batches``: iterable of ``(x, y, teacher_logits or None)`` on the model's device; ``total``:
+    ``batches``: list of ``(x, y, teacher_logits or None)`` on the model's device; ``total``:
     the number of images over all batches (each batch's mean loss is weighted by n / total, so
-    the components sum to the gradient of the mean loss over all images)."""
+    the components sum to the gradient of the mean loss over all images). ``progress``: called
+    with a short text ("batch 1/2, chunk 3/4, layer 2") as the work advances."""
     model.eval()
-    if isinstance(model, ExplainerAdapter):
-        return _explainer_components(model.model, batches, losses, total)
+    progress = progress or (lambda text: None)
+    if isinstance(model, KDExplainer):
+        return _explainer_components(model, batches, losses, total, progress)
     if not hasattr(model, "expert_param_groups"):
         raise KdxError(f"{type(model).__name__} has no expert_param_groups(): no gradient conflicts")
-    return _generic_components(model, batches, losses, total)
+    return _generic_components(model, batches, losses, total, progress)
 
 
 def _cotangents(z, y, t, losses, scale):
@@ -85,24 +87,71 @@ def _cotangents(z, y, t, losses, scale):
 
 
 # ---------------------------------------------------------------- KDExplainer: expert by expert
-def _expert_block(params, buffers, x, eps):
-    """One expert of an ExpertLayer in eval mode (conv-BN-ReLU-conv-BN-ReLU-maxpool)."""
-    w1, b1, g1, be1, w2, b2, g2, be2 = params
-    rm1, rv1, rm2, rv2 = buffers
-    y = F.relu(F.batch_norm(F.conv2d(x, w1, b1, padding=1), rm1, rv1, g1, be1, False, 0.0, eps))
-    y = F.relu(F.batch_norm(F.conv2d(y, w2, b2, padding=1), rm2, rv2, g2, be2, False, 0.0, eps))
-    return F.max_pool2d(y, 2)
+# The forward is the model's own, in its public parts (KDExplainer.expert_pass, leaf_features,
+# leaf_head_weight, head_logits, and kdx.explainer.model.expert_block / mix): one implementation.
+def _chunk_size(m, W, rows, x) -> tuple[int, list[tuple[int, int]]]:
+    """Images per chunk (the widest per-layer temporary within BUDGET) and, per layer, the activation
+    elements per image of (an expert's output, its widest conv input)."""
+    with torch.no_grad():
+        inputs, outs = m.expert_pass(x[:1], W)
+    probe = [(o[0, 0].numel(), max(layer.mid, layer.cin, layer.cout) * i.shape[-1] * i.shape[-2])
+             for layer, i, o in zip(m.layers, inputs, outs)]
+    width = max(sum(len(r) for r in rows[l]) * probe[l][0] for l in range(len(m.layers)))
+    return int(max(1, min(x.shape[0], BUDGET // max(width, 1)))), probe
 
 
-PARAM_NAMES = ("conv1_weight", "conv1_bias", "bn1_weight", "bn1_bias", "conv2_weight", "conv2_bias",
-               "bn2_weight", "bn2_bias")
+def _leaf_cotangents(m, last, a, dfeat, rows, cls_rows) -> list[torch.Tensor]:
+    """Cotangent at every last-layer expert's output, per row: a[c, e] x dfeat[row] pulled back
+    through the (linear) ``leaf_features`` of that expert; (len(rows[e]), N, ch, h, w) each."""
+    cot = []
+    for e in range(last.shape[0]):
+        r = rows[e]
+        coef = a[cls_rows[r].to(a.device), e].to(dfeat.dtype)
+        d = coef[:, None, None] * dfeat[r.to(dfeat.device)]
+        _, back = vjp(lambda t: m.leaf_features(t.unsqueeze(0))[0], last[e])
+        cot.append(vmap(back)(d)[0])
+    return cot
 
 
-def _explainer_components(m, batches, losses, total) -> Components:
-    from kdx.explainer.model import BN_EPS, _mix
+def _layer_components(m, l, inputs, cot, W, rows, acc, probe_l, R):
+    """Accumulate the gradient components of every expert of layer ``l`` from the cotangents at
+    their outputs (rows[l][e] each); return the cotangents at layer l-1's outputs (None for l = 0)."""
+    layer, x = m.layers[l], inputs[l]
+    n = x.shape[1] if l > 0 else x.shape[0]  # (E, N, ...) mixed inputs, or the (N, ...) shared input
+    nxt = pos = None
+    if l > 0:
+        nxt = [torch.zeros((len(rows[l - 1][p]), *x.shape[1:]), dtype=x.dtype, device=x.device)
+               for p in range(m.experts[l - 1])]
+        pos = [torch.full((R,), -1, dtype=torch.long) for _ in range(m.experts[l - 1])]
+        for p in range(m.experts[l - 1]):
+            pos[p][rows[l - 1][p]] = torch.arange(len(rows[l - 1][p]))
+    for e in range(layer.experts):
+        r = rows[l][e]
+        if len(r) == 0:
+            continue
+        params, bufs = layer.expert_tensors(e)
+        params = tuple(p.detach() for p in params)
+        if l == 0:
+            _, fn = vjp(lambda p: expert_block(p, bufs, x), params)
+        else:
+            _, fn = vjp(lambda p, xi: expert_block(p, bufs, xi), params, x[e])
+        k = int(max(1, BUDGET // max(1, n * probe_l[1])))
+        for j0 in range(0, len(r), k):
+            out = vmap(fn)(cot[e][j0:j0 + k])
+            flat = torch.cat([g.reshape(g.shape[0], -1) for g in out[0]], dim=1).float()
+            if acc[l][e] is None:
+                acc[l][e] = torch.zeros((len(r), flat.shape[1]), dtype=torch.float64, device=flat.device)
+            acc[l][e][j0:j0 + k] += flat.double()
+            if l > 0:
+                rr = r[j0:j0 + k]
+                for p in range(m.experts[l - 1]):
+                    w = float(W[l - 1][e, p])
+                    if w != 0.0:
+                        nxt[p].index_add_(0, pos[p][rr].to(x.device), out[1] * w)
+    return nxt
 
-    if [n for n, _ in m.layers[0].named_parameters()] != list(PARAM_NAMES):
-        raise KdxError("KDExplainer expert layout changed; analysis adapter needs an update")
+
+def _explainer_components(m, batches, losses, total, progress) -> Components:
     S, C, L = len(losses), m.num_classes, len(m.layers)
     R = S * C
     W = [w.detach() for w in m.routing_weights()]
@@ -110,103 +159,32 @@ def _explainer_components(m, batches, losses, total) -> Components:
     cls_rows = torch.arange(R) % C
     rows = [[torch.nonzero(att[l][cls_rows, e] > 0).flatten() for e in range(m.experts[l])] for l in range(L)]
     acc = [[None] * m.experts[l] for l in range(L)]
-    checked = False
-    for x, y, t in batches:
-        n_all = x.shape[0]
-        with torch.no_grad():
-            probe = []  # activation elements per image at every layer's output
-            h = m.stem(x[:1]) if m.use_stem else x[:1]
-            for l, layer in enumerate(m.layers):
-                o = layer(h)
-                probe.append((o[0, 0].numel(), max(layer.mid, layer.cin, layer.cout) * h.shape[-1] * h.shape[-2]))
-                h = _mix(W[l], o) if l < L - 1 else h
-            width = max(sum(len(r) for r in rows[l]) * probe[l][0] for l in range(L))
-            step = int(max(1, min(n_all, BUDGET // max(width, 1))))
-        for i0 in range(0, n_all, step):
+    for b, (x, y, t) in enumerate(batches, start=1):
+        step, probe = _chunk_size(m, W, rows, x)
+        chunks = -(-x.shape[0] // step)
+        for i0 in range(0, x.shape[0], step):
             xs, ys = x[i0:i0 + step], y[i0:i0 + step]
             ts = None if t is None else t[i0:i0 + step]
             n = xs.shape[0]
             with torch.no_grad():
-                h = m.stem(xs) if m.use_stem else xs
-                inputs, outs = [], []
-                for l, layer in enumerate(m.layers):
-                    inputs.append(h)
-                    o = layer(h)
-                    outs.append(o)
-                    if l < L - 1:
-                        h = _mix(W[l], o)
-                yl = outs[-1]
-                pooled = F.adaptive_avg_pool2d(yl.flatten(0, 1), m.pool).reshape(yl.shape[0], n, -1)
-                feat = _mix(W[-1], pooled).view(C, n, -1)
+                inputs, outs = m.expert_pass(xs, W)
+                last = outs[-1]
+                feat = mix(W[-1], m.leaf_features(last)).view(C, n, -1)
+                w1 = m.leaf_head_weight(*last.shape[-2:])
             feat = feat.detach().requires_grad_(True)
             with torch.enable_grad():
-                leaf = m.heads(feat)
-                z = (leaf[..., 0] if m.head_type == "ce" else leaf.amax(dim=-1)).t()
-                if not checked:
-                    ref = m(xs).detach()
-                    if not torch.allclose(z, ref, rtol=1e-3, atol=1e-4 * (1 + float(ref.abs().max()))):
-                        raise KdxError("analysis adapter does not reproduce KDExplainer.forward; update kdx.analysis")
-                    checked = True
+                z = m.head_logits(feat, w1)
                 G = _cotangents(z, ys, ts, losses, n / total)  # (S, n, C)
                 # heads are per class: one plain backward gives every subtask's feature gradient
                 dfeat = torch.stack([torch.autograd.grad(z, feat, G[s], retain_graph=True)[0] for s in range(S)])
             dfeat = dfeat.reshape(R, n, -1)  # row r = (signal r // C, class r % C)
-            # cotangent at every last-layer expert's output: leaf weight x pooling backward
-            ch, hh, ww = yl.shape[2:]
-            cot = []
-            for e in range(m.experts[-1]):
-                r = rows[-1][e]
-                coef = W[-1][cls_rows[r].to(W[-1].device), e].to(dfeat.dtype)
-                d = (coef[:, None, None] * dfeat[r.to(dfeat.device)]).reshape(len(r) * n, ch, m.pool, m.pool)
-                cot.append(_pool_backward(d, (hh, ww), m.pool).reshape(len(r), n, ch, hh, ww))
+            cot = _leaf_cotangents(m, last, W[-1], dfeat, rows[-1], cls_rows)
             for l in range(L - 1, -1, -1):
-                layer = m.layers[l]
-                nxt = None
-                if l > 0:
-                    shape = inputs[l].shape[2:]
-                    nxt = [torch.zeros((len(rows[l - 1][p]), n, *shape), dtype=x.dtype, device=x.device)
-                           for p in range(m.experts[l - 1])]
-                    pos = [torch.full((R,), -1, dtype=torch.long) for _ in range(m.experts[l - 1])]
-                    for p in range(m.experts[l - 1]):
-                        pos[p][rows[l - 1][p]] = torch.arange(len(rows[l - 1][p]))
-                for e in range(layer.experts):
-                    r = rows[l][e]
-                    if len(r) == 0:
-                        continue
-                    params = tuple(getattr(layer, k)[e].detach() for k in PARAM_NAMES)
-                    bufs = tuple(getattr(layer, f"bn{i}_running_{s}")[e] for i in (1, 2) for s in ("mean", "var"))
-                    xin = inputs[l] if l == 0 else inputs[l][e]
-                    if l == 0:
-                        _, fn = vjp(lambda p: _expert_block(p, bufs, xin, BN_EPS), params)
-                    else:
-                        _, fn = vjp(lambda p, xi: _expert_block(p, bufs, xi, BN_EPS), params, xin)
-                    k = int(max(1, BUDGET // max(1, n * probe[l][1])))
-                    for j0 in range(0, len(r), k):
-                        out = vmap(fn)(cot[e][j0:j0 + k])
-                        gp = out[0]
-                        flat = torch.cat([g.reshape(g.shape[0], -1) for g in gp], dim=1).float()
-                        if acc[l][e] is None:
-                            acc[l][e] = torch.zeros((len(r), flat.shape[1]), dtype=torch.float64, device=flat.device)
-                        acc[l][e][j0:j0 + k] += flat.double()
-                        if l > 0:
-                            dx = out[1]
-                            rr = r[j0:j0 + k]
-                            for p in range(m.experts[l - 1]):
-                                w = float(W[l - 1][e, p])
-                                if w != 0.0:
-                                    nxt[p].index_add_(0, pos[p][rr].to(x.device), dx * w)
-                cot = nxt
+                progress(f"batch {b}/{len(batches)}, chunk {i0 // step + 1}/{chunks}, layer {l + 1}")
+                cot = _layer_components(m, l, inputs, cot, W, rows, acc, probe[l], R)
     grads = [[a if a is not None else torch.zeros((0, 0), dtype=torch.float64) for a in layer] for layer in acc]
     return Components(list(losses), C, [[r.cpu() for r in lr] for lr in rows],
                       [[g.cpu() for g in lg] for lg in grads])
-
-
-def _pool_backward(d, size, pool):
-    """Backward of ``adaptive_avg_pool2d(., pool)`` from a (B, ch, pool, pool) gradient to (B, ch, *size)."""
-    inp = torch.zeros((d.shape[0], d.shape[1], *size), dtype=d.dtype, device=d.device, requires_grad=True)
-    with torch.enable_grad():
-        out = F.adaptive_avg_pool2d(inp, pool)
-        return torch.autograd.grad(out, inp, d)[0]
 
 
 # ---------------------------------------------------------------- generic: batched autograd
@@ -219,7 +197,7 @@ def _view_of(grad_base: torch.Tensor, view: torch.Tensor, base: torch.Tensor) ->
                         g.storage_offset() + view.storage_offset() - base.storage_offset())
 
 
-def _generic_components(model, batches, losses, total) -> Components:
+def _generic_components(model, batches, losses, total, progress=lambda text: None) -> Components:
     groups = model.expert_param_groups()
     C, S = model.num_classes, len(losses)
     R = S * C
@@ -237,7 +215,7 @@ def _generic_components(model, batches, losses, total) -> Components:
         b.requires_grad_(True)
     acc = [[None] * len(layer) for layer in groups]
     try:
-        for x, y, t in batches:
+        for b, (x, y, t) in enumerate(batches, start=1):
             n = x.shape[0]
             with torch.enable_grad():
                 z = model(x)
@@ -246,6 +224,7 @@ def _generic_components(model, batches, losses, total) -> Components:
                 cots = (G[:, None] * eye[None, :, None, :]).reshape(R, n, C)  # row r: signal r//C, class r%C
                 k = int(max(1, min(R, 8)))
                 for j0 in range(0, R, k):
+                    progress(f"batch {b}/{len(batches)}, chunk {j0 // k + 1}/{-(-R // k)}")
                     gb = torch.autograd.grad(z, bases, cots[j0:j0 + k], retain_graph=True, is_grads_batched=True,
                                              allow_unused=True)
                     for l, layer in enumerate(groups):

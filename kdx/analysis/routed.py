@@ -16,74 +16,21 @@ Any model that exposes the following can be analysed (documented in docs/analyze
 A VAM student is a one-layer routed model: ``experts == [K]`` and ``routing_logits()`` is
 ``[R]`` with R of shape (C x K).
 
-:class:`KDExplainer` has no ``expert_param_groups``; :func:`as_routed` wraps it in
-:class:`ExplainerAdapter`, which adds it (per-expert views into ``model.layers[l]``'s stacked
-parameters, in ``KDExplainer.per_expert`` order) and a fast, exact per-expert gradient path
-used by :mod:`kdx.analysis.conflicts`.
+:class:`KDExplainer` speaks it directly (``expert_param_groups`` gives per-expert views into
+``model.layers[l]``'s stacked parameters, in ``KDExplainer.per_expert`` order);
+:mod:`kdx.analysis.conflicts` also has a fast, exact per-expert gradient path for it.
 """
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from kdx.errors import KdxError
 
 REQUIRED = ("num_classes", "experts", "routing", "tau", "routing_logits", "routing_weights")
 
 
-class ExplainerAdapter(nn.Module):
-    """Wrap a :class:`kdx.explainer.KDExplainer`: forwards everything, adds ``expert_param_groups``."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    # -- the interface, forwarded
-    @property
-    def num_classes(self) -> int:
-        return self.model.num_classes
-
-    @property
-    def experts(self):
-        return list(self.model.experts)
-
-    @property
-    def routing(self) -> str:
-        return self.model.routing
-
-    @routing.setter
-    def routing(self, mode: str) -> None:
-        self.model.routing = mode
-
-    @property
-    def tau(self) -> float:
-        return self.model.tau
-
-    @tau.setter
-    def tau(self, value: float) -> None:
-        self.model.tau = value
-
-    def routing_logits(self):
-        return self.model.routing_logits()
-
-    def routing_weights(self, mode=None, tau=None):
-        return self.model.routing_weights(mode=mode, tau=tau)
-
-    def forward(self, x):
-        return self.model(x)
-
-    def expert_param_groups(self):
-        """Per layer, per expert: views ``p[e]`` of the layer's stacked parameters (``per_expert`` order)."""
-        return [[[p[e] for p in layer.parameters()] for e in range(layer.experts)] for layer in self.model.layers]
-
-
 def as_routed(model):
-    """The model itself if it already speaks the interface, a KDExplainer wrapped in an adapter;
-    KdxError for anything else."""
-    from kdx.explainer.model import KDExplainer
-
-    if isinstance(model, KDExplainer):
-        return ExplainerAdapter(model)
+    """The model itself if it speaks the interface (a KDExplainer, a VAM student); KdxError otherwise."""
     missing = [name for name in REQUIRED if not hasattr(model, name)]
     if missing:
         raise KdxError(f"{type(model).__name__} is not a routed model (no {', '.join(missing)}); "

@@ -23,6 +23,7 @@ from kdx.analysis import plots as pl_mod
 from kdx.analysis.report import write_report
 from kdx.analysis.routed import as_routed, check_routed, routing_matrices
 from kdx.engine import checkpoint as ckpt
+from kdx.engine import runs as layout
 from kdx.engine.io import atomic_write_csv, atomic_write_text
 from kdx.engine.progress import table_console
 from kdx.errors import KdxError
@@ -42,19 +43,44 @@ def _warn(msg: str) -> None:
     Console(stderr=True).print(f"[yellow]kdx: warning:[/yellow] {msg}", highlight=False)
 
 
-def _run_config(file: Path) -> dict:
-    for d in (file.parent, file.parent.parent):
-        f = d / "config.json"
-        if f.is_file():
-            try:
-                return json.loads(f.read_text())
-            except ValueError:
-                raise KdxError(f"{f}: not valid JSON") from None
-    return {}
+class RunProgress:
+    """Progress of the analysis on stderr: on a terminal a live line (run, layer, chunk), updated as
+    the gradient components advance; otherwise (piped, a log file) one plain line per finished run."""
+
+    def __init__(self, total: int, console: Console | None = None):
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.total, self.console = total, console or Console(stderr=True)
+        self.live = self.console.is_terminal
+        self._bar = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), TextColumn("{task.fields[where]}"),
+                             TimeElapsedColumn(), console=self.console, transient=True) if self.live else None
+        self._task = None
+
+    def start(self, index: int, label: str) -> None:
+        if self._bar is not None:
+            if self._task is None:
+                self._bar.start()
+                self._task = self._bar.add_task("", where="")
+            self._bar.update(self._task, description=f"run {index}/{self.total} '{label}'", where="logits")
+
+    def update(self, where: str) -> None:
+        if self._bar is not None and self._task is not None:
+            self._bar.update(self._task, where=where)
+
+    def done(self, index: int, label: str, seconds: float, accuracy: float) -> None:
+        line = f"analyze-conflicts: run {index}/{self.total} '{label}' done in {seconds:.1f} s (top-1 {100 * accuracy:.1f}%)"
+        if self._bar is not None:
+            self._bar.console.print(line, highlight=False)
+        else:
+            self.console.print(line, highlight=False, soft_wrap=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
 
 
 def load_run(path: Path) -> dict:
-    file = ckpt.resolve_checkpoint(path)
+    file = layout.checkpoint_file(path)
     meta = ckpt.read_metadata(file)
     kind = meta.get("kind", "classifier")
     if kind not in ROUTED_KINDS:
@@ -62,7 +88,7 @@ def load_run(path: Path) -> dict:
     model, meta = ckpt.load_model(file)
     routed = as_routed(model)
     check_routed(routed)
-    return {"path": str(path), "file": file, "meta": meta, "model": routed, "config": _run_config(file)}
+    return {"path": str(path), "file": file, "meta": meta, "model": routed, "split": layout.split_spec(file, meta)}
 
 
 def _labels(runs: list[dict], labels: list[str] | None) -> list[str]:
@@ -100,13 +126,12 @@ def _check_same_task(runs: list[dict]) -> None:
 def _load_images(runs, dataset, split, images, batch_size, device, data_root):
     from kdx.data import load_dataset, make_loader
 
-    meta, cfg = runs[0]["meta"], runs[0]["config"]
-    dataset = dataset or meta.get("dataset")
+    meta, spec = runs[0]["meta"], runs[0]["split"]
+    dataset = dataset or spec["dataset"]
     if not dataset:
         raise KdxError(f"{runs[0]['path']} does not record its dataset; pass --dataset")
-    seed = int(cfg.get("seed", meta.get("seed", 0)) or 0)
-    vf = float(cfg.get("val_fraction", 0.1) if cfg.get("val_fraction") is not None else 0.1)
-    root = str(data_root) if data_root else cfg.get("data_root")
+    seed, vf = spec["seed"], spec["val_fraction"]
+    root = str(data_root) if data_root else spec["data_root"]
     bundle = load_dataset(dataset, root=root, download=False, val_fraction=vf if split == "val" else 0.0, seed=seed)
     n_cls = int(meta.get("num_classes", bundle.num_classes))
     if n_cls != bundle.num_classes:
@@ -176,7 +201,7 @@ def _conflict_matrix(frame: pd.DataFrame, signal: str, layer: int, c: int):
     return mat
 
 
-def analyse_run(run, label, bundle, batches, conflict_images, do_conflicts, names):
+def analyse_run(run, label, bundle, batches, conflict_images, do_conflicts, names, progress=None):
     model, meta = run["model"], run["meta"]
     t0 = time.time()
     mode = "soft" if model.routing == "gumbel" else model.routing
@@ -226,7 +251,7 @@ def analyse_run(run, label, bundle, batches, conflict_images, do_conflicts, name
             cbatches.append((x[:left], yy[:left], t))
             left -= len(x[:left])
         total = sum(len(b[1]) for b in cbatches)
-        comp = cf_mod.subtask_components(model, cbatches, losses, total)
+        comp = cf_mod.subtask_components(model, cbatches, losses, total, progress=progress)
         mode_att = att_mod.compose(routing_matrices(model, mode))
         frame = cf_mod.conflict_frame(comp, mode_att, label)
         if objective == "ce" and not notes:  # the run's own loss is ce: the same numbers
@@ -262,11 +287,16 @@ def run(runs: list[Path], *, dataset=None, split="val", images=1024, labels=None
     info["conflict_images"] = min(conflict_images or info["images"], info["images"]) if conflicts else 0
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    results = []
-    for r, label in zip(loaded, names_):
-        res = analyse_run(r, label, bundle, batches, info["conflict_images"], conflicts, names)
-        res.update(path=r["path"], meta=r["meta"])
-        results.append(res)
+    results, shown = [], RunProgress(len(loaded))
+    try:
+        for i, (r, label) in enumerate(zip(loaded, names_), start=1):
+            shown.start(i, label)
+            res = analyse_run(r, label, bundle, batches, info["conflict_images"], conflicts, names, shown.update)
+            res.update(path=r["path"], meta=r["meta"])
+            results.append(res)
+            shown.done(i, label, res["seconds"], res["accuracy"])
+    finally:
+        shown.close()
 
     # ---- tables
     att_rows, ent_rows, share_frames, conflict_frames, sub_frames, cl_rows, summary = [], [], [], [], [], [], []

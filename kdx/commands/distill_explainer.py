@@ -25,27 +25,32 @@ from kdx.engine.distributed import barrier
 from kdx.engine.io import atomic_write_csv, atomic_write_text
 from kdx.engine.progress import table_console
 from kdx.engine.rundir import prepare_run_dir
+from kdx.engine.runs import stage_dir, stage_start
 from kdx.engine.trainer import Runtime, Trainer
 from kdx.errors import KdxError
 from kdx.explainer.model import KDExplainer
-from kdx.explainer.training import ExplainerTask, hard_tree
+from kdx.explainer.training import ExplainerTask
+from kdx.explainer.tree import hard_tree
 
 
-def _stage_done(stage_dir: Path) -> bool:
-    return (stage_dir / "results.json").is_file() and (stage_dir / ckpt.MODEL_FILE).is_file()
+def _stage_done(sdir: Path) -> bool:
+    return (sdir / "results.json").is_file() and (sdir / ckpt.MODEL_FILE).is_file()
 
 
-def stage1_source(path: str) -> Path:
-    """``--from``: a distill-explainer run (its stage1/) or a stage-1 checkpoint file."""
-    p = Path(path)
-    if p.is_dir():
-        for cand in (p / "stage1" / ckpt.MODEL_FILE, p / ckpt.MODEL_FILE):
-            if cand.is_file():
-                return cand
-        raise KdxError(f"--from {path}: no stage1/model.safetensors there")
-    if not p.is_file():
-        raise KdxError(f"--from {path}: not found")
-    return p
+STAGE2_FROM = {"best": "best", "last": "model"}
+"""``stage2_from`` -> the stage-1 checkpoint (``--which``) that stage 2 starts from."""
+
+
+def _check_stage2_from(value: str) -> None:
+    if value not in STAGE2_FROM:
+        raise KdxError(f"--stage2-from must be one of {', '.join(STAGE2_FROM)}; got '{value}'")
+
+
+def stage1_source(path: str, stage2_from: str = "best") -> Path:
+    """The stage-1 checkpoint stage 2 starts from: ``stage2_from`` (best on validation | last epoch)
+    of the run (or stage folder) ``path``; a checkpoint file is taken as it is."""
+    _check_stage2_from(stage2_from)
+    return stage_start(path, 1, STAGE2_FROM[stage2_from])
 
 
 def _stage_config(cfg, stage: int) -> SimpleNamespace:
@@ -100,15 +105,15 @@ def run(cfg) -> dict:
 
     def train_stage(stage: int, build_model) -> Path:
         """Train one stage in RUN/stage<N> unless it finished earlier; the engine resumes it if interrupted."""
-        stage_dir = run_dir / f"stage{stage}"
-        if not _stage_done(stage_dir):
-            stage_dir.mkdir(parents=True, exist_ok=True)
+        sdir = stage_dir(run_dir, stage)
+        if not _stage_done(sdir):
+            sdir.mkdir(parents=True, exist_ok=True)
             task = ExplainerTask(build_model(), _methods(cfg, bundle, teacher), cfg, stage=stage, teacher=teacher,
                                  teacher_meta=teacher_meta, class_names=bundle.class_names)
-            Trainer(_stage_config(cfg, stage), task, bundle, stage_dir, runtime=rt,
+            Trainer(_stage_config(cfg, stage), task, bundle, sdir, runtime=rt,
                     label=f"explainer stage {stage} ({method})").fit()
-        results["stages"][str(stage)] = json.loads((stage_dir / "results.json").read_text())
-        return stage_dir / ckpt.MODEL_FILE
+        results["stages"][str(stage)] = json.loads((sdir / "results.json").read_text())
+        return sdir / ckpt.MODEL_FILE
 
     def new_explainer() -> KDExplainer:
         return KDExplainer(bundle.num_classes, in_channels=bundle.in_channels, image_size=bundle.image_size,
@@ -125,12 +130,13 @@ def run(cfg) -> dict:
         model.reset_parameters(keep_routing=True)  # official stage 2: new weights, the learned tree
         return model
 
-    if 1 in stages:
-        source = train_stage(1, new_explainer)
-    else:
-        source = stage1_source(cfg.from_run)
-
-    final = train_stage(2, stage2_explainer) if 2 in stages else source
+    final = train_stage(1, new_explainer) if 1 in stages else None
+    if 2 in stages:
+        source = stage1_source(str(run_dir) if 1 in stages else cfg.from_run, cfg.stage2_from)
+        shown = source.relative_to(run_dir) if source.is_relative_to(run_dir) else source
+        results["stage2_from"] = {"option": cfg.stage2_from, "checkpoint": str(shown),
+                                  "epoch": ckpt.read_metadata(source).get("epoch")}
+        final = train_stage(2, stage2_explainer)
 
     if rt.dist.is_main:
         _merge(run_dir, stages, "metrics")

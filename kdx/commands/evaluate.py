@@ -9,6 +9,7 @@ import pandas as pd
 from rich.table import Table
 
 from kdx.engine import checkpoint as ckpt
+from kdx.engine import runs as layout
 from kdx.engine.device import resolve_device, resolve_precision
 from kdx.engine.evaluate import evaluate
 from kdx.engine.progress import table_console
@@ -25,16 +26,34 @@ def check_compatible(meta: dict, bundle, source: str) -> None:
         raise KdxError(f"{source} expects {shape[0]}-channel input but dataset '{bundle.name}' has {bundle.in_channels}")
 
 
-def run(checkpoint: Path, *, dataset=None, split="test", data_root=None, which="model", routing=None, tau=None,
-        per_class_csv=None, device="auto", batch_size=256, val_fraction=None, seed=None, json_out=False) -> dict:
-    from kdx.data import load_dataset, make_loader
+def eval_runtime(meta: dict, run_cfg: dict, device: str, precision: str | None):
+    """Device, precision and memory format to evaluate with: by default those the run trained with
+    (the precision its checkpoints record, its channels_last setting), so the numbers agree with
+    its own; a checkpoint that records no precision is evaluated in fp32."""
+    from kdx.engine.device import resolve_channels_last
 
-    if split not in ("test", "val"):
-        raise KdxError(f"--split must be test or val, got '{split}'")
-    if batch_size <= 0:
-        raise KdxError("--batch-size must be positive")
-    file = ckpt.resolve_checkpoint(checkpoint, which=which)
-    model, meta = ckpt.load_model(file, which=which)
+    dev = resolve_device(device)
+    prec = resolve_precision(precision or meta.get("precision") or "fp32", dev)
+    channels_last = resolve_channels_last(run_cfg.get("channels_last", "off"), dev, prec)
+    return dev, prec, channels_last
+
+
+def csv_name(dataset: str, split: str, which: str, routing=None, tau=None, precision=None) -> str:
+    """``eval_<dataset>_<split>[_best][_<routing>][_tau<tau>][_<precision>].csv``: every choice that
+    changes the numbers is in the name, so evaluations of one run do not overwrite each other."""
+    parts = [dataset.replace(":", "_").replace("/", "_"), split]
+    if which != "model":
+        parts.append(which)
+    if routing is not None:
+        parts.append(routing)
+    if tau is not None:
+        parts.append(f"tau{float(tau):g}")
+    if precision is not None:
+        parts.append(precision)
+    return "eval_" + "_".join(parts) + ".csv"
+
+
+def _set_routing(model, meta: dict, file: Path, routing, tau) -> None:
     if routing is not None:
         if not hasattr(model, "routing"):
             raise KdxError(f"{file} has no routing (kind {meta.get('kind')}); --routing applies to explainers and VAM students")
@@ -43,25 +62,41 @@ def run(checkpoint: Path, *, dataset=None, split="test", data_root=None, which="
         if not hasattr(model, "tau"):
             raise KdxError(f"{file} has no routing temperature; --tau applies to explainers and VAM students")
         model.tau = float(tau)
-    run_cfg = {}
-    run_dir = file.parent if (file.parent / "config.json").is_file() else None
-    if run_dir is not None:
-        run_cfg = json.loads((run_dir / "config.json").read_text())
-    dataset = dataset or meta.get("dataset")
+
+
+def run(checkpoint: Path, *, dataset=None, split="test", data_root=None, which="model", routing=None, tau=None,
+        per_class_csv=None, device="auto", batch_size=None, val_fraction=None, seed=None, json_out=False,
+        precision=None) -> dict:
+    from kdx.data import load_dataset, make_loader
+    from kdx.engine.trainer import to_channels_last
+
+    if split not in ("test", "val"):
+        raise KdxError(f"--split must be test or val, got '{split}'")
+    if batch_size is not None and batch_size <= 0:
+        raise KdxError("--batch-size must be positive")
+    file = layout.checkpoint_file(checkpoint, which=which)
+    model, meta = ckpt.load_model(file)
+    _set_routing(model, meta, file, routing, tau)
+    run_dir, run_cfg = layout.run_root(file), layout.run_config(file)
+    spec = layout.split_spec(file, meta)
+    dataset = dataset or spec["dataset"]
     if not dataset:
         raise KdxError(f"{file} does not record its dataset; pass --dataset")
-    vf = val_fraction if val_fraction is not None else run_cfg.get("val_fraction", 0.1)
-    sd = seed if seed is not None else run_cfg.get("seed", 0)
-    bundle = load_dataset(dataset, root=str(data_root) if data_root else run_cfg.get("data_root"), val_fraction=vf, seed=sd)
+    vf = val_fraction if val_fraction is not None else spec["val_fraction"]
+    sd = seed if seed is not None else spec["seed"]
+    bundle = load_dataset(dataset, root=str(data_root) if data_root else spec["data_root"], val_fraction=vf, seed=sd)
     check_compatible(meta, bundle, str(file))
     data = bundle.test if split == "test" else bundle.val
     if data is None:
         raise KdxError(f"dataset '{dataset}' has no validation split with --val-fraction {vf}")
-    dev = resolve_device(device)
-    precision = resolve_precision("fp32", dev)
+    dev, prec, channels_last = eval_runtime(meta, run_cfg, device, precision)
     model.to(dev).eval()
-    loader = make_loader(data, batch_size, train=False, device=dev, mean=bundle.mean, std=bundle.std)
-    res = evaluate(model, loader, bundle.num_classes, precision, device=dev)
+    if channels_last:
+        to_channels_last(model)
+    bs = batch_size or int(run_cfg.get("eval_batch_size", 256))
+    loader = make_loader(data, bs, train=False, device=dev, mean=bundle.mean, std=bundle.std,
+                         channels_last=channels_last)
+    res = evaluate(model, loader, bundle.num_classes, prec, device=dev)
     per_class = pd.DataFrame({
         "class": list(range(bundle.num_classes)),
         "name": bundle.class_names,
@@ -71,17 +106,17 @@ def run(checkpoint: Path, *, dataset=None, split="test", data_root=None, which="
     })
     if per_class_csv is None:
         base = run_dir if run_dir is not None else file.parent
-        per_class_csv = base / f"eval_{dataset.replace(':', '_').replace('/', '_')}_{split}.csv"
+        per_class_csv = base / csv_name(dataset, split, which, routing, tau, precision)
     atomic_write_csv(per_class_csv, per_class)
     result = {"checkpoint": str(file), "dataset": dataset, "split": split, "top1": res.top1, "top5": res.top5,
-              "loss": res.loss, "count": res.count, "per_class_csv": str(per_class_csv)}
+              "loss": res.loss, "count": res.count, "precision": prec.name, "per_class_csv": str(per_class_csv)}
     if hasattr(model, "routing"):
         result["routing"] = model.routing
         result["tau"] = float(getattr(model, "tau", float("nan")))
     if json_out:
         print(json.dumps(result))
         return result
-    table = Table(title=f"{file} on {dataset} ({split}, {res.count} images)")
+    table = Table(title=f"{file} on {dataset} ({split}, {res.count} images, {prec.name})")
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_row("top-1", f"{100 * res.top1:.2f}%")

@@ -84,7 +84,7 @@ def run(file: Path, *, out: Path, kind="classifier", arch=None, num_classes=None
         raise KdxError(f"--out must end in .safetensors, got {out.name}")
     state = read_foreign_state_dict(Path(file))
     if kind == "explainer":
-        from kdx.explainer.training import import_official
+        from kdx.explainer.kind import import_official
 
         model, meta = import_official(state, num_classes=num_classes)
         meta.update({k: v for k, v in _dataset_meta(dataset, model.num_classes, model.in_channels).items()

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from rich.table import Table
 
-from kdx.engine.checkpoint import load_state, read_metadata, resolve_checkpoint
+from kdx.engine.checkpoint import load_state, read_metadata
+from kdx.engine.runs import checkpoint_file, run_root, stage_of
 from kdx.engine.progress import table_console
 
 
@@ -20,13 +21,15 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def run(checkpoint: Path, json_out: bool = False) -> dict:
-    file = resolve_checkpoint(checkpoint)
+def run(checkpoint: Path, json_out: bool = False, which: str = "model") -> dict:
+    file = checkpoint_file(checkpoint, which)
     meta = read_metadata(file)
     state = load_state(file)
     n_params = sum(v.numel() for k, v in state.items() if v.is_floating_point() and "running_" not in k)
+    root = run_root(file)
+    where = {"file": str(file), "run_dir": str(root) if root else None, "run_stage": stage_of(file)}
     if json_out:
-        print(json.dumps(dict(meta, file=str(file), parameters=n_params), indent=2))
+        print(json.dumps(dict(meta, **where, parameters=n_params), indent=2))
         return meta
     table = Table(title=str(file), show_header=True)
     table.add_column("field")
@@ -35,6 +38,7 @@ def run(checkpoint: Path, json_out: bool = False) -> dict:
         if key == "metrics":
             continue
         table.add_row(key, _fmt(meta[key]))
+    table.add_row("run directory (stage)", f"{where['run_dir'] or '-'} ({where['run_stage'] or '-'})")
     table.add_row("tensors / parameters", f"{len(state)} / {n_params:,}")
     for key, value in sorted((meta.get("metrics") or {}).items()):
         table.add_row(f"metrics.{key}", _fmt(value))

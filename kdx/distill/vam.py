@@ -29,7 +29,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdx.engine.checkpoint import register_kind
 from kdx.errors import KdxError
 from kdx.explainer.routing import check_mode, route, routing_entropy
 
@@ -170,8 +169,8 @@ def wrap_student(arch: str, num_classes: int, in_channels: int, blocks: int | No
     return VAMStudent(create_model(arch, num_classes=num_classes, in_channels=in_channels), blocks, tau, routing)
 
 
-@register_kind("vam-student")
 def build_vam_student(meta: dict) -> VAMStudent:
+    """Checkpoint kind ``vam-student`` (registered in ``kdx.engine.checkpoint.KINDS``)."""
     shape = meta.get("input_shape") or [3, 32, 32]
     vam = meta["vam"]
     return wrap_student(meta["arch"], int(meta["num_classes"]), int(shape[0]), blocks=int(vam["blocks"]),

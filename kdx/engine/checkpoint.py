@@ -18,44 +18,31 @@ from safetensors.torch import load_file, save_file
 
 from kdx.engine.io import atomic_path, atomic_write_text
 from kdx.engine.metadata import parse_metadata
+from kdx.engine.runs import BEST_FILE, MODEL_FILE, checkpoint_file  # noqa: F401  (file names re-exported)
 from kdx.errors import KdxError
 
-MODEL_FILE = "model.safetensors"
-BEST_FILE = "best.safetensors"
 RESUME_DIR = "resume"
 
 # ---------------------------------------------------------------- model kinds
 
-_BUILDERS: dict[str, Callable[[dict], torch.nn.Module]] = {}
+KINDS: dict[str, str] = {
+    "classifier": "kdx.models.registry:model_from_metadata",
+    "explainer": "kdx.explainer.kind:build_explainer",
+    "vam-student": "kdx.distill.vam:build_vam_student",
+}
+"""Every checkpoint kind and its builder ``fn(metadata) -> nn.Module`` ("module:function"), next
+to its model. Loading a checkpoint imports only the module of its own kind: no training code."""
 
 
-def register_kind(kind: str):
-    """Register a builder ``fn(metadata) -> nn.Module`` for checkpoints of ``kind``."""
-
-    def deco(fn):
-        _BUILDERS[kind] = fn
-        return fn
-
-    return deco
-
-
-def _import_kinds() -> None:
+def kind_builder(kind: str) -> Callable[[dict], torch.nn.Module]:
+    """The builder of checkpoints of ``kind``; KdxError for a kind this kdx does not know."""
     import importlib
 
-    for mod in ("kdx.models", "kdx.explainer.training", "kdx.distill.vam"):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as exc:  # a later feature may not exist in this build
-            if exc.name != mod:
-                raise
-
-
-@register_kind("classifier")
-def _build_classifier(meta: dict) -> torch.nn.Module:
-    from kdx.models import create_model
-
-    shape = meta.get("input_shape") or [3, 32, 32]
-    return create_model(meta["arch"], num_classes=int(meta["num_classes"]), in_channels=int(shape[0]))
+    if kind not in KINDS:
+        raise KdxError(f"checkpoint kind '{kind}' is not supported by this kdx version "
+                       f"(known kinds: {', '.join(KINDS)})")
+    module, _, name = KINDS[kind].partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 # ---------------------------------------------------------------- save / load weights
@@ -101,19 +88,8 @@ def _json_default(obj):
 
 
 def resolve_checkpoint(path: str | Path, which: str = "model") -> Path:
-    """A run directory or a file -> the safetensors file to load."""
-    path = Path(path)
-    if path.is_dir():
-        name = BEST_FILE if which == "best" else MODEL_FILE
-        # explainer runs keep their checkpoints in stage2/ (or stage1/ for a stage-1-only run)
-        candidates = [path / name, path / "stage2" / name, path / "stage1" / name]
-        for cand in candidates:
-            if cand.is_file():
-                return cand
-        raise KdxError(f"no checkpoint in run directory {path} (expected {MODEL_FILE})")
-    if not path.exists():
-        raise KdxError(f"checkpoint not found: {path}")
-    return path
+    """A run directory or a file -> the safetensors file to load (see :mod:`kdx.engine.runs`)."""
+    return checkpoint_file(path, which)
 
 
 def read_metadata(path: str | Path) -> dict:
@@ -163,11 +139,8 @@ def check_and_load_state_dict(model: torch.nn.Module, state: dict, source: str, 
 
 
 def build_model(meta: dict) -> torch.nn.Module:
-    _import_kinds()
-    kind = meta.get("kind", "classifier")
-    if kind not in _BUILDERS:
-        raise KdxError(f"checkpoint kind '{kind}' is not supported by this kdx version")
-    return _BUILDERS[kind](meta)
+    """The (untrained) model a checkpoint's metadata describes, built by its kind's builder."""
+    return kind_builder(meta.get("kind", "classifier"))(meta)
 
 
 def load_model(path: str | Path, map_location="cpu", which: str = "model"):

@@ -25,7 +25,7 @@ Vectorisation
 * Mixing of a layer is one ``mm`` of the (children x parents) weights with the stacked
   parent outputs (the leaves too). Pooling is linear and commutes with the mixing; for
   CIFAR (4x4 maps pooled UP to 7x7) it is folded into the first head Linear instead, so the
-  heads multiply 512 instead of 1568 features (see ``_leaf_inputs``). Equal to the
+  heads multiply 512 instead of 1568 features (see ``leaf_features``). Equal to the
   official mix-then-pool up to float rounding (tests: <= 1e-5 relative).
 * The C heads run as three ``baddbmm`` calls; nothing loops over classes or expert pairs.
 * Small things that measurably matter on CPU: stacked parameters are ``unbind``-ed once per
@@ -92,8 +92,9 @@ def _stack(ts: Sequence[Tensor]) -> Tensor:
     return torch.stack(list(ts))
 
 
-def _mix(a: Tensor, x: Tensor) -> Tensor:
-    """``y[i] = sum_p a[i, p] * x[p]`` as one matmul over x's physical layout; x: (P, ...)."""
+def mix(a: Tensor, x: Tensor) -> Tensor:
+    """The routing mix ``y[i] = sum_p a[i, p] * x[p]`` (a: children x parents, x: (P, ...)), as one
+    matmul over x's physical layout. Used between expert layers and into the leaves."""
     order = [0] + sorted(range(1, x.dim()), key=lambda d: -x.stride(d))
     xp = x.permute(order)
     y = torch.mm(a.to(x.dtype), xp.reshape(x.shape[0], -1)).view(a.shape[0], *xp.shape[1:])
@@ -125,6 +126,25 @@ def _dropout(x: Tensor, p: float, training: bool) -> Tensor:
     bits = torch.randint(-2 ** 63, 2 ** 63 - 1, ((x.numel() + 3) // 4,), dtype=torch.int64)
     keep = bits.view(torch.int16)[: x.numel()].view(x.shape) >= t - 32768
     return x * keep * (65536 / (65536 - t))
+
+
+EXPERT_PARAMS = ("conv1_weight", "conv1_bias", "bn1_weight", "bn1_bias", "conv2_weight", "conv2_bias",
+                 "bn2_weight", "bn2_bias")
+EXPERT_BUFFERS = ("bn1_running_mean", "bn1_running_var", "bn2_running_mean", "bn2_running_var")
+
+
+def expert_block(params: Sequence[Tensor], buffers: Sequence[Tensor], x: Tensor, training: bool = False) -> Tensor:
+    """One expert as a pure function: conv3x3(bias) -> BN -> ReLU -> conv3x3(bias) -> BN -> maxpool 2 -> ReLU.
+
+    ``params``: the expert's tensors in ``EXPERT_PARAMS`` order, ``buffers``: its BN statistics
+    in ``EXPERT_BUFFERS`` order (updated in place when ``training``). Max-pool runs before the
+    second ReLU (they commute, in values and gradients): the ReLU then touches 1/4 of the map."""
+    w1, b1, g1, be1, w2, b2, g2, be2 = params
+    rm1, rv1, rm2, rv2 = buffers
+    y = F.conv2d(x, w1, b1, padding=1)
+    y = F.relu(F.batch_norm(y, rm1, rv1, g1, be1, training, BN_MOMENTUM, BN_EPS), inplace=True)
+    y = F.batch_norm(F.conv2d(y, w2, b2, padding=1), rm2, rv2, g2, be2, training, BN_MOMENTUM, BN_EPS)
+    return F.relu(F.max_pool2d(y, 2), inplace=True)
 
 
 class ExpertLayer(nn.Module):
@@ -162,19 +182,17 @@ class ExpertLayer(nn.Module):
         # scatter into a zero tensor of the full stacked size for every expert)
         t = {k: v.unbind(0) for k, v in (*self.named_parameters(), *self.named_buffers())}
         xs = [x] * self.experts if x.dim() == 4 else x.unbind(0)
-        outs = []
-        for e in range(self.experts):
-            y = xs[e]
-            for i in (1, 2):
-                y = F.conv2d(y, t[f"conv{i}_weight"][e], t[f"conv{i}_bias"][e], padding=1)
-                y = F.batch_norm(y, t[f"bn{i}_running_mean"][e], t[f"bn{i}_running_var"][e], t[f"bn{i}_weight"][e],
-                                 t[f"bn{i}_bias"][e], self.training, BN_MOMENTUM, BN_EPS)
-                y = F.relu(y, inplace=True) if i == 1 else F.relu(F.max_pool2d(y, 2), inplace=True)
-            outs.append(y)  # max-pool and ReLU commute (values and gradients): pool first, ReLU on 1/4
+        outs = [expert_block([t[k][e] for k in EXPERT_PARAMS], [t[k][e] for k in EXPERT_BUFFERS], xs[e],
+                             self.training) for e in range(self.experts)]
         if self.training:
             self.bn1_num_batches_tracked.add_(1)
             self.bn2_num_batches_tracked.add_(1)
         return _stack(outs)
+
+    def expert_tensors(self, e: int) -> tuple[list[Tensor], list[Tensor]]:
+        """Expert e's parameters (views ``p[e]``, ``EXPERT_PARAMS`` order) and BN statistics
+        (``EXPERT_BUFFERS`` order): the arguments of :func:`expert_block`."""
+        return [getattr(self, k)[e] for k in EXPERT_PARAMS], [getattr(self, k)[e] for k in EXPERT_BUFFERS]
 
 
 class LeafHeads(nn.Module):
@@ -321,23 +339,58 @@ class KDExplainer(nn.Module):
         """Stacked per-expert tensors (e.g. ``layer.parameters()`` or their grads) -> (E, n)."""
         return torch.cat([t.reshape(t.shape[0], -1) for t in tensors], dim=1)
 
-    # ---------------------------------------------------------------- forward
-    def _leaf_inputs(self, last: Tensor, a: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Leaf inputs z (C, N, features) = a @ pooled parents (official flatten order), and the
-        first head weight to use. Pooling is linear, so it is applied where it is cheapest: an
-        upsampling pool (CIFAR: 4x4 -> 7x7) is folded into the first head Linear (W1 <- P W1, done
-        in fp32; the heads then see ch*h*w instead of ch*49 features), a downsampling one is done
+    def expert_param_groups(self) -> list[list[list[Tensor]]]:
+        """Per expert layer, per expert: views ``p[e]`` of the layer's stacked parameters
+        (``per_expert`` order); the routed-model interface of :mod:`kdx.analysis.routed`."""
+        return [[layer.expert_tensors(e)[0] for e in range(layer.experts)] for layer in self.layers]
+
+    # ---------------------------------------------------------------- forward, in parts
+    # forward(x) = head_logits(mix(a_L, leaf_features(outs[-1])), leaf_head_weight(h, w)) with
+    # outs = expert_pass(x, a)[1]; the analysis (kdx.analysis.conflicts) calls the same parts.
+    def expert_pass(self, x: Tensor, weights: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """Run the stem and the expert layers under routing weights ``weights`` (children x parents).
+
+        Returns ``(inputs, outputs)``: ``inputs[0]`` is the (N, ch, H, W) map every layer-1 expert
+        reads, ``inputs[l]`` (l > 0) the (E_l, N, ...) mixed inputs of layer l; ``outputs[l]`` the
+        (E_l, N, ch, h, w) outputs of layer l."""
+        if self.use_stem:
+            x = self.stem(x)
+        inputs, outs = [], []
+        for l, (layer, a) in enumerate(zip(self.layers, weights)):
+            inputs.append(x)
+            outs.append(layer(x))
+            if l < len(self.layers) - 1:
+                x = mix(a, outs[-1])
+        return inputs, outs
+
+    def leaf_features(self, last: Tensor) -> Tensor:
+        """Per-expert leaf features (E, N, F) of the last layer's outputs (E, N, ch, h, w), linear in them.
+
+        Pooling to ``pool x pool`` is linear, so it is applied where it is cheapest: an upsampling
+        pool (CIFAR: 4x4 -> 7x7) is folded into the first head Linear (see :meth:`leaf_head_weight`;
+        the heads then see F = ch*h*w instead of ch*49 features); a downsampling one is done here,
         on the E parents before mixing, as a matmul (the CPU backward of adaptive pooling is slow)."""
         E, N, ch, h, w = last.shape
-        pool = _pool_matrix(h, w, self.pool, last.device)
         if h * w < self.pool * self.pool:
-            with torch.autocast(last.device.type, enabled=False):
-                w1 = self.heads.w1.view(self.num_classes, ch, self.pool * self.pool, -1)
-                w1 = torch.matmul(pool.to(w1.dtype), w1).view(self.num_classes, ch * h * w, -1)
-            z = last.reshape(E, -1)
-        else:
-            w1, z = None, torch.matmul(last.flatten(3), pool.to(last.dtype)).reshape(E, -1)
-        return _mix(a, z).view(self.num_classes, N, -1), w1
+            return last.reshape(E, N, -1)
+        pool = _pool_matrix(h, w, self.pool, last.device)
+        return torch.matmul(last.flatten(3), pool.to(last.dtype)).reshape(E, N, -1)
+
+    def leaf_head_weight(self, h: int, w: int) -> Tensor | None:
+        """The first head weight for an h x w last map: ``P W1`` (pool folded in, computed in fp32)
+        when the pool upsamples, else None (the heads' own W1)."""
+        if h * w >= self.pool * self.pool:
+            return None
+        pool = _pool_matrix(h, w, self.pool, self.heads.w1.device)
+        with torch.autocast(pool.device.type, enabled=False):
+            ch = self.heads.w1.shape[1] // (self.pool * self.pool)
+            w1 = self.heads.w1.view(self.num_classes, ch, self.pool * self.pool, -1)
+            return torch.matmul(pool.to(w1.dtype), w1).view(self.num_classes, ch * h * w, -1)
+
+    def head_logits(self, z: Tensor, w1: Tensor | None = None) -> Tensor:
+        """Leaf inputs z (C, N, F) -> class logits (N, C) (``ce``: the one output, ``nce``: max of two)."""
+        leaf = self.heads(z, w1)
+        return (leaf[..., 0] if self.head_type == "ce" else leaf.amax(dim=-1)).t()
 
     def forward(self, x: Tensor, return_experts: bool = False):
         """x: (N, in_channels, H, W) -> logits (N, C).
@@ -346,17 +399,11 @@ class KDExplainer(nn.Module):
         output of expert layer l as an (N, E_l, ch, h, w) view (part of the graph, so
         autograd through it and through the stacked expert parameters works).
         """
-        if self.use_stem:
-            x = self.stem(x)
         weights = self.routing_weights()
-        outs = []
-        for layer, a in zip(self.layers, weights):
-            y = layer(x)
-            outs.append(y)
-            x = _mix(a, y)
-        z, w1 = self._leaf_inputs(outs[-1], weights[-1])
-        leaf = self.heads(z, w1)
-        logits = (leaf[..., 0] if self.head_type == "ce" else leaf.amax(dim=-1)).t()
+        _, outs = self.expert_pass(x, weights)
+        last = outs[-1]
+        z = mix(weights[-1], self.leaf_features(last)).view(self.num_classes, last.shape[1], -1)
+        logits = self.head_logits(z, self.leaf_head_weight(*last.shape[-2:]))
         if return_experts:
             return logits, [o.transpose(0, 1) for o in outs]
         return logits
@@ -441,4 +488,5 @@ def from_official_state_dict(sd: Mapping[str, Tensor], head: str | None = None,
     return model
 
 
-__all__ = ["KDExplainer", "ExpertLayer", "LeafHeads", "from_official_state_dict", "to_official_state_dict"]
+__all__ = ["KDExplainer", "ExpertLayer", "LeafHeads", "expert_block", "mix", "from_official_state_dict",
+           "to_official_state_dict"]

@@ -1,4 +1,4 @@
-"""Training the explainer with the engine: the stage-1 schedule, the task, the hard tree.
+"""Training the explainer with the engine: the stage-1 schedule and the task.
 
 Stage 1 (official): soft routing with ``tau = tau0 / epoch``, Adam with two parameter groups
 (everything but the routing at ``lr``, routing at ``routing_lr``) and the official warm-up
@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch
 
 from kdx.distill.task import MethodTask
-from kdx.engine.checkpoint import register_kind
 from kdx.engine.schedule import register_schedule
-from kdx.explainer.model import KDExplainer, from_official_state_dict
+from kdx.explainer.model import KDExplainer
 from kdx.explainer.routing import routing_entropy, tau_at
+from kdx.explainer.tree import hard_tree
 
 
 @register_schedule("explainer-stage1")
@@ -35,55 +35,6 @@ def explainer_stage1(epoch, base_lrs, cfg):
         f = max(0.0, 1.0 - (e - 1) / int(1.03093 * cfg.epochs))
         factors = [f, f]
     return [lr * factors[min(i, 1)] for i, lr in enumerate(base_lrs)]
-
-
-@register_kind("explainer")
-def build_explainer(meta: dict) -> KDExplainer:
-    return KDExplainer(**meta["explainer"])
-
-
-def import_official(state: dict, num_classes: int | None = None) -> tuple[KDExplainer, dict]:
-    """An official KDExplainer state dict -> (kdx model, checkpoint metadata)."""
-    from kdx.errors import KdxError
-
-    model = from_official_state_dict(state)
-    if num_classes is not None and num_classes != model.num_classes:
-        raise KdxError(f"--num-classes {num_classes} but the state dict has {model.num_classes} leaf heads")
-    meta = {"kind": "explainer", "arch": "kdexplainer", "explainer": model.config_dict(),
-            "num_classes": model.num_classes, "input_shape": [model.in_channels, model.image_size, model.image_size],
-            "stage": None, "tree": hard_tree(model)}
-    return model, meta
-
-
-def hard_tree(model: KDExplainer, class_names: list[str] | None = None) -> dict:
-    """The tree under hard routing: the parent each child takes, and the classes under each expert.
-
-    Expert layers are numbered from 1; routing layer ``l`` connects the experts of layer ``l``
-    (parents) to those of layer ``l+1`` (children), the last one to the C classes.
-    """
-    parents = [r.detach().argmax(dim=1).tolist() for r in model.routing_logits()]
-    n_layers = len(model.experts)
-    names = class_names or [str(c) for c in range(model.num_classes)]
-    # path of every class: expert index at each layer, found from the leaves upward
-    paths = []
-    for c in range(model.num_classes):
-        path = [0] * n_layers
-        node = parents[-1][c]
-        path[-1] = node
-        for layer in range(n_layers - 2, -1, -1):
-            node = parents[layer][node]
-            path[layer] = node
-        paths.append(path)
-    layers = []
-    for layer in range(n_layers):
-        groups = []
-        for e in range(model.experts[layer]):
-            members = [c for c in range(model.num_classes) if paths[c][layer] == e]
-            groups.append({"expert": e, "classes": members, "names": [names[c] for c in members]})
-        layers.append({"layer": layer + 1, "experts": model.experts[layer],
-                       "parent_of_child": parents[layer], "groups": groups})
-    return {"experts": list(model.experts), "num_classes": model.num_classes, "class_names": names,
-            "class_paths": paths, "layers": layers}
 
 
 class ExplainerTask(MethodTask):

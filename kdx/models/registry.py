@@ -71,6 +71,12 @@ def create_model(name: str, num_classes: int = 100, in_channels: int = 3, **kwar
     return factory(num_classes=int(num_classes), in_channels=int(in_channels), **kwargs)
 
 
+def model_from_metadata(meta: dict) -> nn.Module:
+    """Checkpoint kind ``classifier``: the zoo model its metadata names (arch, classes, input channels)."""
+    shape = meta.get("input_shape") or [3, 32, 32]
+    return create_model(meta["arch"], num_classes=int(meta["num_classes"]), in_channels=int(shape[0]))
+
+
 @functools.lru_cache(maxsize=None)
 def _structure(name: str) -> dict:
     # Built on the meta device: no memory, no real init, ~milliseconds.
