@@ -20,7 +20,7 @@ from kdx.distill.methods.cc import CC, correlation_congruence
 from kdx.distill.methods.crd import CRD, momentum_update, nce_loss
 from kdx.distill.methods.fsp import fsp_loss, fsp_matrix
 from kdx.distill.methods.ft import factor_loss
-from kdx.distill.methods.repdistiller import FINAL, Tap, feature_taps
+from kdx.distill.methods.repdistiller import FINAL, Tap, feature_taps, final_tap
 from kdx.distill.methods.vid import VIDRegressor
 from kdx.distill.task import MethodTask, build_methods
 from kdx.errors import KdxError
@@ -99,6 +99,18 @@ def test_taps_read_repdistillers_features_wrn_and_vgg():
         for g, r in zip(got, ref):
             torch.testing.assert_close(g, r)
     assert feature_taps(create_model("vgg8", num_classes=10))[0] == Tap("block0", relu=True)
+
+
+@pytest.mark.parametrize("arch", ["resnet8", "ResNet18", "wrn_16_1", "vgg8", "MobileNetV2", "ShuffleV1", "ShuffleV2"])
+def test_final_tap_reads_forward_features(arch):
+    torch.manual_seed(0)
+    m = create_model(arch, num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    tap = final_tap(m)
+    assert tap.source != FINAL
+    with torch.no_grad():
+        _, feats = extract_features(m, x, [tap.source])
+        torch.testing.assert_close(tap.read(feats, None), m.forward_features(x))
 
 
 # ---------------------------------------------------------------- CRD
@@ -259,7 +271,7 @@ def test_vid_against_transcription():
                 mu = w[2] @ h
                 for c in range(2):
                     terms.append(0.5 * ((mu[c] - npy(f_t)[n, c, i, j]) ** 2 / var[c] + math.log(var[c])))
-    assert float(reg(f_s, f_t)) == pytest.approx(np.mean(terms), rel=1e-10)
+    assert float(reg(f_s, f_t).detach()) == pytest.approx(np.mean(terms), rel=1e-10)
     fresh = VIDRegressor(3, 2, 2)  # initial variance 5
     assert float(F.softplus(fresh.log_scale[0]) + 1e-5) == pytest.approx(5.0, rel=1e-5)
 
@@ -317,7 +329,7 @@ def test_fsp_channel_mismatch_is_one_line_naming_stages_and_sizes():
         task.setup_methods(torch.zeros(2, 3, 16, 16))
     msg = str(err.value)
     assert "\n" not in msg
-    assert "student bn1 (16 ch, 16x16) vs teacher bn1 (32 ch, 16x16)" in msg
+    assert "student relu(bn1) (16 ch, 16x16) vs teacher relu(bn1) (32 ch, 16x16)" in msg
     assert "student layer3 (64 ch, 4x4) vs teacher layer3 (256 ch, 4x4)" in msg
     with pytest.raises(KdxError, match="as many stages"):
         build_methods(["fsp"], MethodContext(params={}, student=create_model("MobileNetV2", num_classes=10),
@@ -361,6 +373,24 @@ def test_method_task_step_finite_grads_deterministic(name):
         assert len(task.method_param_group(0.1)) == (0 if name == "fsp" else 1)
         losses.append(float(total))
     assert losses[0] == losses[1]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_methods_on_a_vam_student(name):
+    from kdx.distill.student import StudentTask
+    from kdx.distill.vam import wrap_student
+
+    torch.manual_seed(0)
+    vam = wrap_student("resnet8", num_classes=10, in_channels=3)
+    teacher = create_model("resnet14", num_classes=10).eval().requires_grad_(False)
+    ctx = MethodContext(params={"seed": 0, "fsp_main": True, "crd_nce_k": 8}, student=vam.student, teacher=teacher,
+                        num_classes=10, num_samples=40)
+    task = StudentTask(vam, build_methods([name], ctx), teacher=teacher, probe_shape=(3, 16, 16))
+    assert not task.wants_final  # the final maps come from hooks: the VAM wrapper has no forward_head
+    x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))
+    logits, out = task(x, y, torch.arange(4))
+    out[name].backward()
+    assert torch.isfinite(out[name]) and vam.student.conv1.weight.grad.abs().sum() > 0
 
 
 def test_fsp_main_phase_adds_nothing_by_default():

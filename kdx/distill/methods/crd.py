@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from kdx.distill.methods.base import Method, MethodContext, register_method
-from kdx.distill.methods.repdistiller import connector_rng, pooled
+from kdx.distill.methods.repdistiller import connector_rng, final_tap, hook_names, needs_final, pooled
 from kdx.errors import KdxError
 from kdx.options import Option
 
@@ -91,7 +91,6 @@ class CRD(Method):
     needs_teacher = True
     needs_index = True
     uses_features = True
-    wants_final = True
     options = (
         Option("crd_weight", float, 0.8, "Weight of the CRD loss (RepDistiller).", low=0, panel="Method"),
         Option("crd_feat_dim", int, 128, "CRD embedding size.", low=1, panel="Method"),
@@ -108,11 +107,21 @@ class CRD(Method):
             raise KdxError(f"crd needs the training-split size (a memory bank row per sample); got {self.n_data}")
         self.k = min(int(self.params["crd_nce_k"]), self.n_data - 1)  # [kdx] clamp for small splits
         self._seed = int(ctx.params.get("seed", 0))
+        self.tap_s, self.tap_t = final_tap(ctx.student), final_tap(ctx.teacher)
+        self.wants_final = needs_final(self.tap_s, self.tap_t)
         self.embed_s = self.embed_t = None
+
+    def stages(self):
+        return hook_names([self.tap_s]), hook_names([self.tap_t])
+
+    def _pooled(self, out):
+        return (pooled(self.tap_s.read(out.features_s, out.feat_s)).float(),
+                pooled(self.tap_t.read(out.features_t, out.feat_t)).float())
 
     def setup(self, probe):
         d = int(self.params["crd_feat_dim"])
-        s_dim, t_dim = probe.feat_s.shape[1], probe.feat_t.shape[1]
+        p_s, p_t = self._pooled(probe)
+        s_dim, t_dim = p_s.shape[1], p_t.shape[1]
         with connector_rng(self._seed, self.name):
             self.embed_s = Embed(s_dim, d)
             self.embed_t = Embed(t_dim, d)
@@ -120,20 +129,20 @@ class CRD(Method):
             self.register_buffer("memory_s", torch.rand(self.n_data, d).mul_(2 * stdv).add_(-stdv))
             self.register_buffer("memory_t", torch.rand(self.n_data, d).mul_(2 * stdv).add_(-stdv))
         self.register_buffer("z", torch.full((2,), -1.0))  # Z_s, Z_t; < 0: not yet set
-        self.to(probe.feat_s.device)
+        self.to(p_s.device)
 
     def loss(self, out):
         if self.embed_s is None:
             raise KdxError("crd: setup() did not run (the task needs a probe forward before training)")
         if out.index is None:
             raise KdxError("crd needs the dataset indices of each batch; this training loop does not provide them")
-        with torch.autocast(out.feat_s.device.type, enabled=False):
-            return {"crd": self.params["crd_weight"] * self._contrast(out)}
+        p_s, p_t = self._pooled(out)
+        with torch.autocast(p_s.device.type, enabled=False):
+            return {"crd": self.params["crd_weight"] * self._contrast(p_s, p_t, out.index)}
 
-    def _contrast(self, out) -> Tensor:
-        e_s = self.embed_s(pooled(out.feat_s).float())
-        e_t = self.embed_t(pooled(out.feat_t).float())
-        index = out.index.to(self.memory_s.device).long()
+    def _contrast(self, p_s: Tensor, p_t: Tensor, index: Tensor) -> Tensor:
+        e_s, e_t = self.embed_s(p_s), self.embed_t(p_t)
+        index = index.to(self.memory_s.device).long()
         idx = torch.randint(0, self.n_data, (index.shape[0], self.k + 1), device=index.device)
         idx[:, 0] = index
         t = float(self.params["crd_nce_t"])

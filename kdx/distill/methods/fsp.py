@@ -28,7 +28,9 @@ import torch
 from torch import Tensor
 
 from kdx.distill.methods.base import Method, MethodContext, register_method, zero_like
-from kdx.distill.methods.repdistiller import describe, feature_taps, hook_names, pool_to_smaller, pretrain
+from kdx.distill.methods.repdistiller import (
+    describe, feature_taps, hook_names, needs_final, pool_to_smaller, pretrain,
+)
 from kdx.errors import KdxError
 from kdx.options import Option
 
@@ -54,7 +56,6 @@ class FSP(Method):
              "and Transfer Learning. CVPR 2017")
     needs_teacher = True
     uses_features = True
-    wants_final = True
     options = (
         Option("fsp_weight", float, 50.0, "Weight of the FSP loss in the main phase (authors' configs; "
                "used only with --fsp-main).", low=0, panel="Method"),
@@ -75,6 +76,7 @@ class FSP(Method):
                 raise KdxError(f"fsp cannot find the stem output of {side} {type(model).__name__}")
             taps[side] = [f0] + mids
         self.taps_s, self.taps_t = taps["student"], taps["teacher"]
+        self.wants_final = needs_final(*self.taps_s, *self.taps_t)
         if len(self.taps_s) != len(self.taps_t):
             raise KdxError(f"fsp needs as many stages in student and teacher: {len(self.taps_s) - 1} vs "
                            f"{len(self.taps_t) - 1} (plus the stem)")
@@ -89,7 +91,7 @@ class FSP(Method):
 
     def setup(self, probe):
         feats_s, feats_t = self._features(probe)
-        bad = [f"student {ts.source} ({describe(fs)}) vs teacher {tt.source} ({describe(ft)})"
+        bad = [f"student {ts.label} ({describe(fs)}) vs teacher {tt.label} ({describe(ft)})"
                for ts, tt, fs, ft in zip(self.taps_s, self.taps_t, feats_s, feats_t) if fs.shape[1] != ft.shape[1]]
         if bad:
             raise KdxError("fsp needs equal channel counts of paired stages (FSP matrices are compared "

@@ -28,7 +28,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdx.distill.methods.base import Method, MethodContext, register_method
-from kdx.distill.methods.repdistiller import connector_rng, feature_taps, hook_names, pool_to_smaller, pretrain
+from kdx.distill.methods.repdistiller import (
+    connector_rng, feature_taps, hook_names, needs_final, pool_to_smaller, pretrain,
+)
 from kdx.errors import KdxError
 from kdx.options import Option
 
@@ -85,7 +87,6 @@ class FT(Method):
              "NeurIPS 2018")
     needs_teacher = True
     uses_features = True
-    wants_final = True
     options = (
         Option("ft_weight", float, 50.0, "Weight of the FT loss (authors' configs).", low=0, panel="Method"),
         Option("ft_p1", float, 2.0, "FT factor exponent p1 (mean over channels of f^p1).", low=0, low_open=True,
@@ -104,6 +105,7 @@ class FT(Method):
         if not s_taps or not t_taps:
             raise KdxError("ft needs intermediate stages on both student and teacher")
         self.tap_s, self.tap_t = s_taps[-1], t_taps[-1]
+        self.wants_final = needs_final(self.tap_s, self.tap_t)
         self.paraphraser = self.translator = None
         self.init_loss: list[float] = []
 
@@ -117,7 +119,7 @@ class FT(Method):
             self.paraphraser = Paraphraser(f_t.shape[1])
             self.translator = translator(f_s.shape[1], f_t.shape[1])
         self.paraphraser.requires_grad_(False)  # trained only in initialise(), then frozen
-        self.to(probe.feat_s.device)
+        self.to(f_s.device)
 
     def _check(self) -> None:
         if self.paraphraser is None:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdx.distill.methods.base import Method, MethodContext, register_method
-from kdx.distill.methods.repdistiller import connector_rng, feature_taps, hook_names, pool_to_smaller
+from kdx.distill.methods.repdistiller import connector_rng, feature_taps, hook_names, needs_final, pool_to_smaller
 from kdx.errors import KdxError
 from kdx.options import Option
 
@@ -60,7 +60,6 @@ class VID(Method):
     paper = "Ahn, Hu, Damianou, Lawrence, Dai. Variational Information Distillation for Knowledge Transfer. CVPR 2019"
     needs_teacher = True
     uses_features = True
-    wants_final = True
     options = (Option("vid_weight", float, 1.0, "Weight of the VID loss (authors' configs).", low=0, panel="Method"),)
 
     def __init__(self, ctx: MethodContext):
@@ -69,6 +68,7 @@ class VID(Method):
         _, s_taps = feature_taps(ctx.student)
         _, t_taps = feature_taps(ctx.teacher)
         self.pairs = list(zip(s_taps, t_taps))
+        self.wants_final = needs_final(*s_taps, *t_taps)
         if not self.pairs:
             raise KdxError("vid needs intermediate stages on both student and teacher")
         self.regressors = None
@@ -83,7 +83,7 @@ class VID(Method):
         with connector_rng(self._seed, self.name):
             self.regressors = nn.ModuleList(VIDRegressor(fs.shape[1], ft.shape[1], ft.shape[1])
                                             for fs, ft in self._features(probe))
-        self.to(probe.feat_s.device)
+        self.to(probe.logits.device)
 
     def loss(self, out):
         if self.regressors is None:
