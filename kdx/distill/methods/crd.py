@@ -24,7 +24,8 @@ negatives of sample ``i`` in its data set class (``CIFAR100InstanceSample``, ``m
 from the samples of *other* classes, without replacement; kdx uses the memory's own uniform
 sampler (``ContrastMemory``'s ``AliasMethod`` path with uniform weights), so a negative may
 share the anchor's class. A split with ``N <= K`` samples gets ``K = N - 1`` negatives.
-Under DDP each rank keeps and updates its own memories with its own batches.
+Under DDP the memories follow rank 0 (DDP broadcasts buffers before every forward), so
+only rank 0's batches move them; the reference trains in a single process.
 """
 
 from __future__ import annotations
@@ -146,14 +147,14 @@ class CRD(Method):
         idx = torch.randint(0, self.n_data, (index.shape[0], self.k + 1), device=index.device)
         idx[:, 0] = index
         t = float(self.params["crd_nce_t"])
-        p_s = contrast_scores(self.memory_t, idx, e_s, t)  # student anchor, teacher memory
-        p_t = contrast_scores(self.memory_s, idx, e_t, t)  # teacher anchor, student memory
+        scores_s = contrast_scores(self.memory_t, idx, e_s, t)  # student anchor, teacher memory
+        scores_t = contrast_scores(self.memory_s, idx, e_t, t)  # teacher anchor, student memory
         with torch.no_grad():
             if self.z[0] < 0:
-                self.z[0] = p_s.mean() * self.n_data
+                self.z[0] = scores_s.mean() * self.n_data
             if self.z[1] < 0:
-                self.z[1] = p_t.mean() * self.n_data
-        loss = nce_loss(p_s / self.z[0], self.n_data) + nce_loss(p_t / self.z[1], self.n_data)
+                self.z[1] = scores_t.mean() * self.n_data
+        loss = nce_loss(scores_s / self.z[0], self.n_data) + nce_loss(scores_t / self.z[1], self.n_data)
         with torch.no_grad():
             m = float(self.params["crd_nce_m"])
             momentum_update(self.memory_s, index, e_s.detach(), m)
