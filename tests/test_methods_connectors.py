@@ -273,7 +273,7 @@ def test_vid_against_transcription():
                     terms.append(0.5 * ((mu[c] - npy(f_t)[n, c, i, j]) ** 2 / var[c] + math.log(var[c])))
     assert float(reg(f_s, f_t).detach()) == pytest.approx(np.mean(terms), rel=1e-10)
     fresh = VIDRegressor(3, 2, 2)  # initial variance 5
-    assert float(F.softplus(fresh.log_scale[0]) + 1e-5) == pytest.approx(5.0, rel=1e-5)
+    assert float(F.softplus(fresh.log_scale[0].detach()) + 1e-5) == pytest.approx(5.0, rel=1e-5)
 
 
 # ---------------------------------------------------------------- FT
