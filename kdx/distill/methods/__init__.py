@@ -16,6 +16,11 @@ from kdx.distill.methods import pkt  # noqa: E402,F401
 from kdx.distill.methods import rkd  # noqa: E402,F401
 from kdx.distill.methods import nst  # noqa: E402,F401
 from kdx.distill.methods import fitnet  # noqa: E402,F401
+from kdx.distill.methods import crd  # noqa: E402,F401
+from kdx.distill.methods import cc  # noqa: E402,F401
+from kdx.distill.methods import vid  # noqa: E402,F401
+from kdx.distill.methods import ft  # noqa: E402,F401
+from kdx.distill.methods import fsp  # noqa: E402,F401
 
 BUILTIN = (
     ce, ls, kd, vam_entropy, hierarchy,
@@ -26,4 +31,9 @@ BUILTIN = (
     rkd,
     nst,
     fitnet,
+    crd,
+    cc,
+    vid,
+    ft,
+    fsp,
 )
