@@ -296,3 +296,15 @@ def test_evidence_preset():
     e = pipeline.resolve(study, Path("x"))["configs"][("explainer", 0, "kd")]
     assert study["methods"] == ["ce", "ls", "kd"] and len(study["seeds"]) == 3
     assert e.stage1_epochs >= 30 and e.tau0 / e.stage1_epochs <= 0.34
+
+
+def test_single_seed_analysis_claims_no_sameness():
+    from kdx.analysis.report import ONE_SEED, comparisons
+
+    summary = pd.DataFrame([{"run": "kd", "objective": "kd", "norm_attention_entropy_l1": 0.500,
+                             "conflict_rate_objective": 0.2, "conflict_rate_ce": 0.2},
+                            {"run": "ce", "objective": "ce", "norm_attention_entropy_l1": 0.505,
+                             "conflict_rate_objective": 0.2, "conflict_rate_ce": 0.3}])
+    text = "\n".join(comparisons(summary, 1))
+    assert "about the same" not in text and "-1%" in text  # the 5 % rule is gone; the difference is still given
+    assert "no difference is claimed from one seed" in ONE_SEED
