@@ -227,38 +227,50 @@ def pipeline_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Study folder [runs/study-<preset>]."),
     config: Optional[Path] = typer.Option(None, "--config", help="Study TOML/JSON with [teacher], [explainer], "
                                           "[analysis], [student] tables (or a study folder)."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="demo | fashion-mnist | cifar10-paper | "
+    preset: Optional[str] = typer.Option(None, "--preset", help="demo | evidence | fashion-mnist | cifar10-paper | "
                                          "cifar100-paper | tiny-imagenet [demo]."),
     print_config: bool = typer.Option(False, "--print-config", help="Print the effective study config and exit."),
     teacher: Optional[Path] = typer.Option(None, "--teacher", "-t", help="Use this teacher run instead of training one."),
-    seeds: Optional[str] = typer.Option(None, "--seeds", help="Repeat the whole study for these seeds, e.g. 0,1,2."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Train the explainers (and analyse them) for each of "
+                                        "these seeds, e.g. 0,1,2."),
+    methods: Optional[str] = typer.Option(None, "--methods", help="Explainer methods, e.g. ce,ls,kd [the preset's]."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="STEP.KEY=VALUE: any option of a step's command, "
+                                             "e.g. explainer.stage1_epochs=30 or teacher.arch=resnet32 "
+                                             "(repeatable; steps: teacher, explainer, analysis, student)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Override the preset's dataset."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset folder."),
+    download: bool = typer.Option(False, "--download", help="Download the dataset if it is missing."),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | mps."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the study in --out (deletes its runs)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="One line per epoch instead of progress bars."),
     plot_format: str = typer.Option("png", "--plot-format", help="Figure format: png | pdf | svg (pdf/svg are written beside the PNGs the report embeds)."),
 ):
-    """Run the whole study: teacher -> explainers (ce, ls, kd) -> analyze-conflicts -> VAM students.
+    """Run the whole study: teacher -> explainers (ce, ls, kd) per seed -> analyze-conflicts -> VAM students.
 
-    Every step is an ordinary run directory under the study folder; a rerun skips finished
-    steps and resumes an interrupted one. Writes study_report.md and study_summary.csv.
+    Every input is checked before the first step. Every step is an ordinary run directory under
+    the study folder; a rerun skips finished steps and resumes an interrupted one. Writes
+    study_report.md, study_summary.csv and explainer_differences.csv.
     """
     from kdx.analysis.plots import set_plot_format
     from kdx.commands import pipeline as cmd
+    from kdx.commands.study import merge_study, parse_sets
 
     set_plot_format(plot_format)
     flags = {"teacher_run": str(teacher) if teacher else None, "dataset": dataset,
-             "data_root": str(data_root) if data_root else None, "device": device, "quiet": True if quiet else None}
+             "data_root": str(data_root) if data_root else None, "device": device, "quiet": True if quiet else None,
+             "download": True if download else None,
+             "methods": [m.strip() for m in methods.split(",") if m.strip()] if methods else None}
     if seeds:
         try:
             flags["seeds"] = [int(v) for v in seeds.split(",") if v.strip()]
         except ValueError:
             raise KdxError(f"--seeds must be comma-separated integers, got '{seeds}'") from None
-    study = cmd.build_study(preset, str(config) if config else None, flags)
+    study = cmd.build_study(preset, str(config) if config else None, merge_study(parse_sets(set_ or []),
+                                                                           {k: v for k, v in flags.items() if v is not None}))
     if print_config:
         typer.echo(cmd.print_config(study))
         return
-    cmd.run(study, out or Path("runs") / f"study-{study['preset']}")
+    cmd.run(study, out or Path("runs") / f"study-{study['preset']}", overwrite=overwrite)
 
 
 @app.command("evaluate")

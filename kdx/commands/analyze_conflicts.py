@@ -26,6 +26,7 @@ from kdx.engine import checkpoint as ckpt
 from kdx.engine import runs as layout
 from kdx.engine.io import atomic_write_csv, atomic_write_text
 from kdx.engine.progress import table_console
+from kdx.engine.rundir import RESULTS_FILE, mark_finished
 from kdx.errors import KdxError
 
 COLUMNS = {
@@ -287,6 +288,7 @@ def run(runs: list[Path], *, dataset=None, split="val", images=1024, labels=None
     info["conflict_images"] = min(conflict_images or info["images"], info["images"]) if conflicts else 0
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / RESULTS_FILE).unlink(missing_ok=True)  # written last, when the analysis is complete
     results, shown = [], RunProgress(len(loaded))
     try:
         for i, (r, label) in enumerate(zip(loaded, names_), start=1):
@@ -379,6 +381,7 @@ def run(runs: list[Path], *, dataset=None, split="val", images=1024, labels=None
                     for res in results]
     text = write_report(info, tables["summary"], tables["subtasks"], plots, n_layers)
     atomic_write_text(out / "report.md", text)
+    mark_finished(out, ["summary.csv", "report.md"], kind="analysis", runs=[r["path"] for r in info["runs"]])
     _print_summary(tables["summary"], n_layers, out)
     return {"out": str(out), "summary": tables["summary"]}
 

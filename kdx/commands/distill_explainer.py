@@ -24,7 +24,7 @@ from kdx.engine import checkpoint as ckpt
 from kdx.engine.distributed import barrier
 from kdx.engine.io import atomic_write_csv, atomic_write_text
 from kdx.engine.progress import table_console
-from kdx.engine.rundir import prepare_run_dir
+from kdx.engine.rundir import finished, prepare_run_dir
 from kdx.engine.runs import stage_dir, stage_start
 from kdx.engine.trainer import Runtime, Trainer
 from kdx.errors import KdxError
@@ -34,7 +34,7 @@ from kdx.explainer.tree import hard_tree
 
 
 def _stage_done(sdir: Path) -> bool:
-    return (sdir / "results.json").is_file() and (sdir / ckpt.MODEL_FILE).is_file()
+    return finished(sdir)
 
 
 STAGE2_FROM = {"best": "best", "last": "model"}

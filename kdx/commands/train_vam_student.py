@@ -33,7 +33,7 @@ from kdx.engine.device import seed_everything
 from kdx.engine.distributed import barrier
 from kdx.engine.io import atomic_write_csv, atomic_write_text
 from kdx.engine.progress import table_console
-from kdx.engine.rundir import holds_run, prepare_run_dir
+from kdx.engine.rundir import RESULTS_FILE, finished, holds_run, mark_finished, prepare_run_dir
 from kdx.engine.trainer import Runtime, Trainer
 from kdx.errors import KdxError, did_you_mean
 
@@ -149,7 +149,7 @@ def write_cost(cfg, bundle, run_dir: Path) -> pd.DataFrame:
 
 
 def _run_done(run_dir: Path) -> bool:
-    return (run_dir / "results.json").is_file() and (run_dir / ckpt.MODEL_FILE).is_file()
+    return finished(run_dir)
 
 
 def train_one(cfg, shared: _Shared, label: str, cache: TeacherCache | None = None,
@@ -244,6 +244,8 @@ def run(cfg) -> dict:
             _print_single(Path(cfg.resume or cfg.out), row)
         return row
     out = _prepare_group_dir(cfg) if is_main else Path(cfg.resume or cfg.out)
+    if is_main:
+        (out / RESULTS_FILE).unlink(missing_ok=True)  # written last, when every run of the group finished
     barrier(shared.rt.dist)
     arms = compare_arms(cfg) if cfg.compare else [(None, None, {})]
     rows = []
@@ -265,6 +267,7 @@ def run(cfg) -> dict:
     atomic_write_csv(out / "comparison_summary.csv", summary)
     plot_comparison(summary, out / "comparison.png", title=f"{cfg.arch} on {cfg.dataset} ({len(_seeds(cfg))} seed(s))",
                     fmt=getattr(cfg, "plot_format", None))
+    mark_finished(out, ["comparison.csv", "comparison_summary.csv"], kind="comparison")
     _print_comparison(summary, out, cfg)
     return {"comparison": rows}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,33 @@ from kdx.errors import KdxError
 
 # options that may change when a run is resumed (they do not change the result)
 RESUME_OVERRIDABLE = {"device", "quiet", "num_workers", "epochs", "max_steps", "eval_batch_size"}
+
+
+RESULTS_FILE = "results.json"
+
+
+def finished(path: str | Path) -> bool:
+    """Whether the command that writes the directory ``path`` completed.
+
+    Every command writes ``results.json`` last (atomically). It names what must exist beside it:
+    ``outputs`` (a list of files), else ``final_checkpoint`` (an explainer run), else the model.
+    """
+    path = Path(path)
+    try:
+        results = json.loads((path / RESULTS_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(results, dict):
+        return False
+    needed = results.get("outputs") or [results.get("final_checkpoint") or MODEL_FILE]
+    return all(isinstance(n, str) and (path / n).is_file() for n in needed)
+
+
+def mark_finished(path: str | Path, outputs: list[str], **extra) -> None:
+    """The last write of a command whose directory holds no model: ``results.json`` naming its outputs."""
+    from kdx.engine.io import atomic_write_text
+
+    atomic_write_text(Path(path) / RESULTS_FILE, json.dumps({**extra, "outputs": list(outputs)}, indent=2) + "\n")
 
 
 def holds_run(path: Path) -> bool:

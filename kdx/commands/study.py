@@ -1,0 +1,278 @@
+"""What `kdx pipeline` and its report share: the study presets, the study config, its layout on
+disk, and the description of a resolved study.
+
+A study is a dict: global keys (dataset, device, ...), ``seeds``, ``methods`` (the explainers'
+training methods) and one table per step (``teacher``, ``explainer``, ``analysis``,
+``student``). The keys a step table may hold are the option declarations of that step's
+command (:func:`step_options`), less the few the pipeline sets itself (:data:`PIPELINE_SETS`).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import inspect
+import json
+import platform
+import shlex
+import subprocess
+from pathlib import Path
+
+import kdx
+from kdx.errors import KdxError
+
+GLOBAL_KEYS = ("dataset", "data_root", "download", "device", "precision", "channels_last", "quiet", "val_fraction",
+               "max_train_samples", "num_workers", "deterministic")
+SECTIONS = ("teacher", "explainer", "analysis", "student")
+STUDY_KEYS = ("seeds", "methods", "notes", "preset", "teacher_run")
+STEP_COMMANDS = {"teacher": "train-teacher", "explainer": "distill-explainer", "analysis": "analyze-conflicts",
+                 "student": "train-vam-student"}
+# options of each step that the pipeline sets itself (a study table may not)
+PIPELINE_SETS = {
+    "teacher": {"out", "resume", "overwrite", "seed"},
+    "explainer": {"out", "resume", "overwrite", "seed", "method", "teacher", "stage", "from_run"},
+    "analysis": {"runs", "out", "labels", "dataset", "device", "data_root"},
+    "student": {"out", "resume", "overwrite", "seed", "teacher", "compare", "hierarchy"},
+}
+EXPLAINER_METHODS = ("ce", "ls", "kd")
+BASE_SEED = 1029  # the official seed; study seed s trains with BASE_SEED + s
+
+PIPELINE_PRESETS: dict[str, dict] = {
+    # the whole study on the embedded data set in about 5 minutes on 2 CPU cores: narrower and
+    # shorter than the paper everywhere (see the report's notes)
+    "demo": {
+        "dataset": "fashion-mnist-mini", "seeds": [0], "methods": ["ce", "ls", "kd"],
+        "notes": "demo preset: fashion-mnist-mini on CPU; teacher resnet20 for 8 epochs, explainers with 16-channel "
+                 "experts and 5 + 5 epochs (the quick explainer recipe otherwise), 512 analysed images, resnet8 "
+                 "students for 6 epochs on one seed: far shorter and narrower than the paper, for a look at the "
+                 "whole study, not for its numbers.",
+        "teacher": {"arch": "resnet20", "preset": "quick", "epochs": 8},
+        "explainer": {"preset": "quick", "widths": "16:16,16:16,16:16", "stage1_epochs": 5, "stage2_epochs": 5},
+        "analysis": {"images": 512, "split": "val", "conflict_images": 256},
+        "student": {"arch": "resnet8", "preset": "quick", "epochs": 6, "seeds": [0]},
+    },
+    # the explainer-side findings with error bars on 2 CPU cores (docs/reproducing.md: runtime)
+    "evidence": {
+        "dataset": "fashion-mnist-mini", "seeds": [0, 1, 2], "methods": ["ce", "ls", "kd"],
+        "notes": "evidence preset: fashion-mnist-mini on CPU; teacher resnet20 for 15 epochs (quick); quick "
+                 "explainers (32-channel experts) with stage 1 for 30 epochs at tau0 10 (final tau 0.33) and "
+                 "stage 2 for 8 epochs, 3 seeds each; all 600 validation images analysed per seed; resnet8 students "
+                 "for 4 epochs on one seed. About 1 hour on 2 quiet CPU cores (docs/reproducing.md): for the "
+                 "explainers' entropy and conflict findings with their seed spread, not for the paper's accuracies.",
+        "teacher": {"arch": "resnet20", "preset": "quick", "epochs": 15},
+        "explainer": {"preset": "quick", "tau0": 10.0, "stage1_epochs": 30, "stage2_epochs": 8},
+        "analysis": {"images": 600, "split": "val", "conflict_images": 256},
+        "student": {"arch": "resnet8", "preset": "quick", "epochs": 4, "seeds": [0]},
+    },
+    "fashion-mnist": {
+        "dataset": "fashion-mnist", "seeds": [0], "methods": ["ce", "ls", "kd"],
+        "notes": "full Fashion-MNIST; CPU-friendly budgets (tens of epochs), not the paper's 240/300.",
+        "teacher": {"arch": "resnet56", "epochs": 30, "schedule": "cosine", "lr": 0.1, "batch_size": 128},
+        "explainer": {"stage1_epochs": 20, "stage2_epochs": 30, "stage1_lr": 0.01, "halve_every": 8,
+                      "widths": "32:32,32:32,32:32", "tau0": 10.0},
+        "analysis": {"images": 1024, "split": "val"},
+        "student": {"arch": "resnet8", "epochs": 30, "schedule": "cosine", "lr": 0.1, "batch_size": 128,
+                    "seeds": [0, 1, 2]},
+    },
+    "cifar10-paper": {
+        "dataset": "cifar10", "seeds": [0], "methods": ["ce", "ls", "kd"],
+        "notes": "spec sections 3-4: official CIFAR-10 set-up (ResNet50 teacher; explainer 300 + 300 epochs; "
+                 "240-epoch students).",
+        "teacher": {"arch": "ResNet50", "preset": "paper"},
+        "explainer": {"preset": "paper"},
+        "analysis": {"images": 2048, "split": "val"},
+        "student": {"arch": "ResNet18", "preset": "paper", "seeds": [0, 1, 2]},
+    },
+    "cifar100-paper": {
+        "dataset": "cifar100", "seeds": [0], "methods": ["ce", "ls", "kd"],
+        "notes": "spec sections 3-4 on CIFAR-100: ResNet50 teacher as the official CIFAR-100 explainer configs; "
+                 "student wrn_16_2 is a kdx choice (the official code has no CIFAR-100 student config).",
+        "teacher": {"arch": "ResNet50", "preset": "paper"},
+        "explainer": {"preset": "paper"},
+        "analysis": {"images": 2048, "split": "val"},
+        "student": {"arch": "wrn_16_2", "preset": "paper", "seeds": [0, 1, 2]},
+    },
+    "tiny-imagenet": {
+        "dataset": "tiny-imagenet", "seeds": [0], "methods": ["ce", "ls", "kd"],
+        "notes": "Tiny-ImageNet (64 px: the explainer adds the stem and a 4th expert layer of 16 experts).",
+        "teacher": {"arch": "ResNet34", "preset": "paper"},
+        "explainer": {"preset": "paper"},
+        "analysis": {"images": 2048, "split": "val"},
+        "student": {"arch": "ResNet18", "preset": "paper", "seeds": [0]},
+    },
+}
+
+
+# ------------------------------------------------------------------ the steps' declarations
+
+
+def step_options(step: str) -> dict:
+    """Option name -> its declaration (kdx.options.Option), for the command that runs ``step``; for
+    the analysis, the keyword parameters of analyze_conflicts.run."""
+    if step == "analysis":
+        from kdx.commands import analyze_conflicts
+
+        params = inspect.signature(analyze_conflicts.run).parameters.values()
+        return {p.name: p for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    from kdx.config import config_class, options_of
+
+    return options_of(config_class(STEP_COMMANDS[step]))
+
+
+def table_keys(step: str) -> set[str]:
+    """The keys a study's ``[step]`` table may hold."""
+    return set(step_options(step)) - PIPELINE_SETS[step]
+
+
+def parse_value(text: str):
+    """A ``--set`` value: JSON where it parses (3, 0.1, true, [0, 1]), else the string; the step's
+    own config then checks it against the option's declaration."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_sets(items: list[str]) -> dict:
+    """``["explainer.stage1_epochs=30", "dataset=x"]`` -> ``{"explainer": {"stage1_epochs": 30}, "dataset": "x"}``."""
+    out: dict = {}
+    for item in items or []:
+        key, eq, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not eq or not key:
+            raise KdxError(f"--set takes STEP.KEY=VALUE (e.g. explainer.stage1_epochs=30); got '{item}'")
+        section, dot, name = key.partition(".")
+        if not dot:
+            out[key] = parse_value(value)
+            continue
+        if section not in SECTIONS:
+            raise KdxError(f"--set {item}: unknown step '{section}'; steps: {', '.join(SECTIONS)}")
+        out.setdefault(section, {})[name] = parse_value(value)
+    return out
+
+
+# ------------------------------------------------------------------ the study config
+
+
+def merge_study(base: dict, override: dict) -> dict:
+    """``override`` over ``base``; step tables merge key by key."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _alias_methods(table: dict, where: str) -> dict:
+    """The deprecated study key ``objectives`` is read as ``methods`` (with a note)."""
+    if "objectives" not in table:
+        return table
+    from kdx.engine.progress import console
+
+    console.print(f"note: {where}: the study key 'objectives' is deprecated; call it 'methods'")
+    table = dict(table)
+    value = table.pop("objectives")
+    table.setdefault("methods", value)
+    return table
+
+
+def check_keys(table: dict, where: str) -> None:
+    """Refuse a key no step knows (a typo would otherwise be dropped without a word)."""
+    import difflib
+
+    unknown = sorted(set(table) - set(SECTIONS) - set(GLOBAL_KEYS) - set(STUDY_KEYS) - {"out"})
+    if unknown:
+        raise KdxError(f"unknown key(s) in {where}: {', '.join(unknown)}")
+    for section in SECTIONS:
+        sub = table.get(section)
+        if sub is None:
+            continue
+        if not isinstance(sub, dict):
+            raise KdxError(f"[{section}] must be a table of options")
+        valid = table_keys(section)
+        for key in sub:
+            if key not in valid:
+                close = difflib.get_close_matches(key, sorted(valid), n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                owned = " (the pipeline sets it)" if key in PIPELINE_SETS[section] else ""
+                raise KdxError(f"unknown key '{key}' in the study's [{section}] table{owned}{hint}")
+
+
+def read_study_file(path: str | Path) -> dict:
+    """A study TOML/JSON keeps its tables ([teacher], [explainer], [analysis], [student])."""
+    from kdx.config import load_table_file
+
+    data = _alias_methods(load_table_file(path, default_name="study.json"), f"study config {path}")
+    check_keys(data, f"study config {path}")
+    return data
+
+
+def build_study(preset: str | None, config_file: str | None, flags: dict) -> dict:
+    """preset < study file < flags (``--set`` included); every key checked, nothing run."""
+    file_values = read_study_file(config_file) if config_file else {}
+    preset = preset or file_values.get("preset") or "demo"
+    if preset not in PIPELINE_PRESETS:
+        raise KdxError(f"unknown preset '{preset}'; valid presets: {', '.join(PIPELINE_PRESETS)}")
+    flags = _alias_methods({k: v for k, v in flags.items() if v is not None}, "--set")
+    check_keys(flags, "the command line")
+    study = merge_study(merge_study(merge_study(PIPELINE_PRESETS[preset], {"preset": preset}), file_values), flags)
+    bad = [m for m in study.get("methods") or [] if m not in EXPLAINER_METHODS]
+    if bad or not study.get("methods"):
+        raise KdxError(f"methods must be among {', '.join(EXPLAINER_METHODS)}; got {study.get('methods')}")
+    seeds = study.get("seeds")
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds) \
+            or len(set(seeds)) != len(seeds):
+        raise KdxError(f"seeds must be a non-empty list of distinct integers >= 0; got {seeds}")
+    return study
+
+
+# ------------------------------------------------------------------ layout on disk
+
+
+def layout(study: dict, out: Path) -> dict:
+    """Where each step of a study lives: the teacher and the students once, the explainers and
+    their analysis once per study seed (``seed{s}/`` when there are several seeds)."""
+    out = Path(out)
+    seeds = [int(s) for s in study["seeds"]]
+    per_seed = {}
+    for s in seeds:
+        root = out if len(seeds) == 1 else out / f"seed{s}"
+        per_seed[s] = {**{f"explainer-{m}": root / f"explainer-{m}" for m in study["methods"]},
+                       "analysis": root / "analysis"}
+    teacher = Path(study["teacher_run"]) if study.get("teacher_run") else out / "teacher"
+    return {"teacher": teacher, "seeds": per_seed, "students": out / "students"}
+
+
+# ------------------------------------------------------------------ description of a run
+
+
+def environment() -> dict:
+    import torch
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).resolve().parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return {"kdx": kdx.__version__, "torch": torch.__version__, "python": platform.python_version(), "device": device,
+            "git_commit": commit, "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def reproduce_commands(study: dict, out: Path) -> list[str]:
+    return [f"kdx pipeline --config {shlex.quote(str(out / 'study.json'))} --out {shlex.quote(str(out))}"]
+
+
+def overridden(study: dict) -> list[str]:
+    """The keys in which ``study`` departs from its preset (where the preset's notes stop being true)."""
+    base = PIPELINE_PRESETS.get(study.get("preset") or "", {})
+    keys = []
+    for key in ("dataset", "methods", "teacher_run", *SECTIONS):
+        a, b = base.get(key), study.get(key)
+        if isinstance(a, dict) or isinstance(b, dict):
+            keys += [f"{key}.{k}" for k in sorted(set(a or {}) | set(b or {})) if (a or {}).get(k) != (b or {}).get(k)]
+        elif a != b:
+            keys.append(key)
+    return keys
