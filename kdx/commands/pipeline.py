@@ -230,8 +230,11 @@ def run_seed(study: dict, root: Path, seed: int, log: list) -> dict:
 
 
 def run(study: dict, out: Path) -> dict:
+    from kdx.engine.rundir import register_root
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    register_root(out, f"kdx pipeline --config {out / 'study.json'} --out {out}")  # an interrupted study reruns
     saved = out / "study.json"
     if saved.is_file():
         previous = json.loads(saved.read_text())

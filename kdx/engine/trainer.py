@@ -21,6 +21,7 @@ import torch
 
 import kdx
 from kdx.engine import checkpoint as ckpt
+from kdx.engine import rundir
 from kdx.engine.device import resolve_channels_last, resolve_device, resolve_precision, seed_everything
 from kdx.engine.distributed import DistInfo, all_reduce_sum, any_rank, barrier, init_distributed
 from kdx.engine.evaluate import evaluate
@@ -194,6 +195,7 @@ class Trainer:
         st = self._resume() if ckpt.has_resume(self.run_dir) else LoopState()
         self.progress.log(f"{self.label}: {self.rt.describe()}, {len(self.train_loader)} steps/epoch, {self.cfg.epochs} epochs")
         self.logger = open_logger(self.cfg, self.run_dir, self.is_main)
+        rundir.commit(self.run_dir)  # from here on a failure leaves a resumable run, not a rollback
         self._install_signal_handlers()
         try:
             for epoch in range(st.epoch, self.cfg.epochs + 1):
