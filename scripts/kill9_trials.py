@@ -76,22 +76,30 @@ def check_files(run: Path, ref_cols: dict[str, list[str]]) -> tuple[list[str], i
             elif name.endswith(".csv"):
                 frame = pd.read_csv(path)
                 if name == "metrics.csv":
-                    problems += check_metrics(path, frame, ref_cols.get(str(path.relative_to(run)), []))
+                    problems += check_metrics(path, frame, ref_cols.get(str(path.relative_to(run))))
         except Exception as exc:  # noqa: BLE001 - any failure to load is a finding
             problems.append(f"{path.relative_to(run)}: {type(exc).__name__}: {str(exc)[:120]}")
     return problems, temps
 
 
-def check_metrics(path: Path, frame, ref_columns: list[str]) -> list[str]:
+def check_metrics(path: Path, frame, ref) -> list[str]:
+    """Duplicate epochs, and torn rows: a row whose empty cells differ from the reference's row
+    of the same (stage,) epoch (the explainer's merged metrics.csv has columns of one stage only)."""
     keys = ["stage", "epoch"] if "stage" in frame.columns else ["epoch"]
     out = []
     if frame.duplicated(keys).any():
         out.append(f"{path.name}: duplicate rows for {keys}")
-    cols = [c for c in ref_columns if c in frame.columns]
-    if len(cols) < len(ref_columns) and len(frame):
-        out.append(f"{path.name}: columns missing: {sorted(set(ref_columns) - set(cols))}")
-    if len(frame) and frame[cols].isna().any().any():
-        out.append(f"{path.name}: torn row (empty cells)")
+    if ref is None or not len(frame):
+        return out
+    missing = sorted(set(ref.columns) - set(frame.columns))
+    if missing:
+        out.append(f"{path.name}: columns missing: {missing}")
+    cols = [c for c in ref.columns if c in frame.columns]
+    want = ref.set_index(keys)[cols].isna()
+    got = frame.set_index(keys)[cols].isna()
+    for key in got.index:
+        if key not in want.index or not (got.loc[key] == want.loc[key]).all():
+            out.append(f"{path.name}: torn row {key}")
     return out
 
 
@@ -147,7 +155,7 @@ def main() -> int:
         wall = time.perf_counter() - t0
         import pandas as pd
 
-        ref_cols = {str(p.relative_to(ref)): list(pd.read_csv(p).columns) for p in ref.rglob("metrics.csv")}
+        ref_cols = {str(p.relative_to(ref)): pd.read_csv(p) for p in ref.rglob("metrics.csv")}
         print(f"{command}: reference run {wall:.1f}s", flush=True)
         for i in range(opts.trials):
             row = trial(command, args, opts.work / command / f"t{i}", rng.uniform(0.5, wall), ref, ref_cols)
