@@ -4,7 +4,7 @@ default) or ``tensorboard`` (event files in ``RUN/tensorboard``; the optional ex
 
 The scalars are the engine's metrics row of each epoch (losses, accuracies, lr, tau, routing
 entropy, ...), written under tags grouped by prefix: ``train/loss_kd``, ``val/top1``, ``lr/lr``,
-``routing/entropy_l1``, ``explainer/tau``.
+``routing/routing_entropy_l1``, ``run/tau``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def scalar_tag(column: str) -> str:
             return f"{prefix}/{column[len(prefix) + 1:]}"
     if column == "lr" or column.startswith("lr_"):
         return f"lr/{column}"
-    if column.startswith("entropy"):
+    if column.startswith(("routing_", "entropy")):
         return f"routing/{column}"
     return f"run/{column}"
 
