@@ -41,17 +41,19 @@ def handle_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from kdx.engine import rundir
         from kdx.engine.trainer import TrainingInterrupted
 
         try:
             return fn(*args, **kwargs)
         except KdxError as exc:
+            rundir.rollback()  # a run that failed before its first step leaves nothing behind
             _fail(str(exc))
         except TrainingInterrupted as exc:
             if exc.signum == 0:
-                typer.echo(f"kdx: stopped after --max-steps; resume with --resume {exc.run_dir}", err=True)
+                typer.echo(f"kdx: stopped after --max-steps; resume with {rundir.resume_hint(exc.run_dir)}", err=True)
                 raise typer.Exit(0)
-            typer.echo(f"kdx: interrupted ({exc}); resume with --resume {exc.run_dir}", err=True)
+            typer.echo(f"kdx: interrupted ({exc}); resume with {rundir.resume_hint(exc.run_dir)}", err=True)
             raise typer.Exit(exc.exit_code)
         except KeyboardInterrupt:
             typer.echo("kdx: interrupted", err=True)

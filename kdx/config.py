@@ -82,6 +82,8 @@ class RunConfig:
                                       panel=RUNTIME, low=1)
     max_bad_steps: int = option(0, "Non-finite losses tolerated (steps skipped) before the run stops.",
                                 panel=RUNTIME, low=0)
+    log: str = option("csv", "Per-epoch scalars beside metrics.csv: csv (metrics.csv only) or tensorboard "
+                      "(RUN/tensorboard; pip install 'kdx[tensorboard]').", panel=RUNTIME, choices=("csv", "tensorboard"))
 
     def validate(self) -> None:
         """Cross-field checks (each value was checked on its own when the config was built)."""

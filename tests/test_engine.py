@@ -178,7 +178,7 @@ class SignalAtStep(TrainTask):
         super().__init__(model)
         self.at_step, self.calls = at_step, 0
 
-    def forward(self, x, y):
+    def forward(self, x, y, index=None):
         self.calls += 1
         if self.calls == self.at_step:
             os.kill(os.getpid(), signal.SIGINT)

@@ -22,7 +22,7 @@ from kdx.distill.methods import MethodContext
 from kdx.distill.task import build_methods, load_teacher, method_names
 from kdx.engine import checkpoint as ckpt
 from kdx.engine.distributed import barrier
-from kdx.engine.io import atomic_write_csv, atomic_write_text
+from kdx.engine.io import atomic_write_csv, atomic_write_text, json_dumps, with_reasons
 from kdx.engine.progress import table_console
 from kdx.engine.rundir import finished, prepare_run_dir
 from kdx.engine.runs import stage_dir, stage_start
@@ -153,7 +153,7 @@ def run(cfg) -> dict:
             ent = {c: float(s1rows[c].iloc[-1]) for c in s1rows.columns if c.startswith("routing_entropy_l")}
             results["stage1_final_routing_entropy"] = ent
             results["stage1_final_tau"] = float(s1rows["tau"].iloc[-1])
-        atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
+        atomic_write_text(run_dir / "results.json", json_dumps(with_reasons(results), indent=2) + "\n")
         _print_summary(run_dir, cfg, results, tree)
     barrier(rt.dist)
     return results

@@ -13,7 +13,7 @@ from kdx.engine import runs as layout
 from kdx.engine.device import resolve_device, resolve_precision
 from kdx.engine.evaluate import evaluate
 from kdx.engine.progress import table_console
-from kdx.engine.io import atomic_write_csv
+from kdx.engine.io import atomic_write_csv, json_dumps, with_reasons
 from kdx.errors import KdxError
 
 
@@ -114,7 +114,7 @@ def run(checkpoint: Path, *, dataset=None, split="test", data_root=None, which="
         result["routing"] = model.routing
         result["tau"] = float(getattr(model, "tau", float("nan")))
     if json_out:
-        print(json.dumps(result))
+        print(json_dumps(with_reasons(result)))  # NaN (an empty split) becomes null with a reason
         return result
     table = Table(title=f"{file} on {dataset} ({split}, {res.count} images, {prec.name})")
     table.add_column("metric")

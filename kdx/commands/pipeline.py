@@ -221,9 +221,12 @@ def run(study: dict, out: Path, overwrite: bool = False) -> dict:
     """Check, then run every step of ``study`` in ``out``; write the report. Returns the summary frame."""
     from kdx.commands.study_report import write_report
 
+    from kdx.engine.rundir import register_root
+
     out = Path(out)
     resolved = check_inputs(study, out)  # nothing is written before every input passed
     claim_folder(study, out, overwrite)
+    register_root(out, f"kdx pipeline --config {out / 'study.json'} --out {out}")  # an interrupted study reruns
     configs, places = resolved["configs"], resolved["places"]
     log: list[dict] = []
     t0 = time.perf_counter()

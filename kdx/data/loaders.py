@@ -100,13 +100,16 @@ class TensorLoader(_Loader):
         super().__init__(split, batch_size, **kw)
         self.images, self.labels = split.to_device(self.device)
 
-    def batches(self, epoch: int, start_step: int = 0):
+    def batches(self, epoch: int, start_step: int = 0, with_index: bool = False):
+        """``(x, y)`` per step from ``start_step``; ``with_index``: ``(x, y, index)`` with the
+        split-relative dataset indices of the batch (int64, on the loader's device)."""
         self._check_start(start_step)
         order = self.epoch_indices(epoch).to(self.device)
         bs = self.batch_size
         for step in range(start_step, self.steps):
             idx = order[step * bs:(step + 1) * bs]
-            yield self._finish(self.images.index_select(0, idx), self.labels.index_select(0, idx), epoch, step)
+            x, y = self._finish(self.images.index_select(0, idx), self.labels.index_select(0, idx), epoch, step)
+            yield (x, y, idx) if with_index else (x, y)
 
 
 class FolderLoader(_Loader):
@@ -117,7 +120,8 @@ class FolderLoader(_Loader):
         super().__init__(split, batch_size, **kw)
         self.num_workers = num_workers
 
-    def batches(self, epoch: int, start_step: int = 0):
+    def batches(self, epoch: int, start_step: int = 0, with_index: bool = False):
+        """As :meth:`TensorLoader.batches`."""
         self._check_start(start_step)
         bs = self.batch_size
         order = self.epoch_indices(epoch)[start_step * bs:self.steps * bs if self.drop_last else None]
@@ -130,7 +134,12 @@ class FolderLoader(_Loader):
             for step, (x, y) in enumerate(dl, start=start_step):
                 x = x.to(self.device, non_blocking=True)
                 y = y.to(self.device, non_blocking=True)
-                yield self._finish(x, y, epoch, step)
+                x, y = self._finish(x, y, epoch, step)
+                if with_index:
+                    lo = (step - start_step) * bs
+                    yield x, y, order[lo:lo + len(y)].to(self.device)
+                else:
+                    yield x, y
         except KdxError as e:  # re-raised from a worker with a traceback: keep the last line
             raise KdxError(str(e).strip().splitlines()[-1].split("KdxError: ", 1)[-1]) from None
 
@@ -138,7 +147,8 @@ class FolderLoader(_Loader):
 def make_loader(split, batch_size: int, *, train: bool, device, seed: int = 0, augment: dict | None = None,
                 mean=None, std=None, rank: int = 0, world_size: int = 1, drop_last: bool | None = None,
                 num_workers: int = 2, channels_last: bool = False):
-    """A loader over ``split`` yielding ``(x float32 normalised N×C×H×W, y int64)`` on ``device``.
+    """A loader over ``split`` yielding ``(x float32 normalised N×C×H×W, y int64)`` on ``device``
+    (``batches(epoch, start_step, with_index=True)`` adds the batch's dataset indices).
 
     ``augment=None`` -> the split's dataset defaults when ``train`` else none; ``{}`` disables.
     ``mean``/``std`` default to the dataset's constants. ``num_workers`` only matters for

@@ -144,6 +144,10 @@ class VAMStudent(nn.Module):
     def forward_features(self, x: Tensor) -> Tensor:
         return self.student.forward_features(x)
 
+    def forward_head(self, feat: Tensor) -> Tensor:
+        """Logits from the final feature map (N, D, h, w), as ``forward`` computes them."""
+        return self.head_logits(F.adaptive_avg_pool2d(feat, 1).flatten(1), self.routing_weights()[0])
+
     def forward(self, x: Tensor, return_experts: bool = False):
         feat = self.student.forward_features(x)  # (N, D, h, w)
         pooled = F.adaptive_avg_pool2d(feat, 1).flatten(1)

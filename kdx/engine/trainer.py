@@ -10,11 +10,10 @@ method-specific.
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -22,13 +21,16 @@ import torch
 
 import kdx
 from kdx.engine import checkpoint as ckpt
+from kdx.engine import rundir
 from kdx.engine.device import resolve_channels_last, resolve_device, resolve_precision, seed_everything
 from kdx.engine.distributed import DistInfo, all_reduce_sum, any_rank, barrier, init_distributed
 from kdx.engine.evaluate import evaluate
-from kdx.engine.io import atomic_write_csv, atomic_write_text
+from kdx.engine.io import atomic_write_csv, atomic_write_text, json_dumps, with_reasons
+from kdx.engine.metric_log import open_logger
 from kdx.engine.progress import EpochProgress
 from kdx.engine.schedule import get_schedule
 from kdx.engine.task import TrainTask
+from kdx.errors import KdxError
 
 
 def to_channels_last(module: torch.nn.Module) -> torch.nn.Module:
@@ -83,24 +85,32 @@ class Runtime:
 class Trainer:
     """Train ``task`` on ``bundle`` according to ``cfg``, writing everything into ``run_dir``.
 
-    ``stage``: optional sub-folder name (explainer stages); the run's files then go to
-    ``run_dir/stage`` and the progress labels carry the stage name.
+    ``cfg`` supplies the optimiser (``optimizer``, ``lr``, ``momentum``, ...), the lr schedule
+    (``schedule`` by name), ``epochs``, the stops (``max_steps``, ``max_bad_steps``) and the
+    run-time options; ``label`` prefixes the progress lines (e.g. ``explainer stage 1 (kd)``).
+    A multi-stage command runs one Trainer per stage, each in its own ``run_dir``.
+
+    :meth:`fit` is split into parts with one job each: :meth:`_build` (loaders, optimiser),
+    :meth:`_resume` (the state of an interrupted run), :meth:`_epoch` (the training steps of
+    one epoch), :meth:`_step` (one optimiser step), :meth:`_epoch_row` (reduction over ranks,
+    validation, the metrics row), :meth:`_write_epoch` (metrics.csv, records, checkpoints) and
+    :meth:`_finish` (test accuracy, results.json).
     """
 
     def __init__(self, cfg, task: TrainTask, bundle, run_dir: Path, runtime: Runtime | None = None,
-                 schedule: str | None = None, label: str = "train"):
+                 label: str = "train"):
         self.cfg = cfg
         self.task = task
         self.bundle = bundle
         self.run_dir = Path(run_dir)
         self.rt = runtime or Runtime.from_config(cfg)
-        self.schedule = get_schedule(schedule or cfg.schedule)
+        self.schedule = get_schedule(cfg.schedule)
         self.label = label
         self.is_main = self.rt.dist.is_main
         self.progress = EpochProgress(quiet=cfg.quiet, enabled=self.is_main)
+        self.logger = None  # per-epoch scalar logger (--log), opened by fit()
         self._stop_signal = 0
         self._old_handlers: dict = {}
-        self._records: list[str] = []  # names of the per-epoch long-format reports written so far
 
     # ------------------------------------------------------------------ set-up
     def _loaders(self):
@@ -141,6 +151,29 @@ class Trainer:
             signal.signal(sig, old)
         self._old_handlers.clear()
 
+    def _build(self) -> None:
+        """Seed, loaders, device placement, the initialisation phase of a fresh run, optimiser, DDP."""
+        cfg, rt, task = self.cfg, self.rt, self.task
+        seed_everything(cfg.seed + rt.dist.rank, cfg.deterministic)
+        self.train_loader, self.val_loader, self.test_loader = self._loaders()
+        task.to(rt.device)
+        if rt.channels_last:
+            to_channels_last(task)
+        if not ckpt.has_resume(self.run_dir):
+            # a fresh run: the task's initialisation phase (a resumed run had it before its first
+            # resume state was written; a run killed during it has no resume state and reruns it)
+            task.initialise(self.train_loader, rt)
+        groups = task.param_groups(cfg)
+        self.base_lrs = [g["lr"] for g in groups]
+        self.optimizer = self._optimizer(groups)
+        self.scaler = rt.precision.grad_scaler()
+        self.model_for_step = task
+        if rt.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [rt.device.index] if rt.device.type == "cuda" else None
+            self.model_for_step = DDP(task, device_ids=ids)
+
     # ------------------------------------------------------------------ metadata
     def metadata(self, epoch: int, metrics: dict) -> dict:
         meta = dict(self.task.checkpoint_metadata())
@@ -149,7 +182,7 @@ class Trainer:
             "kdx_version": kdx.__version__,
             "torch_version": torch.__version__,
             "epoch": epoch,
-            "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and not (isinstance(v, float) and math.isnan(v))},
+            "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and not (isinstance(v, float) and not math.isfinite(v))},
             "precision": self.rt.precision.name,
             "seed": self.cfg.seed,
         })
@@ -157,170 +190,176 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict:
-        cfg, rt, task = self.cfg, self.rt, self.task
-        seed_everything(cfg.seed + rt.dist.rank, cfg.deterministic)
-        train_loader, val_loader, test_loader = self._loaders()
-        task.to(rt.device)
-        if rt.channels_last:
-            to_channels_last(task)
-        groups = task.param_groups(cfg)
-        base_lrs = [g["lr"] for g in groups]
-        optimizer = self._optimizer(groups)
-        scaler = rt.precision.grad_scaler()
-        model_for_step = task
-        if rt.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            ids = [rt.device.index] if rt.device.type == "cuda" else None
-            model_for_step = DDP(task, device_ids=ids)
-
-        out = self.run_dir
-        metrics_path = out / "metrics.csv"
-        rows: list[dict] = []
-        records: dict[str, list[dict]] = {}
-        start_epoch, start_step, total_steps = 1, 0, 0
-        sums = {"n": 0.0, "correct": 0.0, "loss": 0.0}
-        best = {"epoch": 0, "val_top1": -1.0}
-        if ckpt.has_resume(out):
-            progress, _ = ckpt.load_resume(out, model=task, optimizer=optimizer, scaler=scaler)
-            start_epoch, start_step = progress["epoch"], progress["step"]
-            total_steps = progress["total_steps"]
-            sums = progress["sums"]
-            best = progress["best"]
-            if start_step >= len(train_loader):  # the epoch had finished
-                start_epoch, start_step = start_epoch + 1, 0
-                sums = {"n": 0.0, "correct": 0.0, "loss": 0.0}
-            if metrics_path.is_file():
-                rows = [r for r in pd.read_csv(metrics_path).to_dict("records") if r["epoch"] < start_epoch]
-            for name in progress.get("records", []):
-                if (out / f"{name}.csv").is_file():
-                    frame = pd.read_csv(out / f"{name}.csv")
-                    records[name] = frame[frame["epoch"] < start_epoch].to_dict("records")
-            self._records = sorted(progress.get("records", []))
-            self.progress.log(f"resuming {out} at epoch {start_epoch}, step {start_step}")
-        self.progress.log(f"{self.label}: {rt.describe()}, {len(train_loader)} steps/epoch, {cfg.epochs} epochs")
-
+        """Train (or continue) the run; returns the contents of results.json."""
+        self._build()
+        st = self._resume() if ckpt.has_resume(self.run_dir) else LoopState()
+        self.progress.log(f"{self.label}: {self.rt.describe()}, {len(self.train_loader)} steps/epoch, {self.cfg.epochs} epochs")
+        self.logger = open_logger(self.cfg, self.run_dir, self.is_main)
+        rundir.commit(self.run_dir)  # from here on a failure leaves a resumable run, not a rollback
         self._install_signal_handlers()
         try:
-            for epoch in range(start_epoch, cfg.epochs + 1):
-                lrs = self.schedule(epoch, base_lrs, cfg)
-                for group, lr in zip(optimizer.param_groups, lrs):
-                    group["lr"] = lr
-                task.on_epoch_start(epoch)
-                task.train()
-                loss_names: list[str] = []
-                dev_sums: dict[str, torch.Tensor] = {}
-                t0 = time.perf_counter()
-                images = 0
-                self.progress.start_epoch(f"{self.label} {epoch}/{cfg.epochs}", len(train_loader), start_step)
-                step = start_step
-                for x, y in train_loader.batches(epoch, start_step):
-                    with rt.precision.autocast():
-                        logits, losses = model_for_step(x, y)
-                        loss = sum(losses.values())
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                    step += 1
-                    total_steps += 1
-                    images += y.numel()
-                    with torch.no_grad():
-                        bs = y.numel()
-                        for name, value in losses.items():
-                            if name not in dev_sums:
-                                dev_sums[name] = torch.zeros((), dtype=torch.float64, device=y.device)
-                                loss_names.append(name)
-                            dev_sums[name] += value.detach().double() * bs
-                        dev_sums.setdefault("_loss", torch.zeros((), dtype=torch.float64, device=y.device))
-                        dev_sums["_loss"] += loss.detach().double() * bs
-                        dev_sums.setdefault("_correct", torch.zeros((), dtype=torch.float64, device=y.device))
-                        dev_sums["_correct"] += (logits.argmax(1) == y).sum()
-                        dev_sums.setdefault("_n", torch.zeros((), dtype=torch.float64, device=y.device))
-                        dev_sums["_n"] += bs
-                    if step % 10 == 0 or step == len(train_loader):
-                        n = sums["n"] + dev_sums["_n"].item()
-                        elapsed = max(time.perf_counter() - t0, 1e-9)
-                        self.progress.update(step, (sums["loss"] + dev_sums["_loss"].item()) / max(n, 1),
-                                             (sums["correct"] + dev_sums["_correct"].item()) / max(n, 1),
-                                             images * rt.dist.world_size / elapsed)
-                    reached_max = cfg.max_steps is not None and total_steps >= cfg.max_steps
-                    stop = any_rank(bool(self._stop_signal), rt.dist, rt.device) if rt.dist.enabled else bool(self._stop_signal)
-                    if stop or (reached_max and step < len(train_loader)):
-                        self._fold(sums, dev_sums, loss_names)
-                        self._save_resume(task, optimizer, scaler, epoch, step, total_steps, sums, best)
-                        self.progress.close()
-                        raise TrainingInterrupted(self._stop_signal, out, epoch, step)
-                train_seconds = time.perf_counter() - t0
-                self._fold(sums, dev_sums, loss_names)
-                # ---- end of epoch: reduce train sums over ranks, validate, log, checkpoint
-                keys = sorted(k for k in sums if k.startswith("loss_"))
-                red = all_reduce_sum([sums["n"], sums["correct"], sums["loss"]] + [sums[k] for k in keys], rt.dist, rt.device)
-                n = max(red[0], 1.0)
-                row = {"epoch": epoch, "lr": lrs[0]}
-                for g, lr in zip(optimizer.param_groups[1:], lrs[1:]):
-                    row[f"lr_{g.get('name', 'group')}"] = lr
-                row["train_loss"] = red[2] / n
-                for k, v in zip(keys, red[3:]):
-                    row[f"train_{k}"] = v / n
-                row["train_top1"] = red[1] / n
-                task.eval()
-                predict = task.predict
-                if val_loader is not None:
-                    vres = evaluate(predict, val_loader, self.bundle.num_classes, rt.precision, rt.dist, rt.device)
-                    row.update({"val_loss": vres.loss, "val_top1": vres.top1, "val_top5": vres.top5})
-                row.update(task.epoch_metrics(epoch))
-                for name, new_rows in task.epoch_records(epoch).items():
-                    records.setdefault(name, []).extend(dict(r, epoch=epoch) for r in new_rows)
-                row["seconds"] = train_seconds
-                row["images_per_s"] = images * rt.dist.world_size / max(train_seconds, 1e-9)
-                rows.append(row)
-                val_score = row.get("val_top1", None)
-                improved = val_score is None or val_score > best["val_top1"]
-                if improved:
-                    best = {"epoch": epoch, "val_top1": -1.0 if val_score is None else val_score}
-                if self.is_main:
-                    atomic_write_csv(metrics_path, pd.DataFrame(rows))
-                    for name, recs in records.items():
-                        frame = pd.DataFrame(recs)
-                        atomic_write_csv(out / f"{name}.csv", frame[["epoch"] + [c for c in frame.columns if c != "epoch"]])
-                    if improved:
-                        ckpt.save_checkpoint(out / ckpt.BEST_FILE, task.model.state_dict(), self.metadata(epoch, row))
-                    if epoch % cfg.save_every == 0 or epoch == cfg.epochs:
-                        ckpt.save_checkpoint(out / ckpt.MODEL_FILE, task.model.state_dict(), self.metadata(epoch, row))
-                sums = {"n": 0.0, "correct": 0.0, "loss": 0.0}
-                self._records = sorted(records)
-                self._save_resume(task, optimizer, scaler, epoch, len(train_loader), total_steps, sums, best)
-                self.progress.end_epoch(self._epoch_line(row))
-                start_step = 0
-                if self._stop_signal:
-                    raise TrainingInterrupted(self._stop_signal, out, epoch, len(train_loader))
-                if cfg.max_steps is not None and total_steps >= cfg.max_steps and epoch < cfg.epochs:
-                    raise TrainingInterrupted(0, out, epoch, len(train_loader))
+            for epoch in range(st.epoch, self.cfg.epochs + 1):
+                st.epoch = epoch
+                self._run_epoch(st)
         finally:
             self._restore_signal_handlers()
             self.progress.close()
+            if self.logger is not None:
+                self.logger.close()
+        return self._finish(st)
 
-        return self._finish(task, test_loader, val_loader, rows, best)
+    def _resume(self) -> "LoopState":
+        """The loop state of an interrupted run (model, optimiser, scaler and RNG are restored in place)."""
+        out, n_steps = self.run_dir, len(self.train_loader)
+        progress, _ = ckpt.load_resume(out, model=self.task, optimizer=self.optimizer, scaler=self.scaler)
+        st = LoopState(epoch=progress["epoch"], step=progress["step"], total_steps=progress["total_steps"],
+                       sums=progress["sums"], best=progress["best"], bad_steps=progress.get("bad_steps", 0))
+        if st.step >= n_steps:  # the epoch had finished
+            st.epoch, st.step, st.sums = st.epoch + 1, 0, new_sums()
+        if (out / "metrics.csv").is_file():
+            st.rows = [r for r in pd.read_csv(out / "metrics.csv").to_dict("records") if r["epoch"] < st.epoch]
+        for name in progress.get("records", []):
+            if (out / f"{name}.csv").is_file():
+                frame = pd.read_csv(out / f"{name}.csv")
+                st.records[name] = frame[frame["epoch"] < st.epoch].to_dict("records")
+        self.progress.log(f"resuming {out} at epoch {st.epoch}, step {st.step}")
+        return st
 
-    # ------------------------------------------------------------------ helpers
-    @staticmethod
-    def _fold(sums: dict, dev_sums: dict, loss_names: list[str]) -> None:
-        if not dev_sums:
+    def _run_epoch(self, st: "LoopState") -> None:
+        """Train one epoch from ``st.step``, then validate, log and checkpoint it."""
+        cfg, epoch, n_steps = self.cfg, st.epoch, len(self.train_loader)
+        lrs = self.schedule(epoch, self.base_lrs, cfg)
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        self.task.on_epoch_start(epoch)
+        self.task.train()
+        train_seconds, images = self._train_steps(st)
+        row = self._epoch_row(st, lrs, train_seconds, images)
+        self._write_epoch(st, row)
+        st.step = 0
+        if self._stop_signal:
+            raise TrainingInterrupted(self._stop_signal, self.run_dir, epoch, n_steps)
+        if cfg.max_steps is not None and st.total_steps >= cfg.max_steps and epoch < cfg.epochs:
+            raise TrainingInterrupted(0, self.run_dir, epoch, n_steps)
+
+    def _train_steps(self, st: "LoopState") -> tuple[float, int]:
+        """The optimiser steps of epoch ``st.epoch`` from ``st.step``; folds the loss sums into
+        ``st.sums``. Returns (seconds, images). A stop request (signal, --max-steps) writes the
+        resume state and raises :class:`TrainingInterrupted`."""
+        cfg, rt, n_steps = self.cfg, self.rt, len(self.train_loader)
+        acc = StepSums()
+        t0 = time.perf_counter()
+        images = 0
+        self.progress.start_epoch(f"{self.label} {st.epoch}/{cfg.epochs}", n_steps, st.step)
+        for x, y, index in self.train_loader.batches(st.epoch, st.step, with_index=True):
+            self._step(st, acc, x, y, index)
+            st.step += 1
+            st.total_steps += 1
+            images += y.numel()
+            if st.step % 10 == 0 or st.step == n_steps:
+                n = st.sums["n"] + acc.get("_n")
+                elapsed = max(time.perf_counter() - t0, 1e-9)
+                self.progress.update(st.step, (st.sums["loss"] + acc.get("_loss")) / max(n, 1),
+                                     (st.sums["correct"] + acc.get("_correct")) / max(n, 1),
+                                     images * rt.dist.world_size / elapsed)
+            reached_max = cfg.max_steps is not None and st.total_steps >= cfg.max_steps
+            stop = any_rank(bool(self._stop_signal), rt.dist, rt.device) if rt.dist.enabled else bool(self._stop_signal)
+            if stop or (reached_max and st.step < n_steps):
+                acc.fold_into(st.sums)
+                self._save_resume(st)
+                self.progress.close()
+                raise TrainingInterrupted(self._stop_signal, self.run_dir, st.epoch, st.step)
+        acc.fold_into(st.sums)
+        return time.perf_counter() - t0, images
+
+    def _step(self, st: "LoopState", acc: "StepSums", x, y, index) -> None:
+        """One optimiser step on ``(x, y, index)``; a non-finite loss skips the update (see
+        :meth:`_bad_step`)."""
+        rt = self.rt
+        with rt.precision.autocast():
+            logits, losses = self.model_for_step(x, y, index)
+            loss = sum(losses.values())
+        bad = not bool(torch.isfinite(loss.detach()))
+        if rt.dist.enabled:
+            bad = any_rank(bad, rt.dist, rt.device)
+        if bad:
+            self._bad_step(st, losses, loss)
             return
-        sums["n"] += dev_sums["_n"].item()
-        sums["correct"] += dev_sums["_correct"].item()
-        sums["loss"] += dev_sums["_loss"].item()
-        for name in loss_names:
-            sums[f"loss_{name}"] = sums.get(f"loss_{name}", 0.0) + dev_sums[name].item()
-        dev_sums.clear()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        acc.add(losses, loss, logits, y)
 
-    def _save_resume(self, task, optimizer, scaler, epoch, step, total_steps, sums, best):
+    def _bad_step(self, st: "LoopState", losses: dict, loss) -> None:
+        """A non-finite loss: skip the step; stop once more than ``max_bad_steps`` were seen. The
+        run's files stay those of the last good epoch (nothing is written here)."""
+        st.bad_steps += 1
+        names = [k for k, v in losses.items() if not bool(torch.isfinite(v.detach()).all())]
+        what = ", ".join(f"{k} = {float(losses[k].detach().float())}" for k in names) or f"total = {float(loss.detach().float())}"
+        where = f"epoch {st.epoch}, step {st.step + 1} (optimizer step {st.total_steps + 1})"
+        allowed = int(getattr(self.cfg, "max_bad_steps", 0) or 0)
+        if st.bad_steps > allowed:
+            self.progress.close()
+            raise KdxError(f"non-finite loss at {where}: {what}; stopped after {st.bad_steps} such step(s) "
+                           f"(--max-bad-steps {allowed}); the last good checkpoint stays in {self.run_dir}")
+        self.progress.log(f"[yellow]non-finite loss at {where}: {what}; step skipped ({st.bad_steps}/{allowed})[/]")
+
+    # ------------------------------------------------------------------ end of an epoch
+    def _epoch_row(self, st: "LoopState", lrs: list, train_seconds: float, images: int) -> dict:
+        """The epoch's metrics row: train sums reduced over ranks, validation, the task's columns."""
+        rt, task, sums = self.rt, self.task, st.sums
+        keys = sorted(k for k in sums if k.startswith("loss_"))
+        red = all_reduce_sum([sums["n"], sums["correct"], sums["loss"]] + [sums[k] for k in keys], rt.dist, rt.device)
+        n = max(red[0], 1.0)
+        row = {"epoch": st.epoch, "lr": lrs[0]}
+        for g, lr in zip(self.optimizer.param_groups[1:], lrs[1:]):
+            row[f"lr_{g.get('name', 'group')}"] = lr
+        row["train_loss"] = red[2] / n
+        for k, v in zip(keys, red[3:]):
+            row[f"train_{k}"] = v / n
+        row["train_top1"] = red[1] / n
+        task.eval()
+        if self.val_loader is not None:
+            vres = evaluate(task.predict, self.val_loader, self.bundle.num_classes, rt.precision, rt.dist, rt.device)
+            row.update({"val_loss": vres.loss, "val_top1": vres.top1, "val_top5": vres.top5})
+        row.update(task.epoch_metrics(st.epoch))
+        for name, new_rows in task.epoch_records(st.epoch).items():
+            st.records.setdefault(name, []).extend(dict(r, epoch=st.epoch) for r in new_rows)
+        row["seconds"] = train_seconds
+        row["images_per_s"] = images * rt.dist.world_size / max(train_seconds, 1e-9)
+        return row
+
+    def _write_epoch(self, st: "LoopState", row: dict) -> None:
+        """Bookkeeping of a finished epoch: best epoch, metrics.csv, records, checkpoints, resume state."""
+        cfg, out, epoch, task = self.cfg, self.run_dir, st.epoch, self.task
+        st.rows.append(row)
+        val_score = row.get("val_top1", None)
+        improved = val_score is None or val_score > st.best["val_top1"]
+        if improved:
+            st.best = {"epoch": epoch, "val_top1": -1.0 if val_score is None else val_score}
         if self.is_main:
-            ckpt.save_resume(self.run_dir, model=task, optimizer=optimizer, scaler=scaler,
-                             progress={"epoch": epoch, "step": step, "total_steps": total_steps,
-                                       "sums": dict(sums), "best": dict(best),
-                                       "records": list(self._records)})
+            atomic_write_csv(out / "metrics.csv", pd.DataFrame(st.rows))
+            for name, recs in st.records.items():
+                frame = pd.DataFrame(recs)
+                atomic_write_csv(out / f"{name}.csv", frame[["epoch"] + [c for c in frame.columns if c != "epoch"]])
+            if improved:
+                ckpt.save_checkpoint(out / ckpt.BEST_FILE, task.model.state_dict(), self.metadata(epoch, row))
+            if epoch % cfg.save_every == 0 or epoch == cfg.epochs:
+                ckpt.save_checkpoint(out / ckpt.MODEL_FILE, task.model.state_dict(), self.metadata(epoch, row))
+            if self.logger is not None:
+                self.logger.log_epoch(row)
+        st.sums = new_sums()
+        st.step = len(self.train_loader)
+        self._save_resume(st)
+        self.progress.end_epoch(self._epoch_line(row))
+
+    def _save_resume(self, st: "LoopState") -> None:
+        if self.is_main:
+            ckpt.save_resume(self.run_dir, model=self.task, optimizer=self.optimizer, scaler=self.scaler,
+                             progress={"epoch": st.epoch, "step": st.step, "total_steps": st.total_steps,
+                                       "sums": dict(st.sums), "best": dict(st.best), "bad_steps": st.bad_steps,
+                                       "records": sorted(st.records)})
         barrier(self.rt.dist)
 
     @staticmethod
@@ -334,9 +373,11 @@ class Trainer:
         parts.append(f"{row['seconds']:.1f}s, {row['images_per_s']:.0f} img/s")
         return "  ".join(parts)
 
-    def _finish(self, task, test_loader, val_loader, rows, best) -> dict:
+    # ------------------------------------------------------------------ the end of the run
+    def _finish(self, st: "LoopState") -> dict:
         """Test accuracy of the last and the best (on validation) epoch; results.json."""
-        rt, out = self.rt, self.run_dir
+        rt, out, task, rows, best = self.rt, self.run_dir, self.task, st.rows, st.best
+        test_loader, val_loader = self.test_loader, self.val_loader
         task.eval()
         last_epoch = rows[-1]["epoch"] if rows else self.cfg.epochs
         test_last = evaluate(task.predict, test_loader, self.bundle.num_classes, rt.precision, rt.dist, rt.device)
@@ -348,10 +389,9 @@ class Trainer:
             "best_epoch": best["epoch"],
             "best_selected_on": "val" if val_loader is not None else "last epoch (no validation split)",
         }
-        last_state = {k: v.detach().clone() for k, v in task.model.state_dict().items()}
         if val_loader is not None and (out / ckpt.BEST_FILE).is_file() and best["epoch"] != last_epoch:
-            best_state = ckpt.load_state(out / ckpt.BEST_FILE, map_location=rt.device)
-            task.model.load_state_dict(best_state)
+            last_state = {k: v.detach().clone() for k, v in task.model.state_dict().items()}
+            task.model.load_state_dict(ckpt.load_state(out / ckpt.BEST_FILE, map_location=rt.device))
             test_best = evaluate(task.predict, test_loader, self.bundle.num_classes, rt.precision, rt.dist, rt.device)
             task.model.load_state_dict(last_state)
         else:
@@ -359,15 +399,76 @@ class Trainer:
         results.update({"test_top1_best": test_best.top1, "test_top5_best": test_best.top5,
                         "val_top1_best": best["val_top1"] if val_loader is not None else None})
         if self.is_main:
-            final_row = dict(rows[-1]) if rows else {}
-            final_row.update({"test_top1": test_last.top1, "test_top5": test_last.top5})
-            ckpt.save_checkpoint(out / ckpt.MODEL_FILE, task.model.state_dict(), self.metadata(last_epoch, final_row))
-            if (out / ckpt.BEST_FILE).is_file():
-                best_meta = ckpt.read_metadata(out / ckpt.BEST_FILE)
-                best_meta["metrics"].update({"test_top1": test_best.top1, "test_top5": test_best.top5})
-                state = ckpt.load_state(out / ckpt.BEST_FILE)
-                ckpt.save_checkpoint(out / ckpt.BEST_FILE, state, best_meta)
-            atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
+            self._write_final(rows, last_epoch, test_last, test_best)
+            atomic_write_text(out / "results.json", json_dumps(with_reasons(results), indent=2) + "\n")
         barrier(rt.dist)
         return results
 
+    def _write_final(self, rows: list, last_epoch: int, test_last, test_best) -> None:
+        """The last and best checkpoints again, with their test accuracy in the metadata."""
+        out, task = self.run_dir, self.task
+        final_row = dict(rows[-1]) if rows else {}
+        final_row.update({"test_top1": test_last.top1, "test_top5": test_last.top5})
+        ckpt.save_checkpoint(out / ckpt.MODEL_FILE, task.model.state_dict(), self.metadata(last_epoch, final_row))
+        if (out / ckpt.BEST_FILE).is_file():
+            best_meta = ckpt.read_metadata(out / ckpt.BEST_FILE)
+            best_meta["metrics"].update({"test_top1": test_best.top1, "test_top5": test_best.top5})
+            state = ckpt.load_state(out / ckpt.BEST_FILE)
+            ckpt.save_checkpoint(out / ckpt.BEST_FILE, state, best_meta)
+
+
+def new_sums() -> dict:
+    return {"n": 0.0, "correct": 0.0, "loss": 0.0}
+
+
+@dataclass
+class LoopState:
+    """Where the loop stands: the state a resume restores (``resume/state.json``'s progress)."""
+
+    epoch: int = 1
+    step: int = 0  # steps done in ``epoch``
+    total_steps: int = 0
+    sums: dict = field(default_factory=new_sums)  # host-side train sums of the epoch so far
+    best: dict = field(default_factory=lambda: {"epoch": 0, "val_top1": -1.0})
+    bad_steps: int = 0
+    rows: list = field(default_factory=list)  # metrics.csv rows
+    records: dict = field(default_factory=dict)  # long-format records per name
+
+
+class StepSums:
+    """Per-step sums kept on the device (float64; no host sync per step) until folded into the
+    host-side sums: ``loss_<name>`` and ``loss`` weighted by batch size, ``correct``, ``n``."""
+
+    def __init__(self):
+        self.dev: dict[str, torch.Tensor] = {}
+        self.names: list[str] = []
+
+    def _acc(self, key: str, value, like: torch.Tensor) -> None:
+        if key not in self.dev:
+            self.dev[key] = torch.zeros((), dtype=torch.float64, device=like.device)
+        self.dev[key] += value
+
+    @torch.no_grad()
+    def add(self, losses: dict, loss, logits, y) -> None:
+        bs = y.numel()
+        for name, value in losses.items():
+            if name not in self.dev:
+                self.names.append(name)
+            self._acc(name, value.detach().double() * bs, y)
+        self._acc("_loss", loss.detach().double() * bs, y)
+        self._acc("_correct", (logits.argmax(1) == y).sum(), y)
+        self._acc("_n", bs, y)
+
+    def get(self, key: str) -> float:
+        return self.dev[key].item() if key in self.dev else 0.0
+
+    def fold_into(self, sums: dict) -> None:
+        if not self.dev:
+            return
+        sums["n"] += self.dev["_n"].item()
+        sums["correct"] += self.dev["_correct"].item()
+        sums["loss"] += self.dev["_loss"].item()
+        for name in self.names:
+            sums[f"loss_{name}"] = sums.get(f"loss_{name}", 0.0) + self.dev[name].item()
+        self.dev.clear()
+        self.names.clear()
