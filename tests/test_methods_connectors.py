@@ -82,7 +82,7 @@ def test_taps_read_repdistillers_features_wrn_and_vgg():
                 f0 = m.conv1(x)
                 f1 = m.block1(f0)
                 f2 = m.block2(f1)
-                ref = [f0, f1, f2, F.relu(m.bn1(m.block3(f2)))]
+                ref = [f0, f1, f2, m.block3(f2)]  # wrn.py: f3 = block3 output, BN+ReLU after
             elif arch == "vgg8":
                 ref, h = [], x
                 for i in range(5):

@@ -192,16 +192,29 @@ def test_fitnet_hint_layer_out_of_range():
         build("fitnet", {"fitnet_hint_layer": 4})
 
 
-@pytest.mark.parametrize("name", ["at", "nst"])
-def test_stage_count_mismatch_names_stages_and_sizes(name):
+@pytest.mark.parametrize("name,oracle,weight", [("at", lambda a, b: _np_at(a, b, 2), 1000), ("nst", _np_nst, 50)])
+def test_unequal_stage_counts_pair_by_zip(name, oracle, weight):
+    """RepDistiller's ``sum(criterion(feat_s[1:-1], feat_t[1:-1]))`` zips the two lists: a 3-stage
+    student against a 4-stage teacher pairs layer1..3 with layer1..3 and drops the teacher's layer4."""
     s, t = models("resnet8", "ResNet18")
-    ctx = MethodContext(params={"seed": 0}, student=s, teacher=t, num_classes=10)
-    task = MethodTask(s, build_methods([name], ctx), teacher=t)
-    with pytest.raises(KdxError) as e:
-        task.setup_methods(torch.zeros(2, 3, 16, 16))
-    msg = str(e.value)
-    assert "\n" not in msg and "student has 3" in msg and "teacher 4" in msg
-    assert "layer3 (64 ch, 4x4)" in msg and "layer4 (512 ch, 2x2)" in msg
+    m = build(name, student=s, teacher=t)
+    assert m.stages() == (["layer1", "layer2", "layer3"], ["layer1", "layer2", "layer3"])
+    assert m.record()["pairs"] == ["layer1 - layer1", "layer2 - layer2", "layer3 - layer3"]
+    r18 = {"layer1": (64, 16, 16), "layer2": (128, 8, 8), "layer3": (256, 4, 4)}
+    out = fake_out(m, RES8, r18)
+    g = torch.Generator().manual_seed(5)
+    layer4 = torch.randn(4, 512, 2, 2, generator=g)  # the teacher's extra stage, never read
+    feat_s = [npy(out.features_s[k]) for k in ("layer1", "layer2", "layer3")]
+    feat_t = [npy(out.features_t[k]) for k in ("layer1", "layer2", "layer3")] + [npy(layer4)]
+    want = weight * sum(oracle(a, b) for a, b in zip(feat_s, feat_t))
+    assert float(m.loss(out)[name]) == pytest.approx(want, rel=1e-4)
+    # the whole task runs (hooks only the paired stages)
+    task = MethodTask(s, build_methods([name], MethodContext(params={"seed": 0}, student=s, teacher=t,
+                                                              num_classes=10)), teacher=t)
+    x = torch.randn(2, 3, 16, 16)
+    task.setup_methods(x)
+    _, losses = task(x, torch.tensor([1, 2]))
+    assert torch.isfinite(losses[name])
 
 
 def test_feature_method_without_teacher_is_refused():

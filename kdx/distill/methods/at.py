@@ -5,8 +5,10 @@ of Convolutional Neural Networks via Attention Transfer", ICLR 2017.
 mean squared difference of the L2-normalised maps ``mean_c f^p``, the larger map pooled to the
 smaller) on every intermediate stage, RepDistiller's ``feat[1:-1]`` (:mod:`.repdistiller`:
 ``f1..fk``, after their activation). Defaults: the authors' configs (others_kd/attention:
-other_loss_weight 1000, p 2). Student and teacher must have as many stages (RepDistiller's
-``zip`` would silently drop the extra ones; kdx refuses the pairing).
+other_loss_weight 1000, p 2). Stages are paired in depth order by ``zip``, as RepDistiller's
+``Attention.forward``: when one network has more stages, its deepest extra ones are left
+out (e.g. resnet8's layer1..3 pair with ResNet18's layer1..3; ResNet18's layer4 is unused).
+The pairs used are listed in the run's method record (``pairs``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 
 from kdx.distill import functional as KF
 from kdx.distill.methods.base import Method, MethodContext, register_method
-from kdx.distill.methods.repdistiller import Tap, describe, feature_taps, hook_names, needs_final
+from kdx.distill.methods.repdistiller import Tap, feature_taps, hook_names, needs_final
 from kdx.errors import KdxError
 from kdx.options import Option
 
@@ -28,17 +30,21 @@ def stage_taps(ctx: MethodContext) -> tuple[list[Tap], list[Tap]]:
     return feature_taps(ctx.student)[1], feature_taps(ctx.teacher)[1]
 
 
-def check_one_to_one(method: str, probe, taps_s: list[Tap], taps_t: list[Tap]) -> None:
-    """One-line error unless the student and the teacher have the same number of stages."""
-    if len(taps_s) == len(taps_t) and taps_s:
-        return
+def zip_taps(taps_s: list[Tap], taps_t: list[Tap]) -> tuple[list[Tap], list[Tap]]:
+    """RepDistiller's ``zip(g_s, g_t)``: the first ``min(k_s, k_t)`` stages of each network."""
+    n = min(len(taps_s), len(taps_t))
+    return taps_s[:n], taps_t[:n]
 
-    def listing(taps, feats, final):
-        return ", ".join(f"{t.label} ({describe(t.read(feats, final))})" for t in taps) or "none"
 
-    raise KdxError(f"{method} pairs the stages one to one, but the student has {len(taps_s)} "
-                   f"[{listing(taps_s, probe.features_s, probe.feat_s)}] and the teacher {len(taps_t)} "
-                   f"[{listing(taps_t, probe.features_t, probe.feat_t)}]")
+def check_paired(method: str, taps_s: list[Tap], taps_t: list[Tap]) -> None:
+    """One-line error when either network has no intermediate stage to pair."""
+    if not taps_s or not taps_t:
+        raise KdxError(f"{method} needs intermediate stages (stage_names) on both student and teacher")
+
+
+def pair_labels(taps_s: list[Tap], taps_t: list[Tap]) -> list[str]:
+    """``["student layer1 - teacher layer1", ...]`` for the method record."""
+    return [f"{a.label} - {b.label}" for a, b in zip(taps_s, taps_t)]
 
 
 def read_pairs(out, taps_s: list[Tap], taps_t: list[Tap]):
@@ -63,16 +69,19 @@ class AT(Method):
 
     def __init__(self, ctx: MethodContext):
         super().__init__(ctx)
-        self.taps_s, self.taps_t = stage_taps(ctx)
+        self.taps_s, self.taps_t = zip_taps(*stage_taps(ctx))
         self.wants_final = needs_final(*self.taps_s, *self.taps_t)
 
     def stages(self):
         return hook_names(self.taps_s), hook_names(self.taps_t)
 
     def setup(self, probe):
-        check_one_to_one(self.name, probe, self.taps_s, self.taps_t)
+        check_paired(self.name, self.taps_s, self.taps_t)
 
     def loss(self, out):
         p = self.params["at_p"]
         terms = [KF.at(s, t, p) for s, t in read_pairs(out, self.taps_s, self.taps_t)]
         return {"at": self.params["at_weight"] * torch.stack(terms).sum()}
+
+    def record(self) -> dict:
+        return super().record() | {"pairs": pair_labels(self.taps_s, self.taps_t)}

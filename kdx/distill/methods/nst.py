@@ -3,8 +3,9 @@ Transfer", arXiv 1707.01219 (2017).
 
 ``nst_weight * sum over paired stages of MMD^2`` with the polynomial kernel ``(a . b)^2`` between
 the L2-normalised channel maps (:func:`kdx.distill.functional.nst`, the larger map pooled to the
-smaller) on every intermediate stage, RepDistiller's ``feat[1:-1]`` (as ``at``). Default
-weight: the authors' configs (others_kd/nst: other_loss_weight 50).
+smaller) on every intermediate stage, RepDistiller's ``feat[1:-1]``, paired by ``zip`` as
+``at`` (a deeper network's extra stages are left out, as in RepDistiller's ``NSTLoss``).
+Default weight: the authors' configs (others_kd/nst: other_loss_weight 50).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from kdx.distill import functional as KF
-from kdx.distill.methods.at import check_one_to_one, read_pairs, stage_taps
+from kdx.distill.methods.at import check_paired, pair_labels, read_pairs, stage_taps, zip_taps
 from kdx.distill.methods.base import Method, MethodContext, register_method
 from kdx.distill.methods.repdistiller import hook_names, needs_final
 from kdx.options import Option
@@ -32,15 +33,18 @@ class NST(Method):
 
     def __init__(self, ctx: MethodContext):
         super().__init__(ctx)
-        self.taps_s, self.taps_t = stage_taps(ctx)
+        self.taps_s, self.taps_t = zip_taps(*stage_taps(ctx))
         self.wants_final = needs_final(*self.taps_s, *self.taps_t)
 
     def stages(self):
         return hook_names(self.taps_s), hook_names(self.taps_t)
 
     def setup(self, probe):
-        check_one_to_one(self.name, probe, self.taps_s, self.taps_t)
+        check_paired(self.name, self.taps_s, self.taps_t)
 
     def loss(self, out):
         terms = [KF.nst(s, t) for s, t in read_pairs(out, self.taps_s, self.taps_t)]
         return {"nst": self.params["nst_weight"] * torch.stack(terms).sum()}
+
+    def record(self) -> dict:
+        return super().record() | {"pairs": pair_labels(self.taps_s, self.taps_t)}

@@ -7,15 +7,17 @@ Not a method (it registers nothing); two things live here:
    ``f1..fk`` the stage outputs after their activation, ``pooled`` the global average of the
    final map. kdx reads the same tensors through forward hooks (:class:`Tap`: a hooked module
    output, or the ``forward_features`` map, optionally followed by a ReLU), per family as
-   RepDistiller's ``models/*.py`` define them:
+   RepDistiller's ``models/*.py`` define them (``preact=False``; most stage outputs are post
+   ReLU, but WRN's are the raw pre-activation block outputs, its final BN+ReLU coming after
+   ``f3``):
 
    ==============  ======================  ===========================================
    family          f0 (stem)               f1..fk
    ==============  ======================  ===========================================
    resnet, shuffle ReLU(``bn1``)           ``stage_names`` outputs (already post-ReLU)
    mobilenetv2     ``conv1`` (conv-BN-ReLU)  ``blocks.1, .2, .4, .6`` (= ``stage_names``)
-   wrn             ``conv1``               ``block1``, ``block2``, ReLU(BN(``block3``))
-                                           (the last = ``forward_features``)
+   wrn             ``conv1``               ``block1``, ``block2``, ``block3`` (raw outputs,
+                                           no BN/ReLU: ``wrn.py`` sets ``f3 = block3(.)``)
    vgg             ReLU(``block0``)        ReLU(``block1`` .. ``block4``)
    ==============  ======================  ===========================================
 
@@ -86,7 +88,7 @@ def feature_taps(model: nn.Module) -> tuple[Optional[Tap], list[Tap]]:
     if isinstance(model, MobileNetV2Net):
         return Tap("conv1"), [Tap(s) for s in stages]
     if isinstance(model, WideResNet):
-        return Tap("conv1"), [Tap(s) for s in stages[:-1]] + [final_tap(model)]
+        return Tap("conv1"), [Tap(s) for s in stages]
     if isinstance(model, VGG):
         return Tap(stages[0], relu=True), [Tap(s, relu=True) for s in stages[1:]]
     return None, [Tap(s) for s in stages]
