@@ -101,6 +101,47 @@ def test_taps_read_repdistillers_features_wrn_and_vgg():
     assert feature_taps(create_model("vgg8", num_classes=10))[0] == Tap("block0", relu=True)
 
 
+def _repdistiller_feats(arch, m, x):
+    """RepDistiller's ``forward(x, is_feat=True, preact=False)[0][:-1]`` transcribed per family
+    (models/resnetv2.py, mobilenetv2.py, ShuffleNetv1.py, ShuffleNetv2.py, wrn.py)."""
+    if arch == "ResNet18":
+        f = [F.relu(m.bn1(m.conv1(x)))]
+        for name in ("layer1", "layer2", "layer3", "layer4"):
+            f.append(getattr(m, name)(f[-1]))
+        return f
+    if arch == "MobileNetV2":
+        f, h = [m.conv1(x)], m.conv1(x)
+        for i in range(7):
+            h = m.blocks[i](h)
+            if i in (1, 2, 4, 6):
+                f.append(h)
+        return f
+    if arch in ("ShuffleV1", "ShuffleV2"):
+        f = [F.relu(m.bn1(m.conv1(x)))]
+        for name in ("layer1", "layer2", "layer3"):
+            f.append(getattr(m, name)(f[-1]))
+        return f  # ShuffleV2's conv2-bn2-relu comes after f3 (only in the pooled f4)
+    f0 = m.conv1(x)  # wrn_40_1: raw block outputs, BN+ReLU only before the pooling
+    return [f0, m.block1(f0), m.block2(m.block1(f0)), m.block3(m.block2(m.block1(f0)))]
+
+
+@pytest.mark.parametrize("arch", ["ResNet18", "MobileNetV2", "ShuffleV1", "ShuffleV2", "wrn_40_1"])
+def test_taps_read_repdistillers_features_other_families(arch):
+    torch.manual_seed(0)
+    m = create_model(arch, num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    f0_tap, taps = feature_taps(m)
+    names = sorted({t.source for t in [f0_tap] + taps if t.source != FINAL})
+    with torch.no_grad():
+        _, feats = extract_features(m, x, names)
+        final = m.forward_features(x)
+        got = [f0_tap.read(feats, final)] + [t.read(feats, final) for t in taps]
+        ref = _repdistiller_feats(arch, m, x)
+    assert len(got) == len(ref)
+    for g, r in zip(got, ref):
+        torch.testing.assert_close(g, r)
+
+
 @pytest.mark.parametrize("arch", ["resnet8", "ResNet18", "wrn_16_1", "vgg8", "MobileNetV2", "ShuffleV1", "ShuffleV2"])
 def test_final_tap_reads_forward_features(arch):
     torch.manual_seed(0)

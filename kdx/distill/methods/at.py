@@ -4,8 +4,8 @@ of Convolutional Neural Networks via Attention Transfer", ICLR 2017.
 ``at_weight * sum over paired stages of AT(f_s, f_t; p)`` (:func:`kdx.distill.functional.at`:
 mean squared difference of the L2-normalised maps ``mean_c f^p``, the larger map pooled to the
 smaller) on every intermediate stage, RepDistiller's ``feat[1:-1]`` (:mod:`.repdistiller`:
-``f1..fk``, after their activation). Defaults: the authors' configs (others_kd/attention:
-other_loss_weight 1000, p 2). Stages are paired in depth order by ``zip``, as RepDistiller's
+``f1..fk``, as its ``forward(preact=False)`` returns them). Defaults: the authors' configs
+(others_kd/attention: other_loss_weight 1000, p 2). Stages are paired in depth order by ``zip``, as RepDistiller's
 ``Attention.forward``: when one network has more stages, its deepest extra ones are left
 out (e.g. resnet8's layer1..3 pair with ResNet18's layer1..3; ResNet18's layer4 is unused).
 The pairs used are listed in the run's method record (``pairs``).

@@ -4,7 +4,7 @@ Not a method (it registers nothing); two things live here:
 
 1. **Which zoo outputs make RepDistiller's feature list.** ``model(x, is_feat=True,
    preact=False)`` there returns ``[f0, f1, ..., fk, pooled]``: ``f0`` the stem output,
-   ``f1..fk`` the stage outputs after their activation, ``pooled`` the global average of the
+   ``f1..fk`` the stage outputs (see below), ``pooled`` the global average of the
    final map. kdx reads the same tensors through forward hooks (:class:`Tap`: a hooked module
    output, or the ``forward_features`` map, optionally followed by a ReLU), per family as
    RepDistiller's ``models/*.py`` define them (``preact=False``; most stage outputs are post
