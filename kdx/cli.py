@@ -188,20 +188,21 @@ training_command("train-vam-student", "train_vam_student",
     "Defaults: the paper's student recipe (SGD 0.05, 240 epochs, x0.1 at 150/180/210, batch 64); on "
     "fashion-mnist-mini (the default dataset) the quick preset's values (8 epochs, cosine, batch 128). "
     "--method kd,crd sums methods. --compare trains the grid of --compare-methods (each alone, + VAM, + "
-    "hierarchy, + VAM + hierarchy) plus ce from the same seeds into RUN/seed{s}/... and writes "
+    "hierarchy, + VAM + hierarchy) plus ce from the same seeds into RUN/seed<s>/... and writes "
     "comparison.csv, comparison_summary.csv and a comparison plot.")
 
 
 @app.command("analyze-conflicts")
 @handle_errors
 def analyze_conflicts(
-    runs: List[Path] = typer.Argument(..., help="Explainer runs (or VAM student runs / checkpoints) to compare."),
+    runs: List[Path] = typer.Argument(..., help="Explainer runs (or VAM student runs / checkpoints) to compare, "
+                                      "one or more.", metavar="RUN"),
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write the analysis to."),
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Dataset [the runs' own]."),
     split: str = typer.Option("val", "--split", help="val (seeded like the run) | test."),
     images: int = typer.Option(1024, "--images", "-n", help="Seeded subset of the split, the same for every run."),
-    label: Optional[List[str]] = typer.Option(None, "--label", "-l", help="Name of each run, one per run "
-                                              "[its objective; duplicates get -2, -3...]."),
+    label: Optional[List[str]] = typer.Option(None, "--label", "-l", metavar="NAMES", help="Name of each run, one per "
+                                              "run, comma-separated or repeated [its objective; duplicates get -2, -3...]."),
     batch_size: int = typer.Option(256, "--batch-size", "-b", help="Images per forward/backward chunk."),
     conflict_images: Optional[int] = typer.Option(None, "--conflict-images", help="Gradient conflicts on the first "
                                                   "N of the images [all]."),
@@ -209,6 +210,8 @@ def analyze_conflicts(
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset folder [the run's]."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N | mps"),
     plot_format: str = typer.Option("png", "--plot-format", help="Figure format: png | pdf | svg (pdf/svg are written beside the PNGs the report embeds)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines and no summary table (errors and "
+                               "warnings still go to stderr)."),
 ):
     """Subtask attention, entropy, sharing, gradient conflicts and class clusters of explainer runs.
 
@@ -217,10 +220,12 @@ def analyze_conflicts(
     """
     from kdx.analysis.plots import set_plot_format
     from kdx.commands import analyze_conflicts as cmd
+    from kdx.options import split_list
 
     set_plot_format(plot_format)
-    cmd.run(runs, dataset=dataset, split=split, images=images, labels=label, batch_size=batch_size, device=device,
-            out=out, data_root=data_root, conflict_images=conflict_images, conflicts=conflicts)
+    cmd.run(runs, dataset=dataset, split=split, images=images, labels=split_list(label) if label else None,
+            batch_size=batch_size, device=device, out=out, data_root=data_root, conflict_images=conflict_images,
+            conflicts=conflicts, quiet=quiet)
 
 
 @app.command("pipeline")
@@ -233,10 +238,12 @@ def pipeline_cmd(
                                          "cifar100-paper | tiny-imagenet [demo]."),
     print_config: bool = typer.Option(False, "--print-config", help="Print the effective study config and exit."),
     teacher: Optional[Path] = typer.Option(None, "--teacher", "-t", help="Use this teacher run instead of training one."),
-    seeds: Optional[str] = typer.Option(None, "--seeds", help="Train the explainers (and analyse them) for each of "
-                                        "these seeds, e.g. 0,1,2."),
-    methods: Optional[str] = typer.Option(None, "--methods", help="Explainer methods, e.g. ce,ls,kd [the preset's]."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="STEP.KEY=VALUE: any option of a step's command, "
+    seeds: Optional[List[str]] = typer.Option(None, "--seeds", metavar="INTS", help="Train the explainers (and "
+                                              "analyse them) for each of these seeds, e.g. 0,1,2 (comma-separated or "
+                                              "repeated)."),
+    methods: Optional[List[str]] = typer.Option(None, "--methods", metavar="NAMES", help="Explainer methods, e.g. "
+                                                "ce,ls,kd (comma-separated or repeated) [the preset's]."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", metavar="STEP.KEY=VALUE", help="STEP.KEY=VALUE: any option of a step's command, "
                                              "e.g. explainer.stage1_epochs=30 or teacher.arch=resnet32 "
                                              "(repeatable; steps: teacher, explainer, analysis, student)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Override the preset's dataset."),
@@ -256,17 +263,17 @@ def pipeline_cmd(
     from kdx.analysis.plots import set_plot_format
     from kdx.commands import pipeline as cmd
     from kdx.commands.study import merge_study, parse_sets
+    from kdx.options import split_list
 
     set_plot_format(plot_format)
     flags = {"teacher_run": str(teacher) if teacher else None, "dataset": dataset,
              "data_root": str(data_root) if data_root else None, "device": device, "quiet": True if quiet else None,
-             "download": True if download else None,
-             "methods": [m.strip() for m in methods.split(",") if m.strip()] if methods else None}
+             "download": True if download else None, "methods": split_list(methods) if methods else None}
     if seeds:
         try:
-            flags["seeds"] = [int(v) for v in seeds.split(",") if v.strip()]
+            flags["seeds"] = [int(v) for v in split_list(seeds)]
         except ValueError:
-            raise KdxError(f"--seeds must be comma-separated integers, got '{seeds}'") from None
+            raise KdxError(f"--seeds must be integers (comma-separated or repeated), got '{','.join(seeds)}'") from None
     study = cmd.build_study(preset, str(config) if config else None, merge_study(parse_sets(set_ or []),
                                                                            {k: v for k, v in flags.items() if v is not None}))
     if print_config:
@@ -278,7 +285,7 @@ def pipeline_cmd(
 @app.command("evaluate")
 @handle_errors
 def evaluate_cmd(
-    checkpoint: Path = typer.Argument(..., help="A checkpoint file or a run directory."),
+    checkpoint: Path = typer.Argument(..., help="A checkpoint file or a run directory.", metavar="CHECKPOINT"),
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Dataset [the checkpoint's]."),
     split: str = typer.Option("test", "--split", help="test | val"),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset folder."),
@@ -296,18 +303,20 @@ def evaluate_cmd(
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Validation share [the run's, or 0.1]."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the validation split [the run's]."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (top1, top5 as fractions) for scripts."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print no table (errors still go to stderr; --json "
+                               "still prints its object)."),
 ):
     """Top-1, top-5 and per-class accuracy of a checkpoint on a dataset split."""
     from kdx.commands import evaluate as cmd
 
     cmd.run(checkpoint, dataset=dataset, split=split, data_root=data_root, which=which, routing=routing, tau=tau,
             per_class_csv=per_class_csv, device=device, batch_size=batch_size, val_fraction=val_fraction, seed=seed,
-            json_out=json_out, precision=precision)
+            json_out=json_out, precision=precision, quiet=quiet)
 
 
 @app.command("info")
 @handle_errors
-def info_cmd(checkpoint: Path = typer.Argument(..., help="A checkpoint file or a run directory."),
+def info_cmd(checkpoint: Path = typer.Argument(..., help="A checkpoint file or a run directory.", metavar="CHECKPOINT"),
              json_out: bool = typer.Option(False, "--json", help="Print the metadata as JSON."),
              which: str = typer.Option("model", "--which", help="In a run directory: model (last epoch) or best.")):
     """Show a checkpoint's metadata (kind, arch, dataset, metrics...) as a table."""
@@ -319,7 +328,7 @@ def info_cmd(checkpoint: Path = typer.Argument(..., help="A checkpoint file or a
 @app.command("import-checkpoint")
 @handle_errors
 def import_checkpoint_cmd(
-    file: Path = typer.Argument(..., help="A .pth/.pt state dict (RepDistiller {'model': ...} or bare)."),
+    file: Path = typer.Argument(..., help="A .pth/.pt state dict (RepDistiller {'model': ...} or bare).", metavar="FILE"),
     out: Path = typer.Option(..., "--out", "-o", help="The .safetensors file to write."),
     kind: str = typer.Option("classifier", "--kind", help="classifier (zoo model) | explainer (official KDExplainer)."),
     arch: Optional[str] = typer.Option(None, "--arch", "-a", help="Zoo architecture (kind classifier)."),
@@ -379,6 +388,29 @@ def _escape_help_texts() -> None:
 
 
 _escape_help_texts()
+
+
+def _plain_argument_metavars() -> None:
+    """typer shows a positional argument as ``{runs}... <list[Path]>`` (its Python name and type);
+    an argument declared with a ``metavar`` is shown as click would: ``RUN...`` in the usage line
+    and in the Arguments panel, with no Python type. Arguments without a metavar are unchanged."""
+    from typer.core import TyperArgument
+
+    if getattr(TyperArgument, "_kdx_plain", False):
+        return
+    usage, shown, type_shown = (TyperArgument._usage_display_name, TyperArgument._rich_display_name,
+                                TyperArgument.display_type_rich)
+
+    def plain(self) -> str:
+        return self.metavar + ("..." if self.nargs != 1 else "")
+
+    TyperArgument._usage_display_name = lambda self: plain(self) if self.metavar else usage(self)
+    TyperArgument._rich_display_name = lambda self: plain(self) if self.metavar else shown(self)
+    TyperArgument.display_type_rich = lambda self, ctx: None if self.metavar else type_shown(self, ctx=ctx)
+    TyperArgument._kdx_plain = True
+
+
+_plain_argument_metavars()
 
 
 def main(argv: list[str] | None = None):  # console-script entry point

@@ -67,6 +67,22 @@ def test_every_option_has_help_and_panels_are_on():
     assert "list[" not in result.output and "<list" not in result.output
 
 
+PYTHON_TYPE_LEAK = re.compile(r"list\[|List\[|Optional\[|typing\.|NoneType|<class |\{[a-z_]+\}(\.\.\.)?|\bPath\]")
+
+
+@pytest.mark.parametrize("command", [None, *typer.main.get_command(app).commands])
+def test_no_python_type_leaks_in_any_help(command):
+    """Every command's rendered --help (not only the training ones): no Python type or parameter
+    name (``<list[Path]>``, ``{runs}...``, ``List[...]``) in the usage line or the panels."""
+    args = [command, "--help"] if command else ["--help"]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"})
+    assert result.exit_code == 0, result.output
+    leaks = [ln.strip() for ln in result.output.splitlines() if PYTHON_TYPE_LEAK.search(ln)]
+    assert not leaks, leaks
+    usage = next(ln for ln in result.output.splitlines() if "Usage:" in ln)
+    assert "{" not in usage, usage
+
+
 def test_invalid_choice_lists_the_valid_ones(capsys, tmp_path):
     code, _, err = run_main(capsys, "train-teacher", "--schedule", "cosin", "--out", tmp_path / "x")
     one_line_error(code, err, r"cosin.*multistep.*cosine")

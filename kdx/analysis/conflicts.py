@@ -277,10 +277,10 @@ def conflict_frame(comp: Components, attention: list[torch.Tensor], run: str) ->
                 a = att[:, e].double()
                 parts.append(pd.DataFrame({
                     "run": run, "signal": signal, "layer": l + 1, "expert": e,
-                    "subtask_i": ci.numpy(), "subtask_j": cj.numpy(),
+                    "class_i": ci.numpy(), "class_j": cj.numpy(),
                     "cosine": cos[iu[0], iu[1]].numpy(),
                     "shared_weight": torch.minimum(a[ci], a[cj]).numpy()}))
-    cols = ["run", "signal", "layer", "expert", "subtask_i", "subtask_j", "cosine", "shared_weight"]
+    cols = ["run", "signal", "layer", "expert", "class_i", "class_j", "cosine", "shared_weight"]
     if not parts:
         return pd.DataFrame(columns=cols)
     return pd.concat(parts, ignore_index=True)[cols]

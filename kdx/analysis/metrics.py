@@ -44,7 +44,7 @@ def subtask_metrics(logits: torch.Tensor, y: torch.Tensor) -> list[dict]:
     for c in range(logits.shape[1]):
         is_c = y == c
         rows.append({
-            "subtask": c,
+            "class": c,
             "support": int(is_c.sum()),
             "ovr_accuracy": float(((pred == c) == is_c).double().mean()),
             "auroc": auroc(logits[:, c], is_c),

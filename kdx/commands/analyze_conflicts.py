@@ -30,11 +30,11 @@ from kdx.engine.rundir import RESULTS_FILE, mark_finished
 from kdx.errors import KdxError
 
 COLUMNS = {
-    "subtask_attention": ["run", "mode", "layer", "subtask", "class_name", "expert", "weight"],
-    "entropy": ["run", "mode", "layer", "subtask", "class_name", "entropy", "normalised_entropy"],
-    "sharing": ["run", "mode", "layer", "subtask_i", "subtask_j", "overlap"],
-    "conflicts": ["run", "signal", "layer", "expert", "subtask_i", "subtask_j", "cosine", "shared_weight"],
-    "subtasks": ["run", "subtask", "class_name", "support", "ovr_accuracy", "auroc", "class_top1"],
+    "subtask_attention": ["run", "mode", "layer", "class", "class_name", "expert", "weight"],
+    "entropy": ["run", "mode", "layer", "class", "class_name", "entropy", "norm_entropy"],
+    "sharing": ["run", "mode", "layer", "class_i", "class_j", "overlap"],
+    "conflicts": ["run", "signal", "layer", "expert", "class_i", "class_j", "cosine", "shared_weight"],
+    "subtasks": ["run", "class", "class_name", "support", "ovr_accuracy", "auroc", "class_top1"],
     "clusters": ["run", "layer", "cluster", "expert", "class", "class_name"],
 }
 ROUTED_KINDS = ("explainer", "vam-student")
@@ -48,11 +48,11 @@ class RunProgress:
     """Progress of the analysis on stderr: on a terminal a live line (run, layer, chunk), updated as
     the gradient components advance; otherwise (piped, a log file) one plain line per finished run."""
 
-    def __init__(self, total: int, console: Console | None = None):
+    def __init__(self, total: int, console: Console | None = None, quiet: bool = False):
         from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-        self.total, self.console = total, console or Console(stderr=True)
-        self.live = self.console.is_terminal
+        self.total, self.console, self.quiet = total, console or Console(stderr=True), quiet
+        self.live = self.console.is_terminal and not quiet
         self._bar = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), TextColumn("{task.fields[where]}"),
                              TimeElapsedColumn(), console=self.console, transient=True) if self.live else None
         self._task = None
@@ -70,6 +70,8 @@ class RunProgress:
 
     def done(self, index: int, label: str, seconds: float, accuracy: float) -> None:
         line = f"analyze-conflicts: run {index}/{self.total} '{label}' done in {seconds:.1f} s (top-1 {100 * accuracy:.1f}%)"
+        if self.quiet:
+            return
         if self._bar is not None:
             self._bar.console.print(line, highlight=False)
         else:
@@ -183,8 +185,8 @@ def _attention_rows(label, mode, att, names):
             rows_e.append((label, mode, l, i, names[i], float(h[i]), float(hn[i])))
         ov = att_mod.overlap(a)
         iu = torch.triu_indices(c, c, offset=1)
-        rows_s.append(pd.DataFrame({"run": label, "mode": mode, "layer": l, "subtask_i": iu[0].numpy(),
-                                    "subtask_j": iu[1].numpy(), "overlap": ov[iu[0], iu[1]].numpy()}))
+        rows_s.append(pd.DataFrame({"run": label, "mode": mode, "layer": l, "class_i": iu[0].numpy(),
+                                    "class_j": iu[1].numpy(), "overlap": ov[iu[0], iu[1]].numpy()}))
     return rows_a, rows_e, rows_s
 
 
@@ -194,7 +196,7 @@ def _conflict_matrix(frame: pd.DataFrame, signal: str, layer: int, c: int):
     f = frame[(frame["signal"] == signal) & (frame["layer"] == layer) & (frame["shared_weight"] > 0)]
     mat = np.full((c, c), np.nan)
     if len(f):
-        m = f.groupby(["subtask_i", "subtask_j"])["cosine"].mean()
+        m = f.groupby(["class_i", "class_j"])["cosine"].mean()
         for (i, j), v in m.items():
             mat[i, j] = mat[j, i] = v
     for i in range(c):
@@ -214,7 +216,7 @@ def analyse_run(run, label, bundle, batches, conflict_images, do_conflicts, name
     y = torch.cat([yy for _, yy in batches]).cpu()
     sub = pd.DataFrame(mt_mod.subtask_metrics(logits, y))
     sub.insert(0, "run", label)
-    sub.insert(2, "class_name", [names[c] for c in sub["subtask"]])
+    sub.insert(2, "class_name", [names[c] for c in sub["class"]])
     att = {"soft": att_mod.compose(routing_matrices(model, "soft", final_tau)),
            "hard": att_mod.compose(routing_matrices(model, "hard")),
            "tau1": att_mod.compose(routing_matrices(model, "soft", att_mod.ROUTING_TAU))}
@@ -263,10 +265,30 @@ def analyse_run(run, label, bundle, batches, conflict_images, do_conflicts, name
     return out
 
 
+def check_out(out: Path) -> None:
+    """``--out`` must be a folder or not exist yet, under folders (one-line error otherwise)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise KdxError(f"--out {out} exists and is not a directory")
+    parent = next((p for p in out.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise KdxError(f"--out {out}: {parent} is not a directory")
+
+
+def _make_out(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise KdxError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
+
+
 def run(runs: list[Path], *, dataset=None, split="val", images=1024, labels=None, batch_size=256, device="cpu",
-        out: Path, data_root=None, conflict_images=None, conflicts=True) -> dict:
+        out: Path, data_root=None, conflict_images=None, conflicts=True, quiet=False) -> dict:
+    """Analyse ``runs`` into ``out``. ``quiet``: no progress lines and no summary table (errors and
+    warnings still go to stderr)."""
     from kdx.engine.device import resolve_device
 
+    check_out(out)
     if not runs:
         raise KdxError("give at least one run")
     if split not in ("val", "test"):
@@ -287,9 +309,9 @@ def run(runs: list[Path], *, dataset=None, split="val", images=1024, labels=None
     names = list(loaded[0]["meta"].get("class_names") or bundle.class_names)
     info["conflict_images"] = min(conflict_images or info["images"], info["images"]) if conflicts else 0
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    _make_out(out)
     (out / RESULTS_FILE).unlink(missing_ok=True)  # written last, when the analysis is complete
-    results, shown = [], RunProgress(len(loaded))
+    results, shown = [], RunProgress(len(loaded), quiet=quiet)
     try:
         for i, (r, label) in enumerate(zip(loaded, names_), start=1):
             shown.start(i, label)
@@ -382,7 +404,8 @@ def run(runs: list[Path], *, dataset=None, split="val", images=1024, labels=None
     text = write_report(info, tables["summary"], tables["subtasks"], plots, n_layers)
     atomic_write_text(out / "report.md", text)
     mark_finished(out, ["summary.csv", "report.md"], kind="analysis", runs=[r["path"] for r in info["runs"]])
-    _print_summary(tables["summary"], n_layers, out)
+    if not quiet:
+        _print_summary(tables["summary"], n_layers, out)
     return {"out": str(out), "summary": tables["summary"]}
 
 

@@ -66,7 +66,9 @@ def _set_routing(model, meta: dict, file: Path, routing, tau) -> None:
 
 def run(checkpoint: Path, *, dataset=None, split="test", data_root=None, which="model", routing=None, tau=None,
         per_class_csv=None, device="auto", batch_size=None, val_fraction=None, seed=None, json_out=False,
-        precision=None) -> dict:
+        precision=None, quiet=False) -> dict:
+    """Evaluate and write the per-class CSV; print a table (nothing with ``quiet``; one JSON
+    object with ``json_out``, quiet or not)."""
     from kdx.data import load_dataset, make_loader
     from kdx.engine.trainer import to_channels_last
 
@@ -99,7 +101,7 @@ def run(checkpoint: Path, *, dataset=None, split="test", data_root=None, which="
     res = evaluate(model, loader, bundle.num_classes, prec, device=dev)
     per_class = pd.DataFrame({
         "class": list(range(bundle.num_classes)),
-        "name": bundle.class_names,
+        "class_name": bundle.class_names,
         "correct": res.per_class_correct,
         "total": res.per_class_total,
         "accuracy": res.per_class_accuracy,
@@ -115,6 +117,8 @@ def run(checkpoint: Path, *, dataset=None, split="test", data_root=None, which="
         result["tau"] = float(getattr(model, "tau", float("nan")))
     if json_out:
         print(json_dumps(with_reasons(result)))  # NaN (an empty split) becomes null with a reason
+        return result
+    if quiet:
         return result
     table = Table(title=f"{file} on {dataset} ({split}, {res.count} images, {prec.name})")
     table.add_column("metric")

@@ -78,8 +78,10 @@ def _dataset_meta(dataset: str | None, num_classes: int, in_channels: int) -> di
 def run(file: Path, *, out: Path, kind="classifier", arch=None, num_classes=None, in_channels=None, dataset=None,
         force=False) -> dict:
     out = Path(out)
+    if out.is_dir():
+        raise KdxError(f"--out {out} is a directory; name the .safetensors file to write")
     if out.exists() and not force:
-        raise KdxError(f"{out} exists; pass --force to overwrite it")
+        raise KdxError(f"{out} exists; pass --overwrite to replace it")
     if out.suffix != ".safetensors":
         raise KdxError(f"--out must end in .safetensors, got {out.name}")
     state = read_foreign_state_dict(Path(file))
