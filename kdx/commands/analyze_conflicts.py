@@ -282,13 +282,7 @@ def _make_out(out: Path) -> None:
         raise KdxError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
 
 
-def run(runs: list[Path], *, dataset=None, split="val", images=1024, labels=None, batch_size=256, device="cpu",
-        out: Path, data_root=None, conflict_images=None, conflicts=True, quiet=False) -> dict:
-    """Analyse ``runs`` into ``out``. ``quiet``: no progress lines and no summary table (errors and
-    warnings still go to stderr)."""
-    from kdx.engine.device import resolve_device
-
-    check_out(out)
+def _check_numbers(runs, split, images, batch_size, conflict_images) -> None:
     if not runs:
         raise KdxError("give at least one run")
     if split not in ("val", "test"):
@@ -299,6 +293,105 @@ def run(runs: list[Path], *, dataset=None, split="val", images=1024, labels=None
         raise KdxError("--batch-size must be >= 1")
     if conflict_images is not None and conflict_images < 1:
         raise KdxError("--conflict-images must be >= 1")
+
+
+def _analyse_all(loaded, labels, bundle, batches, info, conflicts, names, quiet) -> list[dict]:
+    """:func:`analyse_run` of every run, with the progress display."""
+    results, shown = [], RunProgress(len(loaded), quiet=quiet)
+    try:
+        for i, (r, label) in enumerate(zip(loaded, labels), start=1):
+            shown.start(i, label)
+            res = analyse_run(r, label, bundle, batches, info["conflict_images"], conflicts, names, shown.update)
+            res.update(path=r["path"], meta=r["meta"])
+            results.append(res)
+            shown.done(i, label, res["seconds"], res["accuracy"])
+    finally:
+        shown.close()
+    return results
+
+
+def _summary_row(res: dict, images: int) -> dict:
+    """One row of summary.csv: the run, its accuracy, entropies, conflict statistics and clusters."""
+    row = {"run": res["label"], "path": res["path"], "objective": (res["meta"].get("method") or res["meta"].get("objective")),
+           "kind": res["meta"].get("kind"), "stage": res["meta"].get("stage"), "routing": res["mode"],
+           "tau": res["tau"], "images": images, "accuracy": res["accuracy"]}
+    row.update(att_mod.entropy_summary(res["attention"]["soft"], res["attention"]["tau1"]))
+    for sig in ("objective", "ce"):
+        st = cf_mod.conflict_stats(res["conflicts"], sig)
+        row[f"conflict_rate_{sig}"] = st["conflict_rate"]
+        row[f"weighted_conflict_{sig}"] = st["weighted_conflict"]
+        row[f"mean_cosine_{sig}"] = st["mean_cosine"]
+        row[f"shared_pairs_{sig}"] = st["pairs"]
+    for l, groups in enumerate(res["groups"], start=1):
+        row[f"clusters_l{l}"] = len(groups)
+    row["seconds"] = round(res["seconds"], 2)
+    return row
+
+
+def _tables(results: list[dict], names: list[str], images: int) -> dict[str, pd.DataFrame]:
+    """Every CSV of --out as a frame (columns: :data:`COLUMNS`)."""
+    att_rows, ent_rows, share_frames, cl_rows = [], [], [], []
+    for res in results:
+        for mode in ("soft", "hard"):
+            a, e, s = _attention_rows(res["label"], mode, res["attention"][mode], names)
+            att_rows += a
+            ent_rows += e
+            share_frames += s
+        cl_rows += cl_mod.cluster_rows(res["groups"], names, res["label"])
+    return {
+        "subtask_attention": pd.DataFrame(att_rows, columns=COLUMNS["subtask_attention"]),
+        "entropy": pd.DataFrame(ent_rows, columns=COLUMNS["entropy"]),
+        "sharing": pd.concat(share_frames, ignore_index=True)[COLUMNS["sharing"]],
+        "conflicts": pd.concat([r["conflicts"] for r in results], ignore_index=True)[COLUMNS["conflicts"]],
+        "subtasks": pd.concat([r["subtasks"] for r in results], ignore_index=True)[COLUMNS["subtasks"]],
+        "clusters": pd.DataFrame(cl_rows, columns=COLUMNS["clusters"]),
+        "summary": pd.DataFrame([_summary_row(r, images) for r in results]),
+    }
+
+
+def _write_clusters(results: list[dict], names: list[str], out: Path) -> None:
+    """clusters/*.json: per run under clusters/<label>/, the kd run's (or the first) at clusters/."""
+    objs = [(res["meta"].get("method") or res["meta"].get("objective")) for res in results]
+    main = results[objs.index("kd")] if "kd" in objs else results[0]
+    for res in results:
+        targets = [out / "clusters" / res["label"]] if len(results) > 1 else []
+        if res is main:
+            targets.append(out / "clusters")
+        for d in targets:
+            for l, groups in enumerate(res["groups"], start=1):
+                doc = cl_mod.cluster_json(groups, l, names, res["label"])
+                atomic_write_text(d / f"layer{l}.json", json.dumps(doc, indent=1) + "\n")
+
+
+def _run_plots(res: dict, names: list[str], pdir: Path) -> list[tuple[str, str]]:
+    """One run's attention heatmaps, class tree and conflict matrices: [(caption, relative path)]."""
+    lab = res["label"]
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in lab)
+    items = []
+    for l, a in enumerate(res["attention"]["soft"], start=1):
+        f = pl_mod.attention_heatmap(a.numpy(), names, f"{lab}: subtask attention over layer-{l} experts "
+                                     f"(soft, tau {res['tau']:.3g})", pdir / f"attention_{safe}_layer{l}.png")
+        items.append((f"{lab}: attention, layer {l}", f"plots/{f.name}"))
+    f = pl_mod.tree_plot(res["groups"], names, f"{lab}: class tree under hard routing", pdir / f"tree_{safe}.png")
+    items.append((f"{lab}: class tree", f"plots/{f.name}"))
+    fr = res["conflicts"]
+    sig = "objective" if (fr["signal"] == "objective").any() else "ce"
+    if len(fr):
+        mats = [_conflict_matrix(fr, sig, l, len(names)) for l in range(1, len(res["attention"]["soft"]) + 1)]
+        f = pl_mod.conflict_matrices(mats, names, f"{lab}: gradient cosine between subtasks ({sig} signal), "
+                                     "mean over shared experts", pdir / f"conflicts_{safe}.png")
+        items.append((f"{lab}: gradient conflicts ({sig})", f"plots/{f.name}"))
+    return items
+
+
+def run(runs: list[Path], *, dataset=None, split="val", images=1024, labels=None, batch_size=256, device="cpu",
+        out: Path, data_root=None, conflict_images=None, conflicts=True, quiet=False) -> dict:
+    """Analyse ``runs`` into ``out``. ``quiet``: no progress lines and no summary table (errors and
+    warnings still go to stderr)."""
+    from kdx.engine.device import resolve_device
+
+    check_out(out)
+    _check_numbers(runs, split, images, batch_size, conflict_images)
     dev = resolve_device(device)
     loaded = [load_run(Path(p)) for p in runs]
     _check_same_task(loaded)
@@ -311,98 +404,19 @@ def run(runs: list[Path], *, dataset=None, split="val", images=1024, labels=None
     out = Path(out)
     _make_out(out)
     (out / RESULTS_FILE).unlink(missing_ok=True)  # written last, when the analysis is complete
-    results, shown = [], RunProgress(len(loaded), quiet=quiet)
-    try:
-        for i, (r, label) in enumerate(zip(loaded, names_), start=1):
-            shown.start(i, label)
-            res = analyse_run(r, label, bundle, batches, info["conflict_images"], conflicts, names, shown.update)
-            res.update(path=r["path"], meta=r["meta"])
-            results.append(res)
-            shown.done(i, label, res["seconds"], res["accuracy"])
-    finally:
-        shown.close()
-
-    # ---- tables
-    att_rows, ent_rows, share_frames, conflict_frames, sub_frames, cl_rows, summary = [], [], [], [], [], [], []
-    n_layers = max(len(res["attention"]["soft"]) for res in results)
-    for res in results:
-        lab = res["label"]
-        for mode in ("soft", "hard"):
-            a, e, s = _attention_rows(lab, mode, res["attention"][mode], names)
-            att_rows += a
-            ent_rows += e
-            share_frames += s
-        conflict_frames.append(res["conflicts"])
-        sub_frames.append(res["subtasks"])
-        cl_rows += cl_mod.cluster_rows(res["groups"], names, lab)
-        row = {"run": lab, "path": res["path"], "objective": (res["meta"].get("method") or res["meta"].get("objective")),
-               "kind": res["meta"].get("kind"), "stage": res["meta"].get("stage"), "routing": res["mode"],
-               "tau": res["tau"], "images": info["images"], "accuracy": res["accuracy"]}
-        row.update(att_mod.entropy_summary(res["attention"]["soft"], res["attention"]["tau1"]))
-        for sig in ("objective", "ce"):
-            st = cf_mod.conflict_stats(res["conflicts"], sig)
-            row[f"conflict_rate_{sig}"] = st["conflict_rate"]
-            row[f"weighted_conflict_{sig}"] = st["weighted_conflict"]
-            row[f"mean_cosine_{sig}"] = st["mean_cosine"]
-            row[f"shared_pairs_{sig}"] = st["pairs"]
-        for l, groups in enumerate(res["groups"], start=1):
-            row[f"clusters_l{l}"] = len(groups)
-        row["seconds"] = round(res["seconds"], 2)
-        summary.append(row)
-    tables = {
-        "subtask_attention": pd.DataFrame(att_rows, columns=COLUMNS["subtask_attention"]),
-        "entropy": pd.DataFrame(ent_rows, columns=COLUMNS["entropy"]),
-        "sharing": pd.concat(share_frames, ignore_index=True)[COLUMNS["sharing"]],
-        "conflicts": pd.concat(conflict_frames, ignore_index=True)[COLUMNS["conflicts"]],
-        "subtasks": pd.concat(sub_frames, ignore_index=True)[COLUMNS["subtasks"]],
-        "clusters": pd.DataFrame(cl_rows, columns=COLUMNS["clusters"]),
-        "summary": pd.DataFrame(summary),
-    }
+    results = _analyse_all(loaded, names_, bundle, batches, info, conflicts, names, quiet)
+    tables = _tables(results, names, info["images"])
     for name, frame in tables.items():
         atomic_write_csv(out / f"{name}.csv", frame)
-
-    # ---- clusters/*.json: per run under clusters/<label>/, the kd run's (or the first) at clusters/
-    objs = [(res["meta"].get("method") or res["meta"].get("objective")) for res in results]
-    main = results[objs.index("kd")] if "kd" in objs else results[0]
-    for res in results:
-        targets = [out / "clusters" / res["label"]] if len(results) > 1 else []
-        if res is main:
-            targets.append(out / "clusters")
-        for d in targets:
-            for l, groups in enumerate(res["groups"], start=1):
-                doc = cl_mod.cluster_json(groups, l, names, res["label"])
-                atomic_write_text(d / f"layer{l}.json", json.dumps(doc, indent=1) + "\n")
-
-    # ---- plots
-    pdir = out / "plots"
-    plots: dict = {}
-    for res in results:
-        lab = res["label"]
-        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in lab)
-        items = []
-        for l, a in enumerate(res["attention"]["soft"], start=1):
-            f = pl_mod.attention_heatmap(a.numpy(), names, f"{lab}: subtask attention over layer-{l} experts "
-                                         f"(soft, tau {res['tau']:.3g})", pdir / f"attention_{safe}_layer{l}.png")
-            items.append((f"{lab}: attention, layer {l}", f"plots/{f.name}"))
-        f = pl_mod.tree_plot(res["groups"], names, f"{lab}: class tree under hard routing", pdir / f"tree_{safe}.png")
-        items.append((f"{lab}: class tree", f"plots/{f.name}"))
-        fr = res["conflicts"]
-        sig = "objective" if (fr["signal"] == "objective").any() else "ce"
-        if len(fr):
-            mats = [_conflict_matrix(fr, sig, l, len(names)) for l in range(1, len(res["attention"]["soft"]) + 1)]
-            f = pl_mod.conflict_matrices(mats, names, f"{lab}: gradient cosine between subtasks ({sig} signal), "
-                                         "mean over shared experts", pdir / f"conflicts_{safe}.png")
-            items.append((f"{lab}: gradient conflicts ({sig})", f"plots/{f.name}"))
-        plots[lab] = items
-    f = pl_mod.entropy_bars(tables["summary"], n_layers, pdir / "entropy.png")
+    _write_clusters(results, names, out)
+    n_layers = max(len(res["attention"]["soft"]) for res in results)
+    plots = {res["label"]: _run_plots(res, names, out / "plots") for res in results}
+    f = pl_mod.entropy_bars(tables["summary"], n_layers, out / "plots" / "entropy.png")
     plots[""] = [("attention entropy per layer, all runs", f"plots/{f.name}")]
-
-    # ---- report
     info["runs"] = [{"label": res["label"], "path": res["path"], "objective": (res["meta"].get("method") or res["meta"].get("objective")),
                      "stage": res["meta"].get("stage"), "routing": res["mode"], "tau": res["tau"], "note": res["note"]}
                     for res in results]
-    text = write_report(info, tables["summary"], tables["subtasks"], plots, n_layers)
-    atomic_write_text(out / "report.md", text)
+    atomic_write_text(out / "report.md", write_report(info, tables["summary"], tables["subtasks"], plots, n_layers))
     mark_finished(out, ["summary.csv", "report.md"], kind="analysis", runs=[r["path"] for r in info["runs"]])
     if not quiet:
         _print_summary(tables["summary"], n_layers, out)

@@ -118,17 +118,21 @@ def run(checkpoint: Path, *, dataset=None, split="test", data_root=None, which="
     if json_out:
         print(json_dumps(with_reasons(result)))  # NaN (an empty split) becomes null with a reason
         return result
-    if quiet:
-        return result
-    table = Table(title=f"{file} on {dataset} ({split}, {res.count} images, {prec.name})")
+    if not quiet:
+        _print_table(f"{file} on {dataset} ({split}, {res.count} images, {prec.name})", res, bundle.class_names,
+                     per_class_csv)
+    return result
+
+
+def _print_table(title: str, res, class_names: list[str], per_class_csv: Path) -> None:
+    table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_row("top-1", f"{100 * res.top1:.2f}%")
     table.add_row("top-5", f"{100 * res.top5:.2f}%")
     table.add_row("loss", f"{res.loss:.4f}")
-    for name, acc in zip(bundle.class_names, res.per_class_accuracy):
+    for name, acc in zip(class_names, res.per_class_accuracy):
         table.add_row(f"  {name}", f"{100 * acc:.1f}%")
     console = table_console()
     console.print(table)
     console.print(f"per-class accuracy: {per_class_csv}")
-    return result
