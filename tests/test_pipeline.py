@@ -239,6 +239,9 @@ def test_every_input_is_checked_before_the_first_step(tmp_path):
     r = runner.invoke(app, ["pipeline", "--config", str(_tiny_config(tmp_path)), "--dataset", "cifar10", "--data-root",
                             str(tmp_path / "empty"), "--out", str(out)])
     assert r.exit_code == 2 and "download" in r.output and not out.exists()
+    bad = _tiny_config(tmp_path, analysis={"images": 1})
+    r = runner.invoke(app, ["pipeline", "--config", str(bad), "--out", str(out)])
+    assert r.exit_code == 2 and "images must be >= 2" in r.output and not out.exists()  # checked before any step
 
 
 def test_failed_or_changed_study_and_overwrite(tmp_path):
@@ -308,3 +311,17 @@ def test_single_seed_analysis_claims_no_sameness():
     text = "\n".join(comparisons(summary, 1))
     assert "about the same" not in text and "-1%" in text  # the 5 % rule is gone; the difference is still given
     assert "no difference is claimed from one seed" in ONE_SEED
+
+
+def test_a_study_folder_in_use_is_refused(tmp_path):
+    """A second writer of a study folder is refused before it changes anything (issue 13 item 18)."""
+    import os
+    import socket
+
+    out = tmp_path / "study"
+    out.mkdir()
+    (out / ".kdx.lock").write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname()}))
+    study = pipeline.build_study("demo", None, TINY_STUDY)
+    with pytest.raises(KdxError, match="in use by process"):
+        pipeline.claim_folder(study, out, overwrite=True)
+    assert not (out / "study.json").exists()

@@ -270,3 +270,18 @@ def test_summary_paired_delta_against_kd():
     assert s.loc["kd+vam", "test_top1_best_delta_vs_base_std"] == pytest.approx(0.0152753, abs=1e-6)
     assert s.loc["kd", "test_top1_best_delta_vs_base_mean"] != s.loc["kd", "test_top1_best_delta_vs_base_mean"]  # NaN
     assert s.loc["kd+vam", "test_top1_last_delta_vs_base_mean"] == pytest.approx(0.01 / 3)
+
+
+def test_a_compare_folder_in_use_is_refused(compare_run, tmp_path):
+    """A second writer of a --compare group folder is refused before it changes anything (issue 13 item 18)."""
+    import os
+    import socket
+
+    teacher = compare_run[1]
+    out = tmp_path / "grid"
+    out.mkdir()
+    (out / ".kdx.lock").write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname()}))
+    result = invoke("train-vam-student", "--teacher", teacher, "--arch", "resnet8", *TINY, "--out", out, "--compare",
+                    "--overwrite")
+    assert result.exit_code == 2 and "in use by process" in result.output
+    assert sorted(p.name for p in out.iterdir()) == [".kdx.lock"]

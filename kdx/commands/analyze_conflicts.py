@@ -285,6 +285,11 @@ def _make_out(out: Path) -> None:
 def _check_numbers(runs, split, images, batch_size, conflict_images) -> None:
     if not runs:
         raise KdxError("give at least one run")
+    check_options(split=split, images=images, batch_size=batch_size, conflict_images=conflict_images)
+
+
+def check_options(split="val", images=1024, batch_size=256, conflict_images=None, **_) -> None:
+    """The analysis' own value checks (also run by ``kdx pipeline`` before a study's first step)."""
     if split not in ("val", "test"):
         raise KdxError(f"--split must be val or test, got '{split}'")
     if images < 2:

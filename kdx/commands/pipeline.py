@@ -22,7 +22,7 @@ from kdx.commands.study import (BASE_SEED, GLOBAL_KEYS, PIPELINE_PRESETS, STEP_C
                                 layout, merge_study, step_options)
 from kdx.engine.io import atomic_write_text
 from kdx.engine.progress import console
-from kdx.engine.rundir import finished, holds_run
+from kdx.engine.rundir import acquire_lock, finished, holds_run
 from kdx.errors import KdxError
 
 # ------------------------------------------------------------------ the steps' configs
@@ -75,6 +75,12 @@ def analysis_args(study: dict, analysis: Path) -> dict:
             ok = isinstance(value, type(default)) or default is None
         if not ok:
             raise KdxError(f"[analysis] {key} = {value!r} is not valid (default: {default!r})")
+    from kdx.commands.analyze_conflicts import check_options
+
+    try:
+        check_options(**table)
+    except KdxError as exc:
+        raise KdxError(f"study table [analysis]: {exc}") from None
     return dict(table, dataset=study.get("dataset"), device=study.get("device") or "auto", out=analysis,
                 data_root=study.get("data_root"))
 
@@ -143,6 +149,8 @@ def claim_folder(study: dict, out: Path, overwrite: bool) -> None:
     saved = out / "study.json"
     if out.exists() and not out.is_dir():
         raise KdxError(f"--out {out} exists and is not a directory")
+    if out.is_dir():
+        acquire_lock(out)  # a second study writer is refused before anything is changed
     if saved.is_file():
         try:
             previous = json.loads(saved.read_text())
@@ -156,6 +164,7 @@ def claim_folder(study: dict, out: Path, overwrite: bool) -> None:
             raise KdxError(f"{out} holds a study with another config (differs in: {', '.join(changed)}); "
                            f"rerun with --config {saved}, add --overwrite to replace it, or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
+    acquire_lock(out)
     atomic_write_text(saved, json.dumps(study, indent=2) + "\n")
 
 

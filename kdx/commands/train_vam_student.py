@@ -33,7 +33,7 @@ from kdx.engine.device import seed_everything
 from kdx.engine.distributed import barrier
 from kdx.engine.io import atomic_write_csv, atomic_write_text
 from kdx.engine.progress import table_console
-from kdx.engine.rundir import RESULTS_FILE, finished, holds_run, mark_finished, prepare_run_dir
+from kdx.engine.rundir import RESULTS_FILE, acquire_lock, finished, holds_run, mark_finished, prepare_run_dir
 from kdx.engine.trainer import Runtime, Trainer
 from kdx.errors import KdxError, did_you_mean
 
@@ -221,6 +221,8 @@ def _prepare_group_dir(cfg) -> Path:
     out = Path(cfg.resume or cfg.out)
     if out.exists() and not out.is_dir():
         raise KdxError(f"--out {out} exists and is not a directory")
+    if out.is_dir():
+        acquire_lock(out)  # a second writer of the group is refused before anything is changed
     if out.is_dir() and (out / "config.json").is_file():
         saved = read_config_file(out / "config.json")
         if cfg.overwrite:
@@ -230,6 +232,7 @@ def _prepare_group_dir(cfg) -> Path:
     elif out.is_dir() and holds_run(out) and not cfg.overwrite:
         raise KdxError(f"--out {out} already holds a run; use --overwrite to replace it")
     out.mkdir(parents=True, exist_ok=True)
+    acquire_lock(out)
     save_config(dataclasses.replace(cfg, resume=None, overwrite=False, out=str(out)), out / "config.json")
     return out
 
