@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from kdx.commands.common import format_delta, load_bundle, paired_delta
 from kdx.config import read_config_file, save_config

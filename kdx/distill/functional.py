@@ -29,9 +29,10 @@ def ce(logits: Tensor, target: Tensor, label_smoothing: float = 0.0) -> Tensor:
 
 
 
-def _pool_to_smaller(f_s: Tensor, f_t: Tensor) -> tuple[Tensor, Tensor]:
+def pool_to_smaller(f_s: Tensor, f_t: Tensor) -> tuple[Tensor, Tensor]:
     """Average-pool the map of larger height to the other's height (square output), as the
-    reference AT/NST code does; maps of equal height pass unchanged."""
+    reference AT/NST code and RepDistiller's VID, FT and FSP do; maps of equal height pass
+    unchanged."""
     hs, ht = f_s.shape[2], f_t.shape[2]
     if hs > ht:
         f_s = F.adaptive_avg_pool2d(f_s, (ht, ht))
@@ -53,7 +54,7 @@ def at(f_s: Tensor, f_t: Tensor, p: float = 2.0) -> Tensor:
     ``mean over (n, j) of (a_s[n, j] - a_t[n, j])^2`` with ``a`` = :func:`attention_map`
     (RepDistiller's scale: a mean, not the paper's p-norm; the method's weight 1000 assumes it).
     """
-    f_s, f_t = _pool_to_smaller(f_s, f_t)
+    f_s, f_t = pool_to_smaller(f_s, f_t)
     return (attention_map(f_s, p) - attention_map(f_t, p)).pow(2).mean()
 
 
@@ -134,7 +135,7 @@ def nst(f_s: Tensor, f_t: Tensor) -> Tensor:
     L2-normalised; ``mean k(t, t) + mean k(s, s) - 2 mean k(s, t)`` over all channel pairs and
     samples (the teacher-only term carries no gradient).
     """
-    f_s, f_t = _pool_to_smaller(f_s, f_t)
+    f_s, f_t = pool_to_smaller(f_s, f_t)
     s = F.normalize(f_s.float().flatten(2), dim=2)
     t = F.normalize(f_t.float().flatten(2), dim=2).detach()
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 
 from kdx.distill import functional as KF
-from kdx.distill.methods.base import Method, MethodContext, register_method
-from kdx.distill.methods.repdistiller import Tap, feature_taps, hook_names, needs_final
+from kdx.distill.methods.base import MethodContext, register_method
+from kdx.distill.methods.repdistiller import Tap, TapMethod, feature_taps
 from kdx.errors import KdxError
 from kdx.options import Option
 
@@ -47,19 +47,26 @@ def pair_labels(taps_s: list[Tap], taps_t: list[Tap]) -> list[str]:
     return [f"{a.label} - {b.label}" for a, b in zip(taps_s, taps_t)]
 
 
-def read_pairs(out, taps_s: list[Tap], taps_t: list[Tap]):
-    """The (student, teacher) tensors of every paired tap of one step."""
-    return [(a.read(out.features_s, out.feat_s), b.read(out.features_t, out.feat_t)) for a, b in zip(taps_s, taps_t)]
+class StagePairs(TapMethod):
+    """A method on the intermediate stages paired by ``zip`` (at, nst); the pairs used are in its record."""
+
+    def __init__(self, ctx: MethodContext):
+        super().__init__(ctx)
+        self.use_taps(*zip_taps(*stage_taps(ctx)))
+
+    def setup(self, probe):
+        check_paired(self.name, self.taps_s, self.taps_t)
+
+    def record(self) -> dict:
+        return super().record() | {"pairs": pair_labels(self.taps_s, self.taps_t)}
 
 
 @register_method
-class AT(Method):
+class AT(StagePairs):
     name = "at"
     help = "attention transfer on every intermediate stage"
     paper = ("Zagoruyko, Komodakis. Paying More Attention to Attention: Improving the Performance of "
              "Convolutional Neural Networks via Attention Transfer. ICLR 2017")
-    needs_teacher = True
-    uses_features = True
     options = (
         Option("at_weight", float, 1000.0, "Weight of the summed AT losses (authors' configs).", low=0,
                panel="Method"),
@@ -67,21 +74,7 @@ class AT(Method):
                panel="Method"),
     )
 
-    def __init__(self, ctx: MethodContext):
-        super().__init__(ctx)
-        self.taps_s, self.taps_t = zip_taps(*stage_taps(ctx))
-        self.wants_final = needs_final(*self.taps_s, *self.taps_t)
-
-    def stages(self):
-        return hook_names(self.taps_s), hook_names(self.taps_t)
-
-    def setup(self, probe):
-        check_paired(self.name, self.taps_s, self.taps_t)
-
     def loss(self, out):
         p = self.params["at_p"]
-        terms = [KF.at(s, t, p) for s, t in read_pairs(out, self.taps_s, self.taps_t)]
+        terms = [KF.at(s, t, p) for s, t in self.pairs(out)]
         return {"at": self.params["at_weight"] * torch.stack(terms).sum()}
-
-    def record(self) -> dict:
-        return super().record() | {"pairs": pair_labels(self.taps_s, self.taps_t)}

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from kdx.distill.methods.base import Method, MethodContext, register_method, zero_like
-from kdx.distill.methods.repdistiller import connector_rng, final_tap, hook_names, needs_final, pooled
-from kdx.errors import KdxError
+from kdx.distill.methods.base import MethodContext, register_method, zero_like
+from kdx.distill.methods.repdistiller import TapMethod, final_tap
 from kdx.options import Option
 
 
@@ -29,12 +28,10 @@ def correlation_congruence(e_s: Tensor, e_t: Tensor) -> Tensor:
 
 
 @register_method
-class CC(Method):
+class CC(TapMethod):
     name = "cc"
     help = "correlation congruence on linear embeddings of the pooled features"
     paper = "Peng et al. Correlation Congruence for Knowledge Distillation. ICCV 2019"
-    needs_teacher = True
-    uses_features = True
     options = (
         Option("cc_weight", float, 0.02, "Weight of the CC loss (authors' configs).", low=0, panel="Method"),
         Option("cc_feat_dim", int, 128, "CC embedding size.", low=1, panel="Method"),
@@ -42,30 +39,21 @@ class CC(Method):
 
     def __init__(self, ctx: MethodContext):
         super().__init__(ctx)
-        self._seed = int(ctx.params.get("seed", 0))
-        self.tap_s, self.tap_t = final_tap(ctx.student), final_tap(ctx.teacher)
-        self.wants_final = needs_final(self.tap_s, self.tap_t)
+        self.use_taps([final_tap(ctx.student)], [final_tap(ctx.teacher)])
         self.embed_s = self.embed_t = None
-
-    def stages(self):
-        return hook_names([self.tap_s]), hook_names([self.tap_t])
-
-    def _pooled(self, out):
-        return pooled(self.tap_s.read(out.features_s, out.feat_s)), pooled(self.tap_t.read(out.features_t, out.feat_t))
 
     def setup(self, probe):
         d = int(self.params["cc_feat_dim"])
-        p_s, p_t = self._pooled(probe)
-        with connector_rng(self._seed, self.name):
+        p_s, p_t = self.pooled_pair(probe)
+        with self.connector_rng():
             self.embed_s = nn.Linear(p_s.shape[1], d)
             self.embed_t = nn.Linear(p_t.shape[1], d)
         self.to(p_s.device)
 
     def loss(self, out):
-        if self.embed_s is None:
-            raise KdxError("cc: setup() did not run (the task needs a probe forward before training)")
+        self.check_setup(self.embed_s)
         if out.logits.shape[0] < 2:
             return {"cc": zero_like(out.logits)}
-        p_s, p_t = self._pooled(out)
+        p_s, p_t = self.pooled_pair(out)
         e_s, e_t = self.embed_s(p_s), self.embed_t(p_t)
         return {"cc": self.params["cc_weight"] * correlation_congruence(e_s, e_t)}

@@ -35,8 +35,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from kdx.distill.methods.base import Method, MethodContext, register_method
-from kdx.distill.methods.repdistiller import connector_rng, final_tap, hook_names, needs_final, pooled
+from kdx.distill.methods.base import MethodContext, register_method
+from kdx.distill.methods.repdistiller import TapMethod, final_tap
 from kdx.errors import KdxError
 from kdx.options import Option
 
@@ -85,13 +85,11 @@ class Embed(nn.Module):
 
 
 @register_method
-class CRD(Method):
+class CRD(TapMethod):
     name = "crd"
     help = "contrastive representation distillation (embeddings + memory bank over dataset indices)"
     paper = "Tian, Krishnan, Isola. Contrastive Representation Distillation. ICLR 2020"
-    needs_teacher = True
     needs_index = True
-    uses_features = True
     options = (
         Option("crd_weight", float, 0.8, "Weight of the CRD loss (RepDistiller).", low=0, panel="Method"),
         Option("crd_feat_dim", int, 128, "CRD embedding size.", low=1, panel="Method"),
@@ -107,23 +105,18 @@ class CRD(Method):
         if self.n_data < 2:
             raise KdxError(f"crd needs the training-split size (a memory bank row per sample); got {self.n_data}")
         self.k = min(int(self.params["crd_nce_k"]), self.n_data - 1)  # [kdx] clamp for small splits
-        self._seed = int(ctx.params.get("seed", 0))
-        self.tap_s, self.tap_t = final_tap(ctx.student), final_tap(ctx.teacher)
-        self.wants_final = needs_final(self.tap_s, self.tap_t)
+        self.use_taps([final_tap(ctx.student)], [final_tap(ctx.teacher)])
         self.embed_s = self.embed_t = None
 
-    def stages(self):
-        return hook_names([self.tap_s]), hook_names([self.tap_t])
-
     def _pooled(self, out):
-        return (pooled(self.tap_s.read(out.features_s, out.feat_s)).float(),
-                pooled(self.tap_t.read(out.features_t, out.feat_t)).float())
+        p_s, p_t = self.pooled_pair(out)
+        return p_s.float(), p_t.float()
 
     def setup(self, probe):
         d = int(self.params["crd_feat_dim"])
         p_s, p_t = self._pooled(probe)
         s_dim, t_dim = p_s.shape[1], p_t.shape[1]
-        with connector_rng(self._seed, self.name):
+        with self.connector_rng():
             self.embed_s = Embed(s_dim, d)
             self.embed_t = Embed(t_dim, d)
             stdv = 1.0 / math.sqrt(d / 3)
@@ -133,8 +126,7 @@ class CRD(Method):
         self.to(p_s.device)
 
     def loss(self, out):
-        if self.embed_s is None:
-            raise KdxError("crd: setup() did not run (the task needs a probe forward before training)")
+        self.check_setup(self.embed_s)
         if out.index is None:
             raise KdxError("crd needs the dataset indices of each batch; this training loop does not provide them")
         p_s, p_t = self._pooled(out)

@@ -14,10 +14,10 @@ other_loss_weight 100, hint_layer 2).
 from __future__ import annotations
 
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
-from kdx.distill.methods.base import Method, MethodContext, register_method
-from kdx.distill.methods.repdistiller import connector_rng, describe, feature_taps, hook_names, needs_final
+from kdx.distill.methods.base import MethodContext, register_method
+from kdx.distill.methods.repdistiller import TapMethod, describe, feature_taps
 from kdx.errors import KdxError
 from kdx.options import Option
 
@@ -37,12 +37,10 @@ def conv_regressor(s_shape, t_shape) -> nn.Module:
 
 
 @register_method
-class FitNet(Method):
+class FitNet(TapMethod):
     name = "fitnet"
     help = "FitNets hint: a conv regressor of a student stage fits the teacher's stage (MSE)"
     paper = "Romero, Ballas, Kahou, Chassang, Gatta, Bengio. FitNets: Hints for Thin Deep Nets. ICLR 2015"
-    needs_teacher = True
-    uses_features = True
     options = (
         Option("fitnet_weight", float, 100.0, "Weight of the hint loss (authors' configs).", low=0, panel="Method"),
         Option("fitnet_hint_layer", int, 2, "Hinted feature of both networks: 0 the stem, 1..k the stages.",
@@ -51,13 +49,11 @@ class FitNet(Method):
 
     def __init__(self, ctx: MethodContext):
         super().__init__(ctx)
-        self._seed = int(ctx.params.get("seed", 0))
-        self.tap_s = self.tap_t = None
         self.regressor = None
         if ctx.student is not None and ctx.teacher is not None:
-            self.tap_s = self._tap(ctx.student, "student")
-            self.tap_t = self._tap(ctx.teacher, "teacher")
-        self.wants_final = needs_final(self.tap_s, self.tap_t)
+            self.use_taps([self._tap(ctx.student, "student")], [self._tap(ctx.teacher, "teacher")])
+        else:
+            self.use_taps([None], [None])
 
     def _tap(self, model: nn.Module, side: str):
         f0, mids = feature_taps(model)
@@ -69,25 +65,18 @@ class FitNet(Method):
                            f"(it has {have}: 0 the stem, then {', '.join(t.label for t in mids)})")
         return feats[k]
 
-    def stages(self):
-        return hook_names([self.tap_s]), hook_names([self.tap_t])
-
-    def _pair(self, out) -> tuple[Tensor, Tensor]:
-        return self.tap_s.read(out.features_s, out.feat_s), self.tap_t.read(out.features_t, out.feat_t)
-
     def setup(self, probe):
-        f_s, f_t = self._pair(probe)
-        with connector_rng(self._seed, self.name):
+        [(f_s, f_t)] = self.pairs(probe)
+        with self.connector_rng():
             reg = conv_regressor(f_s.shape, f_t.shape)
         if reg is None:
-            raise KdxError(f"fitnet cannot regress student {self.tap_s.label} ({describe(f_s)}) onto teacher "
-                           f"{self.tap_t.label} ({describe(f_t)}): the student map must be at least as large, "
+            raise KdxError(f"fitnet cannot regress student {self.taps_s[0].label} ({describe(f_s)}) onto teacher "
+                           f"{self.taps_t[0].label} ({describe(f_t)}): the student map must be at least as large, "
                            f"or exactly half as large (choose another --fitnet-hint-layer)")
         self.regressor = reg.to(f_s.device)
 
     def loss(self, out):
-        if self.regressor is None:
-            raise KdxError("fitnet: setup() did not run (the task needs a probe forward before training)")
-        f_s, f_t = self._pair(out)
+        self.check_setup(self.regressor)
+        [(f_s, f_t)] = self.pairs(out)
         hint = F.mse_loss(self.regressor(f_s).float(), f_t.float())
         return {"fitnet": self.params["fitnet_weight"] * hint}

@@ -27,10 +27,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from kdx.distill.methods.base import Method, MethodContext, register_method, zero_like
-from kdx.distill.methods.repdistiller import (
-    describe, feature_taps, hook_names, needs_final, pool_to_smaller, pretrain,
-)
+from kdx.distill.functional import pool_to_smaller
+from kdx.distill.methods.base import MethodContext, register_method, zero_like
+from kdx.distill.methods.repdistiller import TapMethod, describe, feature_taps, pretrain
 from kdx.errors import KdxError
 from kdx.options import Option
 
@@ -49,13 +48,11 @@ def fsp_loss(feats_s: list[Tensor], feats_t: list[Tensor]) -> Tensor:
 
 
 @register_method
-class FSP(Method):
+class FSP(TapMethod):
     name = "fsp"
     help = "flow of solution procedure: FSP matrices of consecutive stages, with a pre-training phase"
     paper = ("Yim, Joo, Bae, Kim. A Gift from Knowledge Distillation: Fast Optimization, Network Minimization "
              "and Transfer Learning. CVPR 2017")
-    needs_teacher = True
-    uses_features = True
     options = (
         Option("fsp_weight", float, 50.0, "Weight of the FSP loss in the main phase (authors' configs; "
                "used only with --fsp-main).", low=0, panel="Method"),
@@ -75,15 +72,11 @@ class FSP(Method):
             if f0 is None:
                 raise KdxError(f"fsp cannot find the stem output of {side} {type(model).__name__}")
             taps[side] = [f0] + mids
-        self.taps_s, self.taps_t = taps["student"], taps["teacher"]
-        self.wants_final = needs_final(*self.taps_s, *self.taps_t)
+        self.use_taps(taps["student"], taps["teacher"])
         if len(self.taps_s) != len(self.taps_t):
             raise KdxError(f"fsp needs as many stages in student and teacher: {len(self.taps_s) - 1} vs "
                            f"{len(self.taps_t) - 1} (plus the stem)")
         self.init_loss: list[float] = []
-
-    def stages(self):
-        return hook_names(self.taps_s), hook_names(self.taps_t)
 
     def _features(self, out) -> tuple[list[Tensor], list[Tensor]]:
         return ([t.read(out.features_s, out.feat_s) for t in self.taps_s],

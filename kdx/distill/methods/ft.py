@@ -27,10 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdx.distill.methods.base import Method, MethodContext, register_method
-from kdx.distill.methods.repdistiller import (
-    connector_rng, feature_taps, hook_names, needs_final, pool_to_smaller, pretrain,
-)
+from kdx.distill.functional import pool_to_smaller
+from kdx.distill.methods.base import MethodContext, register_method
+from kdx.distill.methods.repdistiller import TapMethod, feature_taps, pretrain
 from kdx.errors import KdxError
 from kdx.options import Option
 
@@ -80,13 +79,11 @@ def translator(c_s: int, c_t: int, k: float = RATE) -> nn.Sequential:
 
 
 @register_method
-class FT(Method):
+class FT(TapMethod):
     name = "ft"
     help = "factor transfer: translator (trained) vs paraphraser (pre-trained on the teacher first)"
     paper = ("Kim, Park, Kwak. Paraphrasing Complex Network: Network Compression via Factor Transfer. "
              "NeurIPS 2018")
-    needs_teacher = True
-    uses_features = True
     options = (
         Option("ft_weight", float, 50.0, "Weight of the FT loss (authors' configs).", low=0, panel="Method"),
         Option("ft_p1", float, 2.0, "FT factor exponent p1 (mean over channels of f^p1).", low=0, low_open=True,
@@ -100,48 +97,38 @@ class FT(Method):
 
     def __init__(self, ctx: MethodContext):
         super().__init__(ctx)
-        self._seed = int(ctx.params.get("seed", 0))
         s_taps, t_taps = feature_taps(ctx.student)[1], feature_taps(ctx.teacher)[1]
         if not s_taps or not t_taps:
             raise KdxError("ft needs intermediate stages on both student and teacher")
-        self.tap_s, self.tap_t = s_taps[-1], t_taps[-1]
-        self.wants_final = needs_final(self.tap_s, self.tap_t)
+        self.use_taps(s_taps[-1:], t_taps[-1:])
         self.paraphraser = self.translator = None
         self.init_loss: list[float] = []
 
-    def stages(self):
-        return hook_names([self.tap_s]), hook_names([self.tap_t])
-
     def setup(self, probe):
-        f_s = self.tap_s.read(probe.features_s, probe.feat_s)
-        f_t = self.tap_t.read(probe.features_t, probe.feat_t)
-        with connector_rng(self._seed, self.name):
+        [(f_s, f_t)] = self.pairs(probe)
+        with self.connector_rng():
             self.paraphraser = Paraphraser(f_t.shape[1])
             self.translator = translator(f_s.shape[1], f_t.shape[1])
         self.paraphraser.requires_grad_(False)  # trained only in initialise(), then frozen
         self.to(f_s.device)
 
-    def _check(self) -> None:
-        if self.paraphraser is None:
-            raise KdxError("ft: setup() did not run (the task needs a probe forward before training)")
-
     def initialise(self, task, loader, runtime) -> None:
         """Pre-train the paraphraser to reconstruct the teacher's feature (MSE), teacher frozen."""
-        self._check()
+        self.check_setup(self.paraphraser)
 
         def step(x, y):
             _, feat_t = task.run_teacher(x)
-            f_t = self.tap_t.read(task.teacher_hooks.features if task.teacher_hooks else {}, feat_t).detach()
+            f_t = self.taps_t[0].read(task.teacher_hooks.features if task.teacher_hooks else {}, feat_t).detach()
             return F.mse_loss(self.paraphraser(f_t)[1], f_t)
 
         self.init_loss = pretrain(task, loader, runtime, self.paraphraser.parameters(), [self.paraphraser], step,
                                   self.params["ft_init_epochs"], self.params["ft_init_lr"])
 
     def loss(self, out):
-        self._check()
-        f_s = self.tap_s.read(out.features_s, out.feat_s)
+        self.check_setup(self.paraphraser)
+        [(f_s, f_t)] = self.pairs(out)
         with torch.no_grad():
-            factor_t = self.paraphraser.encoder(self.tap_t.read(out.features_t, out.feat_t))
+            factor_t = self.paraphraser.encoder(f_t)
         loss = factor_loss(self.translator(f_s), factor_t, self.params["ft_p1"], self.params["ft_p2"])
         return {"ft": self.params["ft_weight"] * loss}
 

@@ -11,41 +11,31 @@ weight: the authors' configs (others_kd/pkt: other_loss_weight 30000).
 from __future__ import annotations
 
 from kdx.distill import functional as KF
-from kdx.distill.methods.base import Method, MethodContext, register_method
-from kdx.distill.methods.repdistiller import final_tap, hook_names, needs_final, pooled
+from kdx.distill.methods.base import MethodContext, register_method
+from kdx.distill.methods.repdistiller import TapMethod, final_tap
 from kdx.options import Option
 
 
-def final_taps(ctx: MethodContext):
-    """The student's and the teacher's final-map taps (None without the models)."""
-    if ctx.student is None or ctx.teacher is None:
-        return None, None
-    return final_tap(ctx.student), final_tap(ctx.teacher)
+class FinalMapMethod(TapMethod):
+    """A method on RepDistiller's ``feat[-1]``, the pooled final maps (pkt, rkd): no taps
+    without the models."""
 
-
-def pooled_pair(out, tap_s, tap_t):
-    """RepDistiller's ``feat[-1]`` of the student and the teacher: the pooled final maps (N, D)."""
-    return pooled(tap_s.read(out.features_s, out.feat_s)), pooled(tap_t.read(out.features_t, out.feat_t))
+    def __init__(self, ctx: MethodContext):
+        super().__init__(ctx)
+        if ctx.student is None or ctx.teacher is None:
+            self.use_taps([None], [None])
+        else:
+            self.use_taps([final_tap(ctx.student)], [final_tap(ctx.teacher)])
 
 
 @register_method
-class PKT(Method):
+class PKT(FinalMapMethod):
     name = "pkt"
     help = "probabilistic knowledge transfer on the pooled features"
     paper = "Passalis, Tefas. Learning Deep Representations with Probabilistic Knowledge Transfer. ECCV 2018"
-    needs_teacher = True
-    uses_features = True
     options = (
         Option("pkt_weight", float, 30000.0, "Weight of the PKT loss (authors' configs).", low=0, panel="Method"),
     )
 
-    def __init__(self, ctx: MethodContext):
-        super().__init__(ctx)
-        self.tap_s, self.tap_t = final_taps(ctx)
-        self.wants_final = needs_final(self.tap_s, self.tap_t)
-
-    def stages(self):
-        return hook_names([self.tap_s]), hook_names([self.tap_t])
-
     def loss(self, out):
-        return {"pkt": self.params["pkt_weight"] * KF.pkt(*pooled_pair(out, self.tap_s, self.tap_t))}
+        return {"pkt": self.params["pkt_weight"] * KF.pkt(*self.pooled_pair(out))}

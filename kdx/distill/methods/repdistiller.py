@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdx.distill.methods.base import Method, MethodContext
 from kdx.errors import KdxError
 
 FINAL = "forward_features"  # a Tap source: the model's final map (StepOutputs.feat_s / feat_t)
@@ -134,17 +135,6 @@ def pooled(feat: Tensor) -> Tensor:
     return F.adaptive_avg_pool2d(feat, 1).flatten(1)
 
 
-def pool_to_smaller(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    """Average-pool the spatially larger of two maps to the other's height (square output), as
-    RepDistiller's VID, FT and FSP do; maps of equal height pass unchanged."""
-    ha, hb = a.shape[2], b.shape[2]
-    if ha > hb:
-        a = F.adaptive_avg_pool2d(a, (hb, hb))
-    elif ha < hb:
-        b = F.adaptive_avg_pool2d(b, (ha, ha))
-    return a, b
-
-
 def describe(t: Tensor) -> str:
     """``"64 ch, 32x32"`` for an (N, C, H, W) map, ``"128-d"`` for an (N, D) vector."""
     return f"{t.shape[1]} ch, {t.shape[2]}x{t.shape[3]}" if t.dim() == 4 else f"{t.shape[-1]}-d"
@@ -157,6 +147,54 @@ def connector_rng(seed: int, name: str):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed((int(seed) * 1_000_003 + zlib.crc32(name.encode())) % (2**63))
         yield
+
+
+# ---------------------------------------------------------------------- feature methods
+
+class TapMethod(Method):
+    """Base of the methods that read paired student and teacher features through taps.
+
+    A subclass calls :meth:`use_taps` in its ``__init__`` with the student's and the teacher's
+    taps (paired by position; None entries stand for "no model given" and read nothing). The
+    base then answers :meth:`stages` and ``wants_final``, reads the paired tensors of a step
+    (:meth:`pairs`, :meth:`pooled_pair`) and builds connectors from the run seed
+    (:meth:`connector_rng`). Every such method needs a teacher and reads features.
+    """
+
+    needs_teacher = True
+    uses_features = True
+
+    def __init__(self, ctx: MethodContext):
+        super().__init__(ctx)
+        self._seed = ctx.params.get("seed", 0)
+        self.taps_s: list[Optional[Tap]] = []
+        self.taps_t: list[Optional[Tap]] = []
+
+    def use_taps(self, taps_s: Iterable[Optional[Tap]], taps_t: Iterable[Optional[Tap]]) -> None:
+        self.taps_s, self.taps_t = list(taps_s), list(taps_t)
+        self.wants_final = needs_final(*self.taps_s, *self.taps_t)
+
+    def stages(self):
+        return hook_names(self.taps_s), hook_names(self.taps_t)
+
+    def pairs(self, out) -> list[tuple[Tensor, Tensor]]:
+        """The (student, teacher) tensors of every pair of taps in one step."""
+        return [(a.read(out.features_s, out.feat_s), b.read(out.features_t, out.feat_t))
+                for a, b in zip(self.taps_s, self.taps_t)]
+
+    def pooled_pair(self, out) -> tuple[Tensor, Tensor]:
+        """RepDistiller's ``feat[-1]`` of the first pair (the final maps): pooled to (N, D)."""
+        f_s, f_t = self.pairs(out)[0]
+        return pooled(f_s), pooled(f_t)
+
+    def connector_rng(self):
+        """:func:`connector_rng` for this method and run seed."""
+        return connector_rng(int(self._seed), self.name)
+
+    def check_setup(self, built) -> None:
+        """One-line error when ``built`` (a connector made by ``setup``) is still None."""
+        if built is None:
+            raise KdxError(f"{self.name}: setup() did not run (the task needs a probe forward before training)")
 
 
 # ---------------------------------------------------------------------- initialisation phase

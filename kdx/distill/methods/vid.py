@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdx.distill.methods.base import Method, MethodContext, register_method
-from kdx.distill.methods.repdistiller import connector_rng, feature_taps, hook_names, needs_final, pool_to_smaller
+from kdx.distill.functional import pool_to_smaller
+from kdx.distill.methods.base import MethodContext, register_method
+from kdx.distill.methods.repdistiller import TapMethod, feature_taps
 from kdx.errors import KdxError
 from kdx.options import Option
 
@@ -54,39 +55,29 @@ class VIDRegressor(nn.Module):
 
 
 @register_method
-class VID(Method):
+class VID(TapMethod):
     name = "vid"
     help = "variational information distillation on every intermediate stage (trained regressors)"
     paper = "Ahn, Hu, Damianou, Lawrence, Dai. Variational Information Distillation for Knowledge Transfer. CVPR 2019"
-    needs_teacher = True
-    uses_features = True
     options = (Option("vid_weight", float, 1.0, "Weight of the VID loss (authors' configs).", low=0, panel="Method"),)
 
     def __init__(self, ctx: MethodContext):
         super().__init__(ctx)
-        self._seed = int(ctx.params.get("seed", 0))
         _, s_taps = feature_taps(ctx.student)
         _, t_taps = feature_taps(ctx.teacher)
-        self.pairs = list(zip(s_taps, t_taps))
-        self.wants_final = needs_final(*s_taps, *t_taps)
-        if not self.pairs:
+        n = min(len(s_taps), len(t_taps))  # paired by position, as RepDistiller's zip
+        self.use_taps(s_taps[:n], t_taps[:n])
+        if not n:
             raise KdxError("vid needs intermediate stages on both student and teacher")
         self.regressors = None
 
-    def stages(self):
-        return hook_names(s for s, _ in self.pairs), hook_names(t for _, t in self.pairs)
-
-    def _features(self, out) -> list[tuple[Tensor, Tensor]]:
-        return [(s.read(out.features_s, out.feat_s), t.read(out.features_t, out.feat_t)) for s, t in self.pairs]
-
     def setup(self, probe):
-        with connector_rng(self._seed, self.name):
+        with self.connector_rng():
             self.regressors = nn.ModuleList(VIDRegressor(fs.shape[1], ft.shape[1], ft.shape[1])
-                                            for fs, ft in self._features(probe))
+                                            for fs, ft in self.pairs(probe))
         self.to(probe.logits.device)
 
     def loss(self, out):
-        if self.regressors is None:
-            raise KdxError("vid: setup() did not run (the task needs a probe forward before training)")
-        terms = [reg(fs, ft) for reg, (fs, ft) in zip(self.regressors, self._features(out))]
+        self.check_setup(self.regressors)
+        terms = [reg(fs, ft) for reg, (fs, ft) in zip(self.regressors, self.pairs(out))]
         return {"vid": self.params["vid_weight"] * torch.stack(terms).sum()}
