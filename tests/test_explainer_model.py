@@ -361,7 +361,7 @@ def test_model_api():
     model.reset_parameters(keep_routing=False)
     assert all(0 <= r.min() and r.max() < 1 for r in model.routing_logits())
     assert not torch.equal(model.routing_logits()[0], routing[0] + 1.0)
-    ids = {id(p) for p in model.routing_parameters()}
+    ids = {id(p) for p in model.routing_logits()}
     assert len(ids) == 3 and all(id(p) not in ids for p in model.non_routing_parameters())
     assert len(ids) + len(model.non_routing_parameters()) == len(list(model.parameters()))
     with pytest.raises(KdxError):

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdx.errors import KdxError
-from kdx.explainer.routing import check_mode, route, routing_entropy
+from kdx.explainer.routing import route, routing_entropy, routing_mode
 
 DEFAULT_BLOCKS = 8  # [kdx] as many virtual experts as the explainer's last expert layer
 
@@ -75,13 +75,7 @@ class VAMStudent(nn.Module):
         self.routing = routing
 
     # ---------------------------------------------------------------- routing interface
-    @property
-    def routing(self) -> str:
-        return self._routing
-
-    @routing.setter
-    def routing(self, mode: str) -> None:
-        self._routing = check_mode(mode)
+    routing = routing_mode
 
     @property
     def experts(self) -> list[int]:
@@ -120,10 +114,6 @@ class VAMStudent(nn.Module):
             return [[[self.head.weight] for _ in range(self.blocks)]]
         return [[[t[k * d:(k + 1) * d] for t in (norm.weight, norm.bias) if t is not None]
                  for k in range(self.blocks)]]
-
-    def expert_channel_slices(self) -> list[slice]:
-        d = self.block_channels
-        return [slice(k * d, (k + 1) * d) for k in range(self.blocks)]
 
     def expert_norm(self) -> nn.Module | None:
         last = None

@@ -216,8 +216,7 @@ def _optimizer_from_safe(tensors: dict, js: dict, prefix: str) -> dict:
     return {"state": state, "param_groups": js["param_groups"]}
 
 
-def save_resume(run_dir: Path, *, model: torch.nn.Module, optimizer, scaler, progress: dict,
-                extra_tensors: dict | None = None) -> None:
+def save_resume(run_dir: Path, *, model: torch.nn.Module, optimizer, scaler, progress: dict) -> None:
     """Write ``resume/state.safetensors`` + ``resume/state.json`` (progress, optimizer, RNG)."""
     rdir = Path(run_dir) / RESUME_DIR
     rdir.mkdir(parents=True, exist_ok=True)
@@ -226,8 +225,6 @@ def save_resume(run_dir: Path, *, model: torch.nn.Module, optimizer, scaler, pro
     tensors.update(opt_tensors)
     rng_tensors, rng_js = _rng_state()
     tensors.update(rng_tensors)
-    for key, value in (extra_tensors or {}).items():
-        tensors[f"extra.{key}"] = value.detach().cpu().contiguous()
     token = f"{progress.get('epoch')}-{progress.get('step')}-{random.getrandbits(32)}"
     with atomic_path(rdir / "state.safetensors") as tmp:
         save_file(tensors, str(tmp), metadata={"token": token})
@@ -246,8 +243,8 @@ def has_resume(run_dir: Path) -> bool:
     return (rdir / "state.json").is_file() and (rdir / "state.safetensors").is_file()
 
 
-def load_resume(run_dir: Path, *, model: torch.nn.Module, optimizer, scaler) -> tuple[dict, dict]:
-    """Restore model, optimizer, scaler and RNG; return ``(progress, extra_tensors)``."""
+def load_resume(run_dir: Path, *, model: torch.nn.Module, optimizer, scaler) -> dict:
+    """Restore model, optimizer, scaler and RNG; return the progress record."""
     rdir = Path(run_dir) / RESUME_DIR
     try:
         js = json.loads((rdir / "state.json").read_text())
@@ -266,5 +263,4 @@ def load_resume(run_dir: Path, *, model: torch.nn.Module, optimizer, scaler) -> 
     if scaler is not None and js.get("scaler"):
         scaler.load_state_dict(js["scaler"])
     _set_rng_state(tensors, js["rng"])
-    extra = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
-    return js["progress"], extra
+    return js["progress"]

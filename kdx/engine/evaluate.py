@@ -23,9 +23,6 @@ class EvalResult:
     def per_class_accuracy(self) -> list:
         return [c / t if t else float("nan") for c, t in zip(self.per_class_correct, self.per_class_total)]
 
-    def as_dict(self) -> dict:
-        return {"loss": self.loss, "top1": self.top1, "top5": self.top5, "count": self.count}
-
 
 @torch.no_grad()
 def evaluate(predict, loader, num_classes: int, precision=None, dist: DistInfo | None = None,

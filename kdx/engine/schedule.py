@@ -25,10 +25,6 @@ def register_schedule(name: str):
     return deco
 
 
-def list_schedules() -> list[str]:
-    return sorted(_SCHEDULES)
-
-
 def get_schedule(name: str) -> ScheduleFn:
     if name not in _SCHEDULES:
         raise did_you_mean("schedule", name, _SCHEDULES)

@@ -211,7 +211,7 @@ class Trainer:
     def _resume(self) -> "LoopState":
         """The loop state of an interrupted run (model, optimiser, scaler and RNG are restored in place)."""
         out, n_steps = self.run_dir, len(self.train_loader)
-        progress, _ = ckpt.load_resume(out, model=self.task, optimizer=self.optimizer, scaler=self.scaler)
+        progress = ckpt.load_resume(out, model=self.task, optimizer=self.optimizer, scaler=self.scaler)
         st = LoopState(epoch=progress["epoch"], step=progress["step"], total_steps=progress["total_steps"],
                        sums=progress["sums"], best=progress["best"], bad_steps=progress.get("bad_steps", 0))
         if st.step >= n_steps:  # the epoch had finished

@@ -73,7 +73,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdx.errors import KdxError
-from kdx.explainer.routing import check_mode, route
+from kdx.explainer.routing import route, routing_mode
 
 HEADS = ("ce", "nce")
 STEM_CHANNELS, STEM_KERNEL = 64, 7
@@ -287,13 +287,7 @@ class KDExplainer(nn.Module):
         self.reset_parameters(keep_routing=True)
 
     # ---------------------------------------------------------------- config / params
-    @property
-    def routing(self) -> str:
-        return self._routing
-
-    @routing.setter
-    def routing(self, mode: str) -> None:
-        self._routing = check_mode(mode)
+    routing = routing_mode
 
     def config_dict(self) -> dict:
         """JSON-able constructor arguments: ``KDExplainer(**model.config_dict())`` rebuilds it."""
@@ -315,9 +309,6 @@ class KDExplainer(nn.Module):
             with torch.no_grad():
                 for r in self.branches:
                     r.uniform_(0.0, 1.0)
-
-    def routing_parameters(self) -> list[nn.Parameter]:
-        return list(self.branches)
 
     def non_routing_parameters(self) -> list[nn.Parameter]:
         ids = {id(p) for p in self.branches}

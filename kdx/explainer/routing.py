@@ -39,6 +39,18 @@ def check_mode(mode: str) -> str:
     return mode
 
 
+def _get_mode(model) -> str:
+    return model._routing
+
+
+def _set_mode(model, mode: str) -> None:
+    model._routing = check_mode(mode)
+
+
+routing_mode = property(_get_mode, _set_mode, doc="The model's routing mode (one of ``MODES``; set through "
+                                                  ":func:`check_mode`). Shared by every routed model.")
+
+
 def routing_probs(logits: Tensor) -> Tensor:
     """``p = softmax(R / 0.5)`` over the parents (last dim)."""
     return torch.softmax(logits / PROB_TEMPERATURE, dim=-1)

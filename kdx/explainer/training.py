@@ -47,7 +47,7 @@ class ExplainerTask(MethodTask):
         self.stage = stage
         self.class_names = class_names
         if stage == 2:
-            for p in model.routing_parameters():
+            for p in model.routing_logits():
                 p.requires_grad_(False)
             model.routing = "hard"
         else:
@@ -57,7 +57,7 @@ class ExplainerTask(MethodTask):
         model: KDExplainer = self.model
         if self.stage == 1:
             return [{"params": model.non_routing_parameters(), "lr": cfg.lr, "name": "experts"},
-                    {"params": model.routing_parameters(), "lr": cfg.routing_lr, "name": "routing"}] + \
+                    {"params": model.routing_logits(), "lr": cfg.routing_lr, "name": "routing"}] + \
                 self.method_param_group(cfg.lr)
         return [{"params": model.non_routing_parameters(), "lr": cfg.lr, "name": "experts"}] + \
             self.method_param_group(cfg.lr)

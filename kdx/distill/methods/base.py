@@ -22,9 +22,8 @@ one as ``train_loss_<name>`` in metrics.csv. The engine and the commands name no
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Optional
+from typing import ClassVar, Optional
 
 import torch
 from torch import Tensor, nn
@@ -199,11 +198,6 @@ def resolve_ce_weight(names: list[str], explicit: Optional[float]) -> float:
         return float(explicit)
     asked = [c.ce_weight for n in names if (c := all_methods()[n]).ce_weight is not None]
     return float(min(asked)) if asked else 1.0
-
-
-def check_finite_weight(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise KdxError(f"--{name.replace('_', '-')} must be a finite number >= 0; got {value!r}")
 
 
 def sum_losses(methods, out: StepOutputs) -> dict[str, Tensor]:
