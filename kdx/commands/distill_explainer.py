@@ -94,69 +94,90 @@ def run(cfg) -> dict:
     rt = Runtime.from_config(cfg)
     run_dir = prepare_run_dir(cfg, rt.dist.is_main)
     barrier(rt.dist)
-    bundle = load_bundle(cfg)
-    teacher = teacher_meta = None
-    if cfg.teacher:
-        teacher, teacher_meta = load_teacher(cfg.teacher, bundle)
-        teacher_meta["_path"] = cfg.teacher
+    job = _ExplainerRun(cfg, rt, run_dir, load_bundle(cfg))
     stages = [1, 2] if cfg.stage == "both" else [int(cfg.stage)]
-    method = "+".join(cfg.method)
-    results: dict = {"method": method, "stages": {}}
+    final = job.train_stage(1, job.new_explainer) if 1 in stages else None
+    if 2 in stages:
+        source = stage1_source(str(run_dir) if 1 in stages else cfg.from_run, cfg.stage2_from)
+        job.record_stage2_source(source)
+        final = job.train_stage(2, lambda: job.stage2_explainer(source))
+    if rt.dist.is_main:
+        job.finish(stages, final)
+    barrier(rt.dist)
+    return job.results
 
-    def train_stage(stage: int, build_model) -> Path:
+
+class _ExplainerRun:
+    """One ``distill-explainer`` run: its stages' training, the stage-2 start and the run's summary files."""
+
+    def __init__(self, cfg, rt: Runtime, run_dir: Path, bundle):
+        self.cfg, self.rt, self.run_dir, self.bundle = cfg, rt, run_dir, bundle
+        self.teacher = self.teacher_meta = None
+        if cfg.teacher:
+            self.teacher, self.teacher_meta = load_teacher(cfg.teacher, bundle)
+            self.teacher_meta["_path"] = cfg.teacher
+        self.method = "+".join(cfg.method)
+        self.results: dict = {"method": self.method, "stages": {}}
+
+    def train_stage(self, stage: int, build_model) -> Path:
         """Train one stage in RUN/stage<N> unless it finished earlier; the engine resumes it if interrupted."""
-        sdir = stage_dir(run_dir, stage)
+        cfg, bundle = self.cfg, self.bundle
+        sdir = stage_dir(self.run_dir, stage)
         if not _stage_done(sdir):
             sdir.mkdir(parents=True, exist_ok=True)
-            task = ExplainerTask(build_model(), _methods(cfg, bundle, teacher), cfg, stage=stage, teacher=teacher,
-                                 teacher_meta=teacher_meta, class_names=bundle.class_names)
-            Trainer(_stage_config(cfg, stage), task, bundle, sdir, runtime=rt,
-                    label=f"explainer stage {stage} ({method})").fit()
-        results["stages"][str(stage)] = json.loads((sdir / "results.json").read_text())
+            task = ExplainerTask(build_model(), _methods(cfg, bundle, self.teacher), cfg, stage=stage,
+                                 teacher=self.teacher, teacher_meta=self.teacher_meta, class_names=bundle.class_names)
+            Trainer(_stage_config(cfg, stage), task, bundle, sdir, runtime=self.rt,
+                    label=f"explainer stage {stage} ({self.method})").fit()
+        self.results["stages"][str(stage)] = json.loads((sdir / "results.json").read_text())
         return sdir / ckpt.MODEL_FILE
 
-    def new_explainer() -> KDExplainer:
+    def new_explainer(self) -> KDExplainer:
+        cfg, bundle = self.cfg, self.bundle
         return KDExplainer(bundle.num_classes, in_channels=bundle.in_channels, image_size=bundle.image_size,
                            experts=[int(e) for e in cfg.experts] if cfg.experts else None,
                            widths=parse_widths(cfg.widths), head=cfg.head, tau=cfg.tau0)
 
-    def stage2_explainer() -> KDExplainer:
+    def record_stage2_source(self, source: Path) -> None:
+        shown = source.relative_to(self.run_dir) if source.is_relative_to(self.run_dir) else source
+        self.results["stage2_from"] = {"option": self.cfg.stage2_from, "checkpoint": str(shown),
+                                       "epoch": ckpt.read_metadata(source).get("epoch")}
+
+    def stage2_explainer(self, source: Path) -> KDExplainer:
+        """The stage-1 explainer at ``source`` with new weights and its learned tree (official stage 2)."""
         model, meta = ckpt.load_model(source)
         if meta.get("kind") != "explainer":
             raise KdxError(f"{source} is a '{meta.get('kind')}' checkpoint, not an explainer")
+        bundle = self.bundle
         if int(meta["num_classes"]) != bundle.num_classes:
             raise KdxError(f"{source} has {meta['num_classes']} classes but '{bundle.name}' has {bundle.num_classes}")
-        torch.manual_seed(cfg.seed + 2)
+        torch.manual_seed(self.cfg.seed + 2)
         model.reset_parameters(keep_routing=True)  # official stage 2: new weights, the learned tree
         return model
 
-    final = train_stage(1, new_explainer) if 1 in stages else None
-    if 2 in stages:
-        source = stage1_source(str(run_dir) if 1 in stages else cfg.from_run, cfg.stage2_from)
-        shown = source.relative_to(run_dir) if source.is_relative_to(run_dir) else source
-        results["stage2_from"] = {"option": cfg.stage2_from, "checkpoint": str(shown),
-                                  "epoch": ckpt.read_metadata(source).get("epoch")}
-        final = train_stage(2, stage2_explainer)
-
-    if rt.dist.is_main:
+    def finish(self, stages: list[int], final: Path) -> None:
+        """The run's merged metrics and routing, ``tree.json``, ``results.json`` and the summary table."""
+        run_dir, results = self.run_dir, self.results
         _merge(run_dir, stages, "metrics")
         _merge(run_dir, stages, "routing")
-        model, meta = ckpt.load_model(final)
-        tree = hard_tree(model, bundle.class_names)
+        model, _ = ckpt.load_model(final)
+        tree = hard_tree(model, self.bundle.class_names)
         atomic_write_text(run_dir / "tree.json", json.dumps(tree, indent=2) + "\n")
         last = results["stages"][str(stages[-1])]
         results.update({"final_checkpoint": str(final.relative_to(run_dir)), "test_top1_last": last["test_top1_last"],
                         "test_top1_best": last["test_top1_best"], "best_epoch": last["best_epoch"]})
-        metrics = pd.read_csv(run_dir / "metrics.csv")
-        s1rows = metrics[metrics["stage"] == 1]
-        if len(s1rows):
-            ent = {c: float(s1rows[c].iloc[-1]) for c in s1rows.columns if c.startswith("routing_entropy_l")}
-            results["stage1_final_routing_entropy"] = ent
-            results["stage1_final_tau"] = float(s1rows["tau"].iloc[-1])
+        results.update(_stage1_routing(pd.read_csv(run_dir / "metrics.csv")))
         atomic_write_text(run_dir / "results.json", json_dumps(with_reasons(results), indent=2) + "\n")
-        _print_summary(run_dir, cfg, results, tree)
-    barrier(rt.dist)
-    return results
+        _print_summary(run_dir, self.cfg, results, tree)
+
+
+def _stage1_routing(metrics: pd.DataFrame) -> dict:
+    """The last stage-1 epoch's mean routing entropy per layer and tau ({} without stage-1 rows)."""
+    s1rows = metrics[metrics["stage"] == 1]
+    if not len(s1rows):
+        return {}
+    ent = {c: float(s1rows[c].iloc[-1]) for c in s1rows.columns if c.startswith("routing_entropy_l")}
+    return {"stage1_final_routing_entropy": ent, "stage1_final_tau": float(s1rows["tau"].iloc[-1])}
 
 
 def _print_summary(run_dir: Path, cfg, results: dict, tree: dict) -> None:
