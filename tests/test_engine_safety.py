@@ -26,19 +26,15 @@ from kdx.engine import io, rundir
 from kdx.engine.task import TrainTask
 from kdx.engine.trainer import Trainer, TrainingInterrupted
 from kdx.errors import KdxError
+from test_engine import tiny_cfg  # tests/ is on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def cfg_for(out, **kw) -> TeacherConfig:
-    values = dict(out=str(out), arch="resnet8", dataset="fashion-mnist-mini", epochs=2, batch_size=20,
-                  max_train_samples=100, val_fraction=0.1, device="cpu", precision="fp32", lr=0.05,
-                  schedule="constant", deterministic=True, quiet=True, seed=3, eval_batch_size=500)
-    values.update(kw)
-    cfg = build_config(TeacherConfig, cli=values)
-    cfg.validate()
-    return cfg
+    """test_engine's tiny resnet8 run, smaller still (100 images, batches of 20, constant lr)."""
+    return tiny_cfg(out, **{"batch_size": 20, "max_train_samples": 100, "schedule": "constant", **kw})
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ from kdx.distill.methods.vid import VIDRegressor
 from kdx.distill.task import MethodTask, build_methods
 from kdx.errors import KdxError
 from kdx.models import create_model, extract_features
+from test_methods_simple import make_task  # tests/ is on sys.path: resnet8 student, resnet14 teacher
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
@@ -378,20 +379,6 @@ def test_fsp_channel_mismatch_is_one_line_naming_stages_and_sizes():
 
 
 # ---------------------------------------------------------------- in a MethodTask
-
-
-def make_task(names, params=None, n=4, seed=0):
-    torch.manual_seed(seed)
-    student = create_model("resnet8", num_classes=10)
-    teacher = create_model("resnet14", num_classes=10).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    ctx = MethodContext(params={"seed": seed, **(params or {})}, student=student, teacher=teacher, num_classes=10,
-                        num_samples=40)
-    task = MethodTask(student, build_methods(names, ctx), teacher=teacher)
-    x = torch.randn(n, 3, 16, 16)
-    task.setup_methods(x)
-    return task, x, torch.randint(0, 10, (n,))
 
 
 @pytest.mark.parametrize("name", NAMES)
