@@ -94,11 +94,6 @@ class Method(nn.Module):
         super().__init__()
         self.params = {o.name: ctx.params.get(o.name, o.default) for o in self.options}
 
-    def p(self, name: str):
-        """This method's option ``<method>_<name>`` (or ``name`` itself)."""
-        key = f"{self.name}_{name}"
-        return self.params[key] if key in self.params else self.params[name]
-
     # ------------------------------------------------------------------ hooks
     def stages(self) -> tuple[list[str], list[str]]:
         """Student and teacher module names whose outputs :meth:`loss` reads (``name:in`` for a
