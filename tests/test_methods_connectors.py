@@ -67,17 +67,22 @@ def test_registered_with_the_authors_defaults():
 # ---------------------------------------------------------------- feature taps (RepDistiller's feat list)
 
 
+def read_taps(m, x):
+    """``[f0, f1, ..., fk]`` as kdx reads them: ``feature_taps(m)`` through forward hooks."""
+    f0_tap, taps = feature_taps(m)
+    names = sorted({t.source for t in [f0_tap] + taps if t.source != FINAL})
+    _, feats = extract_features(m, x, names)
+    final = m.forward_features(x)
+    return [f0_tap.read(feats, final)] + [t.read(feats, final) for t in taps]
+
+
 def test_taps_read_repdistillers_features_wrn_and_vgg():
     torch.manual_seed(0)
     x = torch.randn(2, 3, 16, 16)
     for arch in ("wrn_16_1", "vgg8", "resnet8"):
         m = create_model(arch, num_classes=10).eval()
-        f0_tap, taps = feature_taps(m)
-        names = sorted({t.source for t in [f0_tap] + taps if t.source != FINAL})
         with torch.no_grad():
-            _, feats = extract_features(m, x, names)
-            final = m.forward_features(x)
-            got = [f0_tap.read(feats, final)] + [t.read(feats, final) for t in taps]
+            got = read_taps(m, x)
             # transcriptions of RepDistiller's forward(is_feat=True, preact=False)
             if arch == "wrn_16_1":
                 f0 = m.conv1(x)
@@ -131,12 +136,8 @@ def test_taps_read_repdistillers_features_other_families(arch):
     torch.manual_seed(0)
     m = create_model(arch, num_classes=10).eval()
     x = torch.randn(2, 3, 32, 32)
-    f0_tap, taps = feature_taps(m)
-    names = sorted({t.source for t in [f0_tap] + taps if t.source != FINAL})
     with torch.no_grad():
-        _, feats = extract_features(m, x, names)
-        final = m.forward_features(x)
-        got = [f0_tap.read(feats, final)] + [t.read(feats, final) for t in taps]
+        got = read_taps(m, x)
         ref = _repdistiller_feats(arch, m, x)
     assert len(got) == len(ref)
     for g, r in zip(got, ref):
