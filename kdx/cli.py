@@ -212,6 +212,7 @@ def analyze_conflicts(
     plot_format: str = typer.Option("png", "--plot-format", help="Figure format: png | pdf | svg (pdf/svg are written beside the PNGs the report embeds)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines and no summary table (errors and "
                                "warnings still go to stderr)."),
+    log: str = typer.Option("csv", "--log", help="csv | tensorboard (also the heatmaps and summary numbers into OUT/tensorboard)."),
 ):
     """Subtask attention, entropy, sharing, gradient conflicts and class clusters of explainer runs.
 
@@ -225,7 +226,7 @@ def analyze_conflicts(
     set_plot_format(plot_format)
     cmd.run(runs, dataset=dataset, split=split, images=images, labels=split_list(label) if label else None,
             batch_size=batch_size, device=device, out=out, data_root=data_root, conflict_images=conflict_images,
-            conflicts=conflicts, quiet=quiet)
+            conflicts=conflicts, quiet=quiet, log=log)
 
 
 @app.command("pipeline")

@@ -286,3 +286,57 @@ def test_no_private_name_is_imported_across_packages():
                     bad.append(f"{f.relative_to(root.parent)}: from {node.module} import ...")
     assert bad == []
     assert "allclose" not in (root / "analysis" / "conflicts.py").read_text()
+
+
+def test_log_tensorboard_logs_the_heatmaps(tmp_path, monkeypatch):
+    """issue 13 item 13: --log tensorboard puts every heatmap PNG (HWC uint8) and the summary numbers
+    into OUT/tensorboard; CSV/PNG output unchanged."""
+    import sys
+    import types
+
+    import numpy as np
+
+    calls = {"image": [], "scalar": [], "dir": []}
+
+    class Writer:
+        def __init__(self, log_dir):
+            calls["dir"].append(log_dir)
+
+        def add_image(self, tag, arr, step=0, dataformats="CHW"):
+            calls["image"].append((tag, arr.shape, arr.dtype, dataformats))
+
+        def add_scalar(self, tag, v, step=0):
+            calls["scalar"].append((tag, v))
+
+        def close(self):
+            pass
+
+    stub = types.ModuleType("torch.utils.tensorboard")
+    stub.SummaryWriter = Writer
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", stub)
+    runs = [_fake_run(tmp_path, o, i) for i, o in enumerate(("ce", "kd"))]
+    out = tmp_path / "ana"
+    res = CliRunner().invoke(app, ["analyze-conflicts", *map(str, runs), "--images", "32", "--batch-size", "32",
+                                   "--out", str(out), "--device", "cpu", "--no-conflicts", "--log", "tensorboard"])
+    assert res.exit_code == 0, res.output
+    assert calls["dir"] == [str(out / "tensorboard")]
+    tags = {t for t, *_ in calls["image"]}
+    for lab in ("ce", "kd"):
+        for l in (1, 2, 3):
+            assert f"{lab}/attention_{lab}_layer{l}" in tags
+    assert "all/entropy" in tags
+    for tag, shape, dtype, fmt in calls["image"]:
+        assert fmt == "HWC" and len(shape) == 3 and shape[2] == 3 and dtype == np.uint8 and min(shape[:2]) > 50, tag
+    assert any(t.startswith("kd/") for t, _ in calls["scalar"])
+    assert (out / "summary.csv").is_file() and (out / "plots" / "attention_ce_layer1.png").is_file()
+
+
+def test_log_tensorboard_analysis_without_the_package(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    runs = [_fake_run(tmp_path, "ce", 0)]
+    res = CliRunner().invoke(app, ["analyze-conflicts", *map(str, runs), "--images", "32", "--batch-size", "32",
+                                   "--out", str(tmp_path / "a"), "--device", "cpu", "--no-conflicts", "--log", "tensorboard"])
+    assert res.exit_code == 2 and "pip install 'kdx[tensorboard]'" in res.output
+    assert "Traceback" not in res.output

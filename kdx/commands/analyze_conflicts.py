@@ -390,12 +390,18 @@ def _run_plots(res: dict, names: list[str], pdir: Path) -> list[tuple[str, str]]
 
 
 def run(runs: list[Path], *, dataset=None, split="val", images=1024, labels=None, batch_size=256, device="cpu",
-        out: Path, data_root=None, conflict_images=None, conflicts=True, quiet=False) -> dict:
+        out: Path, data_root=None, conflict_images=None, conflicts=True, quiet=False, log="csv") -> dict:
     """Analyse ``runs`` into ``out``. ``quiet``: no progress lines and no summary table (errors and
     warnings still go to stderr)."""
     from kdx.engine.device import resolve_device
 
     check_out(out)
+    if log != "csv":  # fail before the analysis, not after it
+        from kdx.engine.metric_log import LOGGERS, summary_writer
+
+        if log not in LOGGERS:
+            raise KdxError(f"--log must be one of {', '.join(LOGGERS)}; got '{log}'")
+        summary_writer(None)
     _check_numbers(runs, split, images, batch_size, conflict_images)
     dev = resolve_device(device)
     loaded = [load_run(Path(p)) for p in runs]
@@ -422,6 +428,11 @@ def run(runs: list[Path], *, dataset=None, split="val", images=1024, labels=None
                      "stage": res["meta"].get("stage"), "routing": res["mode"], "tau": res["tau"], "note": res["note"]}
                     for res in results]
     atomic_write_text(out / "report.md", write_report(info, tables["summary"], tables["subtasks"], plots, n_layers))
+    from kdx.engine.metric_log import epoch_scalars, log_figures
+
+    log_figures(log, out, plots, {f"{r['run']}/{t.split('/', 1)[-1]}": v for r in tables["summary"].to_dict("records")
+                                  for t, v in epoch_scalars({k: x for k, x in r.items() if k != "run"}).items()}
+                if "run" in tables["summary"].columns else {})
     mark_finished(out, ["summary.csv", "report.md"], kind="analysis", runs=[r["path"] for r in info["runs"]])
     if not quiet:
         _print_summary(tables["summary"], n_layers, out)

@@ -69,3 +69,35 @@ def open_logger(cfg, run_dir: Path, is_main: bool = True):
     if kind == "csv" or not is_main:
         return None
     return TensorBoardLogger(run_dir)
+
+
+def summary_writer(log_dir: Path | None = None):
+    """A TensorBoard ``SummaryWriter`` on ``log_dir`` (one-line error without the package; with
+    ``log_dir`` None only the check)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise KdxError("--log tensorboard needs the tensorboard package: pip install 'kdx[tensorboard]'") from None
+    return None if log_dir is None else SummaryWriter(log_dir=str(log_dir))
+
+
+def log_figures(log: str, out: Path, plots: dict, scalars: dict[str, float]) -> None:
+    """``--log tensorboard`` of an analysis: each written PNG (``plots``: {label: [(caption, rel path)]})
+    as an HWC uint8 image under ``<label>/<file stem>``, plus ``scalars``, into ``out/tensorboard``."""
+    if log not in LOGGERS:
+        raise KdxError(f"--log must be one of {', '.join(LOGGERS)}; got '{log}'")
+    if log == "csv":
+        return
+    import numpy as np
+    from PIL import Image
+
+    writer = summary_writer(Path(out) / "tensorboard")
+    for label, items in plots.items():
+        for _, rel in items:
+            png = (Path(out) / rel).with_suffix(".png")
+            if png.is_file():
+                arr = np.asarray(Image.open(png).convert("RGB"), dtype=np.uint8)
+                writer.add_image(f"{label or 'all'}/{png.stem}", arr, 0, dataformats="HWC")
+    for tag, v in scalars.items():
+        writer.add_scalar(tag, v, 0)
+    writer.close()
