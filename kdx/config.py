@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from kdx.errors import KdxError
-from kdx.options import coerce, field_options, option
+from kdx.options import as_field, coerce, field_options, option
 
 try:  # Python >= 3.11
     import tomllib
@@ -272,14 +272,7 @@ def config_class(command: str) -> type:
     from kdx.distill.methods import method_options
 
     own = {f.name for f in fields(base)}
-    extra = []
-    for opt in method_options(methods_for_command):
-        if opt.name in own:
-            continue
-        spec = {k: getattr(opt, k) for k in ("choices", "low", "high", "low_open", "high_open", "panel", "flags",
-                                              "cli", "metavar")}
-        tp = Optional[opt.type] if opt.nullable else opt.type
-        extra.append((opt.name, tp, option(opt.default, opt.help, nullable=opt.nullable, **spec)))
+    extra = [as_field(opt) for opt in method_options(methods_for_command) if opt.name not in own]
     name = {"distill-explainer": "ExplainerConfig", "train-vam-student": "StudentConfig"}[command]
     cls = dataclasses.make_dataclass(name, extra, bases=(base,))
     cls.__module__ = __name__

@@ -67,6 +67,13 @@ def option(default, help: str, **spec) -> dataclasses.Field:
     return dataclasses.field(default=default, metadata=meta)
 
 
+def as_field(opt: Option) -> tuple[str, Any, dataclasses.Field]:
+    """``(name, type, field)`` for ``dataclasses.make_dataclass``: a method's option as a config field."""
+    spec = {f.name: getattr(opt, f.name) for f in dataclasses.fields(Option)
+            if f.name not in ("name", "type", "default", "help")}
+    return opt.name, Optional[opt.type] if opt.nullable else opt.type, option(opt.default, opt.help, **spec)
+
+
 def _resolve_type(tp) -> tuple[Any, bool]:
     """``Optional[X]`` -> (X, True); ``X`` -> (X, False)."""
     origin = typing.get_origin(tp)
@@ -86,9 +93,8 @@ def field_options(cls) -> list[Option]:
             continue
         tp, nullable = _resolve_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        extra = {k: v for k, v in spec.items() if k != "nullable"}
-        out.append(Option(name=f.name, type=tp, default=default, nullable=nullable or spec.get("nullable", False),
-                          **extra))
+        out.append(Option(name=f.name, type=tp, default=default,
+                          **dict(spec, nullable=nullable or spec.get("nullable", False))))
     return out
 
 
@@ -146,10 +152,8 @@ def _check_range(opt: Option, value) -> None:
     lo_ok = opt.low is None or (value > opt.low if opt.low_open else value >= opt.low)
     hi_ok = opt.high is None or (value < opt.high if opt.high_open else value <= opt.high)
     if not (lo_ok and hi_ok):
-        lo = "" if opt.low is None else ("(" if opt.low_open else "[") + f"{opt.low:g}"
-        hi = "" if opt.high is None else f"{opt.high:g}" + (")" if opt.high_open else "]")
         if opt.low is not None and opt.high is not None:
-            text = f"in {lo}, {hi}"
+            text = f"in {'(' if opt.low_open else '['}{opt.low:g}, {opt.high:g}{')' if opt.high_open else ']'}"
         elif opt.low is not None:
             text = f"{'>' if opt.low_open else '>='} {opt.low:g}"
         else:
