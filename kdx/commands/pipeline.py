@@ -11,7 +11,6 @@ Every input of every step is checked before the first step runs; a rerun skips f
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from kdx.commands.study import (BASE_SEED, GLOBAL_KEYS, PIPELINE_PRESETS, STEP_C
                                 layout, merge_study, step_options)
 from kdx.engine.io import atomic_write_text
 from kdx.engine.progress import console
-from kdx.engine.rundir import acquire_lock, finished, holds_run
+from kdx.engine.rundir import claim_group_dir, finished, holds_run
 from kdx.errors import KdxError
 
 # ------------------------------------------------------------------ the steps' configs
@@ -147,24 +146,21 @@ def claim_folder(study: dict, out: Path, overwrite: bool) -> None:
     """Save study.json in ``out``. Another study there is refused unless ``overwrite`` (which
     empties the folder) or unless none of its steps has started (a failed first try)."""
     saved = out / "study.json"
-    if out.exists() and not out.is_dir():
-        raise KdxError(f"--out {out} exists and is not a directory")
-    if out.is_dir():
-        acquire_lock(out)  # a second study writer is refused before anything is changed
-    if saved.is_file():
+
+    def wipe(out: Path) -> bool:
+        if not saved.is_file():
+            return False
         try:
             previous = json.loads(saved.read_text())
         except ValueError:
             previous = {}
         changed = sorted(k for k in set(previous) | set(study) if previous.get(k) != study.get(k))
-        if overwrite:
-            for child in out.iterdir():
-                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-        elif changed and _any_started(out):
+        if not overwrite and changed and _any_started(out):
             raise KdxError(f"{out} holds a study with another config (differs in: {', '.join(changed)}); "
                            f"rerun with --config {saved}, add --overwrite to replace it, or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    acquire_lock(out)
+        return overwrite
+
+    claim_group_dir(out, wipe)
     atomic_write_text(saved, json.dumps(study, indent=2) + "\n")
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from kdx.engine.device import seed_everything
 from kdx.engine.distributed import barrier
 from kdx.engine.io import atomic_write_csv, atomic_write_text
 from kdx.engine.progress import table_console
-from kdx.engine.rundir import RESULTS_FILE, acquire_lock, finished, holds_run, mark_finished, prepare_run_dir
+from kdx.engine.rundir import RESULTS_FILE, claim_group_dir, finished, holds_run, mark_finished, prepare_run_dir
 from kdx.engine.trainer import Runtime, Trainer
 from kdx.errors import KdxError, did_you_mean
 
@@ -217,21 +216,18 @@ def _seeds(cfg) -> list[int]:
 
 def _prepare_group_dir(cfg) -> Path:
     """RUN of --compare / --seeds: created, reused by a rerun (skip/resume), wiped by --overwrite."""
-    out = Path(cfg.resume or cfg.out)
-    if out.exists() and not out.is_dir():
-        raise KdxError(f"--out {out} exists and is not a directory")
-    if out.is_dir():
-        acquire_lock(out)  # a second writer of the group is refused before anything is changed
-    if out.is_dir() and (out / "config.json").is_file():
-        saved = read_config_file(out / "config.json")
-        if cfg.overwrite:
-            shutil.rmtree(out)
-        elif not (saved.get("compare") or saved.get("seeds")):
-            raise KdxError(f"--out {out} already holds a single run; use --overwrite to replace it")
-    elif out.is_dir() and holds_run(out) and not cfg.overwrite:
-        raise KdxError(f"--out {out} already holds a run; use --overwrite to replace it")
-    out.mkdir(parents=True, exist_ok=True)
-    acquire_lock(out)
+
+    def wipe(out: Path) -> bool:
+        if (out / "config.json").is_file():
+            saved = read_config_file(out / "config.json")
+            if not (cfg.overwrite or saved.get("compare") or saved.get("seeds")):
+                raise KdxError(f"--out {out} already holds a single run; use --overwrite to replace it")
+            return cfg.overwrite
+        if holds_run(out) and not cfg.overwrite:
+            raise KdxError(f"--out {out} already holds a run; use --overwrite to replace it")
+        return False
+
+    out = claim_group_dir(Path(cfg.resume or cfg.out), wipe)
     save_config(dataclasses.replace(cfg, resume=None, overwrite=False, out=str(out)), out / "config.json")
     return out
 

@@ -157,6 +157,27 @@ def acquire_lock(run_dir: Path) -> None:
     raise KdxError(f"{run_dir}: cannot take the lock {lock} (another process keeps taking it)")
 
 
+def claim_group_dir(out: Path, wipe) -> Path:
+    """Open a folder that holds several runs (a ``--compare`` group, a study) for this process.
+
+    A file in the way is refused; an existing folder is locked against a second writer before
+    anything changes; ``wipe(out)`` (which may raise a refusal) says whether to empty it first
+    (its lock kept); then it is created and locked."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise KdxError(f"--out {out} exists and is not a directory")
+    if out.is_dir():
+        acquire_lock(out)
+        if wipe(out):
+            for child in out.iterdir():
+                if child.name == LOCK_FILE:
+                    continue
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    acquire_lock(out)
+    return out
+
+
 def release_locks() -> None:
     """Remove the locks this process holds (at exit)."""
     for lock in list(_HELD):
