@@ -286,6 +286,24 @@ def test_bad_output_paths_are_one_line_errors(tmp_path, capsys):
     assert afile.read_text() == "x"
 
 
+def test_unwritable_output_folder_is_one_line_even_as_root(tmp_path, capsys, monkeypatch):
+    """Permissions do not stop root, so the refusal of the file system is simulated: the error path
+    is the same one an unwritable or read-only folder takes."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_mkdir = Path.mkdir
+
+    def refuse(self, *args, **kwargs):
+        if locked in self.parents:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    code, err = cli(["train-teacher", "--out", locked / "run", "--epochs", "1"], capsys)
+    assert code == 2 and err.startswith("kdx: error: --out") and "Permission denied" in err and err.count("\n") == 1
+    assert list(locked.iterdir()) == []
+
+
 # ------------------------------------------------------------------ item 25: the resume command that works
 
 
