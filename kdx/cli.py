@@ -251,6 +251,8 @@ def pipeline_cmd(
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset folder."),
     download: bool = typer.Option(False, "--download", help="Download the dataset if it is missing."),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | mps."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads of torch's operators for "
+                                          "every step [torch's choice]; runs repeat bit for bit only at the same count."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the study in --out (deletes its runs)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="One line per epoch instead of progress bars."),
     plot_format: str = typer.Option("png", "--plot-format", help="Figure format: png | pdf | svg (pdf/svg are written beside the PNGs the report embeds)."),
@@ -268,7 +270,8 @@ def pipeline_cmd(
 
     set_plot_format(plot_format)
     flags = {"teacher_run": str(teacher) if teacher else None, "dataset": dataset,
-             "data_root": str(data_root) if data_root else None, "device": device, "quiet": True if quiet else None,
+             "data_root": str(data_root) if data_root else None, "device": device, "threads": threads,
+             "quiet": True if quiet else None,
              "download": True if download else None, "methods": split_list(methods) if methods else None}
     if seeds:
         try:

@@ -74,6 +74,9 @@ class RunConfig:
                             choices=("auto", "fp32", "bf16", "fp16"))
     channels_last: str = option("auto", "Channels-last memory format (auto: on for CUDA and CPU bf16).",
                                 panel=RUNTIME, choices=("auto", "on", "off"))
+    threads: Optional[int] = option(None, "CPU threads of torch's operators (default: torch's choice, usually the "
+                                    "core count). A run repeats bit for bit only at the same count; "
+                                    "results.json records the count used.", panel=RUNTIME, low=1)
     seed: int = option(DEFAULT_SEED, "Random seed.", panel=RUNTIME, low=0, high=SEED_MAX)
     deterministic: bool = option(False, "Deterministic algorithms (bit-exact resume).", panel=RUNTIME)
     quiet: bool = option(False, "One line per epoch instead of progress bars.", panel=RUNTIME, flags=("-q",))

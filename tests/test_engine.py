@@ -224,3 +224,19 @@ def test_ddp_two_cpu_processes(tmp_path):
     state = json.loads((out / "resume" / "state.json").read_text())
     assert state["progress"]["step"] == 4
     assert not list(out.glob(".*.tmp"))
+
+
+def test_threads_option_sets_and_records_the_cpu_thread_count(tmp_path):
+    """--threads N sets torch's intra-op thread count for the run and results.json records it:
+    float sums split over another number of threads round differently (docs/reproducing.md)."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        results = train_teacher.run(tiny_cfg(tmp_path / "one", threads=1))
+        assert torch.get_num_threads() == 1 and results["cpu_threads"] == 1
+        assert json.loads((tmp_path / "one" / "results.json").read_text())["cpu_threads"] == 1
+        assert json.loads((tmp_path / "one" / "config.json").read_text())["threads"] == 1
+        results = train_teacher.run(tiny_cfg(tmp_path / "default"))  # unset: the count is left as it is
+        assert results["cpu_threads"] == torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

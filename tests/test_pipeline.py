@@ -211,11 +211,13 @@ def test_objectives_is_a_deprecated_alias_of_methods(capsys):
 def test_set_download_and_methods_flags(tmp_path):
     r = runner.invoke(app, ["pipeline", "--preset", "demo", "--set", "explainer.stage1_epochs=30", "--set",
                             "teacher.arch=resnet32", "--set", "student.seeds=[0,1]", "--download", "--methods", "ce,kd",
-                            "--print-config"])
+                            "--threads", "2", "--print-config"])
     assert r.exit_code == 0, r.output
     study = json.loads(r.output)
     assert study["explainer"]["stage1_epochs"] == 30 and study["teacher"]["arch"] == "resnet32"
     assert study["student"]["seeds"] == [0, 1] and study["download"] is True and study["methods"] == ["ce", "kd"]
+    steps = pipeline.resolve(study, tmp_path / "s")["configs"]
+    assert study["threads"] == 2 and all(cfg.threads == 2 for cfg in steps.values())  # every training step
     for bad, said in ((["--set", "explainer.stage1_epoch=3"], "did you mean 'stage1_epochs'"),
                       (["--set", "teachr.arch=x"], "unknown step 'teachr'"),
                       (["--set", "explainer.stage1_epochs"], "STEP.KEY=VALUE"),

@@ -22,7 +22,7 @@ import kdx
 from kdx.errors import KdxError
 
 GLOBAL_KEYS = ("dataset", "data_root", "download", "device", "precision", "channels_last", "quiet", "val_fraction",
-               "max_train_samples", "num_workers", "deterministic")
+               "max_train_samples", "num_workers", "deterministic", "threads")
 SECTIONS = ("teacher", "explainer", "analysis", "student")
 STUDY_KEYS = ("seeds", "methods", "notes", "preset", "teacher_run")
 STEP_COMMANDS = {"teacher": "train-teacher", "explainer": "distill-explainer", "analysis": "analyze-conflicts",

@@ -71,12 +71,18 @@ class Runtime:
         device = resolve_device(cfg.device, local_rank=dist.local_rank if dist.enabled else None)
         precision = resolve_precision(cfg.precision, device)
         channels_last = resolve_channels_last(cfg.channels_last, device, precision)
+        if getattr(cfg, "threads", None):
+            # float sums are split over the threads: another count rounds differently, and a
+            # short, noisy run can end points apart (docs/reproducing.md)
+            torch.set_num_threads(int(cfg.threads))
         # seed before the command builds its models, so initial weights follow --seed
         seed_everything(cfg.seed, cfg.deterministic)
         return cls(device, precision, channels_last, dist)
 
     def describe(self) -> str:
         text = f"device {self.device}, precision {self.precision.name}, channels_last {'on' if self.channels_last else 'off'}"
+        if self.device.type == "cpu":
+            text += f", {torch.get_num_threads()} threads"
         if self.dist.enabled:
             text += f", DDP world size {self.dist.world_size}"
         return text
@@ -388,6 +394,7 @@ class Trainer:
             "val_top1_last": rows[-1].get("val_top1") if rows else None,
             "best_epoch": best["epoch"],
             "best_selected_on": "val" if val_loader is not None else "last epoch (no validation split)",
+            "cpu_threads": torch.get_num_threads(),
         }
         if val_loader is not None and (out / ckpt.BEST_FILE).is_file() and best["epoch"] != last_epoch:
             last_state = {k: v.detach().clone() for k, v in task.model.state_dict().items()}
