@@ -57,7 +57,7 @@ PIPELINE_PRESETS: dict[str, dict] = {
         "notes": "evidence preset: fashion-mnist-mini on CPU; teacher resnet20 for 15 epochs (quick); quick "
                  "explainers (32-channel experts) with stage 1 for 30 epochs at tau0 10 (final tau 0.33) and "
                  "stage 2 for 8 epochs, 3 seeds each; all 600 validation images analysed per seed; resnet8 students "
-                 "for 4 epochs on one seed. About 1 hour on 2 quiet CPU cores (docs/reproducing.md): for the "
+                 "for 4 epochs on one seed. About 2.5 hours on 2 CPU cores (docs/reproducing.md): for the "
                  "explainers' entropy and conflict findings with their seed spread, not for the paper's accuracies.",
         "teacher": {"arch": "resnet20", "preset": "quick", "epochs": 15},
         "explainer": {"preset": "quick", "tau0": 10.0, "stage1_epochs": 30, "stage2_epochs": 8},
