@@ -229,6 +229,14 @@ def analyze_conflicts(
             conflicts=conflicts, quiet=quiet, log=log)
 
 
+def run_option_help(name: str) -> str:
+    """The help of a run option as kdx/config.py declares it (for commands that type their flags by hand)."""
+    from kdx.config import RunConfig
+    from kdx.options import field_options
+
+    return next(o.help for o in field_options(RunConfig) if o.name == name)
+
+
 @app.command("pipeline")
 @handle_errors
 def pipeline_cmd(
@@ -250,9 +258,8 @@ def pipeline_cmd(
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Override the preset's dataset."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset folder."),
     download: bool = typer.Option(False, "--download", help="Download the dataset if it is missing."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | mps."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads of torch's operators for "
-                                          "every step [torch's choice]; runs repeat bit for bit only at the same count."),
+    device: Optional[str] = typer.Option(None, "--device", help=run_option_help("device")),
+    threads: Optional[int] = typer.Option(None, "--threads", help=run_option_help("threads")),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the study in --out (deletes its runs)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="One line per epoch instead of progress bars."),
     plot_format: str = typer.Option("png", "--plot-format", help="Figure format: png | pdf | svg (pdf/svg are written beside the PNGs the report embeds)."),

@@ -221,7 +221,8 @@ def test_set_download_and_methods_flags(tmp_path):
     for bad, said in ((["--set", "explainer.stage1_epoch=3"], "did you mean 'stage1_epochs'"),
                       (["--set", "teachr.arch=x"], "unknown step 'teachr'"),
                       (["--set", "explainer.stage1_epochs"], "STEP.KEY=VALUE"),
-                      (["--set", "explainer.stage1_epochs=abc"], "stage1-epochs must be an integer")):
+                      (["--set", "explainer.stage1_epochs=abc"], "stage1-epochs must be an integer"),
+                      (["--threads", "0"], "--threads must be >= 1")):
         r = runner.invoke(app, ["pipeline", "--preset", "demo", *bad, "--print-config"])
         assert r.exit_code == 2 and said in r.output, (bad, r.output)
 

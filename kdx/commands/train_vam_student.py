@@ -146,10 +146,6 @@ def write_cost(cfg, bundle, run_dir: Path) -> pd.DataFrame:
     return frame
 
 
-def _run_done(run_dir: Path) -> bool:
-    return finished(run_dir)
-
-
 def train_one(cfg, shared: _Shared, label: str, cache: TeacherCache | None = None,
               group: bool = False) -> dict:
     """Train the run in ``cfg.out``; returns its summary row. ``group`` (runs of --compare/--seeds):
@@ -157,7 +153,7 @@ def train_one(cfg, shared: _Shared, label: str, cache: TeacherCache | None = Non
     run_dir = Path(cfg.resume or cfg.out)
     rt = shared.rt
     bundle = shared.bundle(cfg)
-    if not (group and _run_done(run_dir)):
+    if not (group and finished(run_dir)):
         if group and not cfg.resume and ckpt.has_resume(run_dir):
             cfg = dataclasses.replace(cfg, resume=str(run_dir))
         elif group and not cfg.resume and holds_run(run_dir) and not ckpt.has_resume(run_dir):
