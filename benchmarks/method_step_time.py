@@ -45,7 +45,8 @@ def build_task(name: str, teacher, classes: int, seed: int = 0) -> tuple[Student
     student = create_model("resnet8x4", num_classes=classes)
     teacher = copy.deepcopy(teacher)  # each task hooks its own copy
     ctx = MethodContext(params=params, student=student, teacher=teacher, num_classes=classes,
-                        num_samples=NUM_SAMPLES, in_shape=(3, 32, 32))
+                        num_samples=NUM_SAMPLES, in_shape=(3, 32, 32),
+                        train_labels=torch.arange(NUM_SAMPLES) % classes)  # balanced, as CIFAR's
     task = StudentTask(student, build_methods(names, ctx), teacher=teacher, probe_shape=(3, 32, 32))
     task.train()
     opt = torch.optim.SGD(task.param_groups(SimpleNamespace(lr=0.05)), lr=0.05, momentum=0.9, weight_decay=5e-4)

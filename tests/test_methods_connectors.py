@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from kdx.distill.methods import all_methods
 from kdx.distill.methods.base import MethodContext, StepOutputs
 from kdx.distill.methods.cc import CC, correlation_congruence
-from kdx.distill.methods.crd import CRD, momentum_update, nce_loss
+from kdx.distill.methods.crd import CRD, draw_contrast_indices, momentum_update, nce_loss
 from kdx.distill.methods.fsp import fsp_loss, fsp_matrix
 from kdx.distill.methods.ft import factor_loss
 from kdx.distill.methods.repdistiller import FINAL, Tap, feature_taps, final_tap
@@ -191,9 +191,10 @@ def test_momentum_update_formula():
     np.testing.assert_allclose(npy(mem), expect, rtol=1e-12)
 
 
-def _crd_case(n_data=12, k=5, b=3):
+def _crd_case(n_data=12, k=5, b=3, mode="uniform"):
     torch.manual_seed(2)
-    ctx = MethodContext(params={"crd_nce_k": k, "crd_feat_dim": 4, "seed": 0}, num_samples=n_data)
+    ctx = MethodContext(params={"crd_nce_k": k, "crd_feat_dim": 4, "seed": 0, "crd_mode": mode}, num_samples=n_data,
+                        train_labels=torch.arange(n_data) % 3)
     m = CRD(ctx)
     out = StepOutputs(x=torch.zeros(b), y=torch.zeros(b, dtype=torch.long), logits=torch.zeros(b, 10), model=None,
                       feat_s=torch.randn(b, 6, 2, 2), feat_t=torch.randn(b, 8, 2, 2), index=torch.tensor([7, 0, 11]))
@@ -260,6 +261,65 @@ def test_crd_clamps_negatives_and_needs_indices():
         m.loss(out)
     with pytest.raises(KdxError, match="training-split size"):
         CRD(MethodContext(params={}, num_samples=0))
+    with pytest.raises(KdxError, match="needs the labels of the 12 training samples"):
+        CRD(MethodContext(params={"crd_mode": "exact"}, num_samples=12))
+
+
+def cifar_instance_sample_oracle(index, labels, k, mode, rng):
+    """RepDistiller ``CIFAR100InstanceSample.__init__`` + ``__getitem__``'s ``sample_idx``."""
+    n_cls = int(labels.max()) + 1
+    cls_positive = [[i for i in range(len(labels)) if labels[i] == c] for c in range(n_cls)]
+    cls_negative = [[j for c2 in range(n_cls) if c2 != c for j in cls_positive[c2]] for c in range(n_cls)]
+    target = labels[index]
+    pos_idx = index if mode == "exact" else rng.choice(cls_positive[target], 1)[0]
+    replace = k > len(cls_negative[target])
+    neg_idx = rng.choice(cls_negative[target], k, replace=replace)
+    return np.hstack((np.asarray([pos_idx]), neg_idx)), cls_positive, cls_negative
+
+
+@pytest.mark.parametrize("mode", ["exact", "relax"])
+@pytest.mark.parametrize("k", [6, 9])  # 6: without replacement (pools of 8-9), 9: with it for the classes of 9
+def test_crd_contrast_rows_follow_repdistiller_sampling(mode, k):
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 0, 2])  # classes of 5, 4, 4: pools of 8, 9, 9
+    index = torch.tensor([0, 4, 12, 9, 0])
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    counts, oracle_counts = np.zeros(13), np.zeros(13)
+    for _ in range(400):
+        rows = draw_contrast_indices(index, labels, 13, k, mode)
+        assert rows.shape == (5, k + 1) and rows.dtype == torch.long
+        for r, i in enumerate(index.tolist()):
+            want, cls_pos, cls_neg = cifar_instance_sample_oracle(i, labels.numpy(), k, mode, rng)
+            row = rows[r].tolist()
+            if mode == "exact":
+                assert row[0] == i
+            else:
+                assert row[0] in cls_pos[int(labels[i])]
+            assert set(row[1:]) <= set(cls_neg[int(labels[i])])  # never the anchor's class
+            if k <= len(cls_neg[int(labels[i])]):
+                assert len(set(row[1:])) == k  # without replacement, as np.random.choice(replace=False)
+            if r == 0:
+                np.add.at(counts, row[1:], 1)
+                np.add.at(oracle_counts, want[1:], 1)
+    # the anchor 0 (class 0, pool of the 8 samples of classes 1 and 2) draws its pool uniformly, as the oracle
+    pool = [j for j in range(13) if labels[j] != 0]
+    assert counts[labels.numpy() == 0].sum() == 0
+    expected = 400 * k / len(pool)
+    assert np.abs(counts[pool] - expected).max() < 0.15 * expected
+    assert np.abs(oracle_counts[pool] - expected).max() < 0.15 * expected
+
+
+def test_crd_uniform_rows_and_method_mode():
+    torch.manual_seed(1)
+    rows = draw_contrast_indices(torch.tensor([3, 5]), None, 40, 7, "uniform")
+    torch.manual_seed(1)
+    ref = torch.randint(0, 40, (2, 8))
+    ref[:, 0] = torch.tensor([3, 5])
+    assert torch.equal(rows, ref)  # RepDistiller's ContrastMemory sampler without contrast_idx
+    m, out = _crd_case(mode="exact")
+    assert m.record()["mode"] == "exact" and "labels" not in dict(m.named_buffers())
+    loss = m.loss(out)["crd"].detach()
+    assert torch.isfinite(loss) and float(loss) > 0
 
 
 # ---------------------------------------------------------------- CC
@@ -413,7 +473,7 @@ def test_methods_on_a_vam_student(name):
     vam = wrap_student("resnet8", num_classes=10, in_channels=3)
     teacher = create_model("resnet14", num_classes=10).eval().requires_grad_(False)
     ctx = MethodContext(params={"seed": 0, "fsp_main": True, "crd_nce_k": 8}, student=vam.student, teacher=teacher,
-                        num_classes=10, num_samples=40)
+                        num_classes=10, num_samples=40, train_labels=torch.arange(40) % 10)
     task = StudentTask(vam, build_methods([name], ctx), teacher=teacher, probe_shape=(3, 16, 16))
     assert not task.wants_final  # the final maps come from hooks: the VAM wrapper has no forward_head
     x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))

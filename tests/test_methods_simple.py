@@ -229,7 +229,8 @@ def test_feature_method_without_teacher_is_refused():
 
 def make_task(names, params=None, n=4, seed=0):
     s, t = models(seed=seed)
-    ctx = MethodContext(params={"seed": seed, **(params or {})}, student=s, teacher=t, num_classes=10, num_samples=40)
+    ctx = MethodContext(params={"seed": seed, **(params or {})}, student=s, teacher=t, num_classes=10, num_samples=40,
+                        train_labels=torch.arange(40) % 10)
     task = MethodTask(s, build_methods(names, ctx), teacher=t)
     x = torch.randn(n, 3, 16, 16)
     task.setup_methods(x)

@@ -68,7 +68,7 @@ def _methods(cfg, bundle, teacher):
     names, ce_weight = method_names(list(cfg.method), "explainer", cfg.ce_weight)
     params = dict(dataclasses.asdict(cfg), ce_weight=ce_weight)
     return build_methods(names, MethodContext(params=params, teacher=teacher, num_classes=bundle.num_classes,
-                                              num_samples=len(bundle.train)))
+                                              num_samples=len(bundle.train), train_labels=bundle.train.labels))
 
 
 def _merge(run_dir: Path, stages: list[int], name: str) -> pd.DataFrame | None:

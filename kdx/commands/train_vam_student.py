@@ -121,7 +121,7 @@ def build_task(cfg, bundle, shared: _Shared, cache: TeacherCache | None = None) 
     if any(all_methods()[n].needs_teacher for n in names):
         teacher, teacher_meta = shared.load_teacher(cfg, bundle)
     ctx = MethodContext(params=params, student=student, teacher=teacher, num_classes=bundle.num_classes,
-                        num_samples=len(bundle.train), in_shape=(bundle.in_channels, bundle.image_size,
+                        num_samples=len(bundle.train), train_labels=bundle.train.labels, in_shape=(bundle.in_channels, bundle.image_size,
                                                                  bundle.image_size))
     methods = build_methods(names, ctx)
     metadata: dict = {"method": "+".join(cfg.method), "hierarchy": None}

@@ -62,7 +62,8 @@ class MethodContext:
 
     ``params``: the values of the method's own options (by option name); ``student`` and
     ``teacher``: the zoo models (``teacher`` None without one); ``num_classes``;
-    ``num_samples``: size of the training split (memory banks); ``extra``: command-specific
+    ``num_samples``: size of the training split (memory banks); ``train_labels``: its labels
+    (N,), by dataset index (crd's class-aware negatives); ``extra``: command-specific
     things (the hierarchy clusters, for one).
     """
 
@@ -72,6 +73,7 @@ class MethodContext:
     num_classes: int = 0
     num_samples: int = 0
     in_shape: tuple = ()
+    train_labels: Optional[torch.Tensor] = None
     extra: dict = field(default_factory=dict)
 
 

@@ -6,9 +6,15 @@ As RepDistiller's ``crd/`` (``CRDLoss``, ``ContrastMemory``, ``ContrastLoss``):
   (``crd_feat_dim``, trained), ``pooled`` the global average of the final feature maps;
 * two memory banks of ``N`` (training-split size) unit-norm rows, ``M_s`` of student and
   ``M_t`` of teacher embeddings, initialised uniform in ``[-s, s]``, ``s = 1/sqrt(D/3)``;
-* for each sample ``i`` of the batch (``StepOutputs.index``: its dataset index) a row of
-  ``K + 1`` memory indices, ``i`` first, then ``K`` negatives drawn uniformly from
-  ``0..N-1`` (with replacement, from torch's global RNG: deterministic under the run's seed);
+* for each sample ``i`` of the batch (``StepOutputs.index``: its dataset index, label ``y_i``)
+  a row of ``K + 1`` memory indices, the positive first, then ``K`` negatives, drawn as
+  RepDistiller's ``CIFAR100InstanceSample`` (``--crd-mode``, default ``exact``, its CIFAR
+  default): the positive is ``i``; the negatives are drawn from the samples of the *other*
+  classes, without replacement, with replacement when ``K`` exceeds their number. ``relax``:
+  the positive is a random sample of class ``y_i``. ``uniform`` [kdx]: the positive is ``i``,
+  the negatives uniform over all ``0..N-1`` with replacement (``ContrastMemory``'s own sampler
+  when it is given no indices). All draws use torch's global RNG (deterministic under the
+  run's seed);
 * scores ``P_s[i, j] = exp(M_t[idx_ij] . e_s_i / T) / Z_s`` (student anchor against the
   teacher memory) and ``P_t[i, j] = exp(M_s[idx_ij] . e_t_i / T) / Z_t``; ``Z = mean(exp(.)) * N``
   fixed on the first step (kept in the state, so resumed);
@@ -19,18 +25,17 @@ As RepDistiller's ``crd/`` (``CRDLoss``, ``ContrastMemory``, ``ContrastLoss``):
   ``M[i] <- normalize(m * M[i] + (1 - m) * e_i)`` with momentum ``m = crd_nce_m``.
 
 Defaults are RepDistiller's (weight 0.8 as its CRD runs: ``-a 0 -b 0.8``; D 128, K 16384,
-T 0.07, momentum 0.5). Differences, all marked [kdx]: RepDistiller's CIFAR script draws the
-negatives of sample ``i`` in its data set class (``CIFAR100InstanceSample``, ``mode=exact``)
-from the samples of *other* classes, without replacement; kdx uses the memory's own uniform
-sampler (``ContrastMemory``'s ``AliasMethod`` path with uniform weights), so a negative may
-share the anchor's class. A split with ``N <= K`` samples gets ``K = N - 1`` negatives.
-Under DDP the memories follow rank 0 (DDP broadcasts buffers before every forward), so
-only rank 0's batches move them; the reference trains in a single process.
+T 0.07, momentum 0.5, mode exact). Differences, marked [kdx]: a split with ``N <= K``
+samples gets ``K = N - 1`` negatives (RepDistiller keeps K and draws with replacement; the
+clamp keeps the scored rows at most ``N`` per sample on small CPU splits). Under DDP the
+memories follow rank 0 (DDP broadcasts buffers before every forward), so only rank 0's batches
+move them; the reference trains in a single process.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -67,6 +72,46 @@ def momentum_update(memory: Tensor, index: Tensor, v: Tensor, momentum: float) -
     memory.index_copy_(0, index, l2_normalize(rows))
 
 
+def draw_contrast_indices(index: Tensor, labels: Optional[Tensor], n_data: int, k: int,
+                          mode: str = "exact") -> Tensor:
+    """Rows ``[positive, K negatives]`` of memory indices for a batch of dataset ``index``.
+
+    ``labels`` (N,): the training split's labels (``exact``/``relax``; unused by ``uniform``).
+    ``exact``: positive ``index_i``; negatives a uniform K-subset of ``{j : labels_j != y_i}``
+    (uniform K-tuple with replacement when that set has fewer than K members), as
+    ``np.random.choice(cls_negative[y], K, replace=K > len(cls_negative[y]))``.
+    ``relax``: the positive uniform over ``{j : labels_j == y_i}``. ``uniform``: negatives
+    uniform over ``0..N-1`` with replacement.
+    """
+    b, dev = index.shape[0], index.device
+    if mode == "uniform":
+        idx = torch.randint(0, n_data, (b, k + 1), device=dev)
+        idx[:, 0] = index
+        return idx
+    labels = labels.to(dev)
+    y = labels.index_select(0, index)
+    same = labels.unsqueeze(0) == y.unsqueeze(1)  # (B, N): the anchor's own class
+    pool = n_data - same.sum(1)  # negatives available per anchor
+    idx = torch.empty(b, k + 1, dtype=torch.long, device=dev)
+    if mode == "relax":  # a random same-class sample as the positive
+        idx[:, 0] = torch.rand(b, n_data, device=dev).masked_fill(~same, -1.0).argmax(1)
+    else:
+        idx[:, 0] = index
+    # without replacement: the K largest of N uniform keys, the anchor's own class keyed below all
+    rank = torch.rand(b, n_data, device=dev).masked_fill(same, -1.0)
+    short = pool < k  # RepDistiller's replace=True rows
+    if bool((~short).any()):
+        rows = (~short).nonzero().squeeze(1)
+        idx[rows, 1:] = rank.index_select(0, rows).topk(k, dim=1, sorted=False).indices
+    if bool(short.any()):
+        rows = short.nonzero().squeeze(1)
+        # with replacement: a uniform position in the pool -> that index among the other classes
+        order = torch.argsort(same.index_select(0, rows).to(torch.int8), dim=1, stable=True)  # other classes first
+        pos = (torch.rand(rows.shape[0], k, device=dev) * pool.index_select(0, rows).unsqueeze(1)).long()
+        idx[rows, 1:] = torch.gather(order, 1, pos)
+    return idx
+
+
 def contrast_scores(memory: Tensor, idx: Tensor, anchor: Tensor, temperature: float) -> Tensor:
     """``exp(memory[idx[i, j]] . anchor_i / T)``, shape (B, K+1); the memory rows are constants."""
     rows = memory.index_select(0, idx.reshape(-1)).detach().view(idx.shape[0], idx.shape[1], -1)
@@ -97,6 +142,9 @@ class CRD(TapMethod):
                panel="Method"),
         Option("crd_nce_t", float, 0.07, "CRD temperature.", low=0, low_open=True, panel="Method"),
         Option("crd_nce_m", float, 0.5, "CRD memory momentum.", low=0, high=1, panel="Method"),
+        Option("crd_mode", str, "exact", "CRD contrast rows: exact (positive = the sample, negatives from the other "
+               "classes; RepDistiller's CIFAR default), relax (positive = a random sample of its class), uniform "
+               "(negatives from all samples)", choices=("exact", "relax", "uniform"), panel="Method"),
     )
 
     def __init__(self, ctx: MethodContext):
@@ -105,6 +153,13 @@ class CRD(TapMethod):
         if self.n_data < 2:
             raise KdxError(f"crd needs the training-split size (a memory bank row per sample); got {self.n_data}")
         self.k = min(int(self.params["crd_nce_k"]), self.n_data - 1)  # [kdx] clamp for small splits
+        self.mode = str(self.params.get("crd_mode", "exact"))
+        self.labels = None
+        if self.mode != "uniform":
+            if ctx.train_labels is None or len(ctx.train_labels) != self.n_data:
+                raise KdxError(f"crd --crd-mode {self.mode} needs the labels of the {self.n_data} training samples; "
+                               "use --crd-mode uniform without them")
+            self.labels = torch.as_tensor(ctx.train_labels).long().flatten()  # not a buffer: not checkpointed
         self.use_taps([final_tap(ctx.student)], [final_tap(ctx.teacher)])
         self.embed_s = self.embed_t = None
 
@@ -136,8 +191,9 @@ class CRD(TapMethod):
     def _contrast(self, p_s: Tensor, p_t: Tensor, index: Tensor) -> Tensor:
         e_s, e_t = self.embed_s(p_s), self.embed_t(p_t)
         index = index.to(self.memory_s.device).long()
-        idx = torch.randint(0, self.n_data, (index.shape[0], self.k + 1), device=index.device)
-        idx[:, 0] = index
+        idx = draw_contrast_indices(index, self.labels, self.n_data, self.k, self.mode)
+        if self.labels is not None and self.labels.device != index.device:
+            self.labels = self.labels.to(index.device)
         t = float(self.params["crd_nce_t"])
         scores_s = contrast_scores(self.memory_t, idx, e_s, t)  # student anchor, teacher memory
         scores_t = contrast_scores(self.memory_s, idx, e_t, t)  # teacher anchor, student memory
@@ -154,4 +210,4 @@ class CRD(TapMethod):
         return loss
 
     def record(self) -> dict:
-        return super().record() | {"negatives": self.k, "n_data": self.n_data}
+        return super().record() | {"negatives": self.k, "n_data": self.n_data, "mode": self.mode}
