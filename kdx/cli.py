@@ -377,11 +377,18 @@ def models_cmd():
 @app.command("datasets")
 @handle_errors
 def datasets_cmd():
-    """List the datasets kdx knows."""
-    from kdx.data import list_datasets
+    """List the datasets kdx knows (--dataset NAME)."""
+    from rich.table import Table
 
-    for name in list_datasets():
-        typer.echo(name)
+    from kdx.data.registry import all_datasets
+
+    table = Table(title="kdx datasets")
+    for col in ("name", "classes", "input", "description"):
+        table.add_column(col)
+    for spec in all_datasets().values():
+        shape = "x".join(map(str, spec.input_shape)) if spec.input_shape else "from the files"
+        table.add_row(spec.label, str(spec.num_classes or "from the files"), shape, spec.description)
+    table_console().print(table)
 
 
 def _escape_help_texts() -> None:

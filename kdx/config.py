@@ -49,8 +49,8 @@ class RunConfig:
                                    metavar="DIR")
     overwrite: bool = option(False, "Replace a run already in --out.", panel=RUN)
     # data
-    dataset: str = option("fashion-mnist-mini", "Dataset: cifar10, cifar100, fashion-mnist, mnist, tiny-imagenet, "
-                          "folder:PATH, fashion-mnist-mini (embedded; takes the quick preset's values as defaults).",
+    dataset: str = option("fashion-mnist-mini", "Dataset (`kdx datasets` lists them): cifar10, cifar100, fashion-mnist, mnist, "
+                          "tiny-imagenet, folder:PATH, fashion-mnist-mini (embedded; takes the quick preset's values as defaults).",
                           panel=DATA, flags=("-d",), metavar="NAME")
     data_root: Optional[str] = option(None, "Folder holding the dataset files [$KDX_DATA or ~/.cache/kdx/data].",
                                       panel=DATA, metavar="DIR")

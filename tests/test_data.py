@@ -82,6 +82,44 @@ def test_unknown_dataset_lists_valid_names():
         load_dataset("fashion-mnist-mini", val_fraction=1.5)
 
 
+def test_a_dataset_is_one_registered_spec(tmp_path, monkeypatch):
+    """A new dataset needs one DatasetSpec (here: a synthetic one), no edit of load_dataset."""
+    from typer.testing import CliRunner
+
+    from kdx.cli import app
+    from kdx.data import get_dataset_info
+    from kdx.data import registry
+
+    seen = {}
+
+    def load(root, download, image_size, path):
+        seen.update(root=root, path=path)
+        g = torch.Generator().manual_seed(0)
+        make = lambda n: TensorSplit(torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8, generator=g),
+                                     torch.arange(n) % 4)
+        return make(40), make(12), ["a", "b", "c", "d"]
+
+    monkeypatch.setattr(registry, "_DATASETS", dict(registry.all_datasets()))
+    spec = registry.register_dataset(registry.DatasetSpec(
+        "toy", load, mean=(0.5,) * 3, std=(0.25,) * 3, augment=None, description="a toy set",
+        num_classes=4, input_shape=(3, 8, 8)))
+    assert "toy" in list_datasets()
+    b = load_dataset("toy", root=tmp_path, val_fraction=0.25)
+    assert seen == {"root": tmp_path, "path": None}
+    assert (len(b.train), len(b.val), len(b.test), b.num_classes, b.image_size) == (28, 12, 12, 4, 8)  # 3 of each class's 10 held out
+    assert b.augment == {"crop_padding": 1, "hflip": True}  # augment None: side // 8 and flips
+    assert get_dataset_info("toy")["input_shape"] == [3, 8, 8]
+    out = CliRunner().invoke(app, ["datasets"])
+    assert out.exit_code == 0 and "toy" in out.output and "a toy set" in out.output
+    with pytest.raises(ValueError, match="two datasets are named 'toy'"):
+        registry.register_dataset(registry.DatasetSpec("toy", lambda *a: None, (0.5,), (0.5,), None))
+    assert registry.register_dataset(spec) is spec  # the same spec again (a re-import) is fine
+    with pytest.raises(KdxError, match="classes and image size are known only from its files"):
+        get_dataset_info("folder:/somewhere")
+    with pytest.raises(KdxError, match="unknown dataset 'toy:x'"):
+        load_dataset("toy:x")
+
+
 # ---------------------------------------------------------------- IDX files
 @pytest.mark.parametrize("gz", [True, False])
 @pytest.mark.parametrize("layout", ["flat", "torchvision"])

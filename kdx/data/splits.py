@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from kdx.errors import KdxError
@@ -94,3 +96,8 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
     mask = torch.ones(len(labels), dtype=torch.bool)
     mask[held_out] = False
     return torch.nonzero(mask).flatten(), held_out
+
+
+def images_in(d) -> list[str]:
+    """The image files directly in folder ``d`` (``IMAGE_EXTENSIONS``), sorted."""
+    return sorted(str(p) for p in Path(d).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
