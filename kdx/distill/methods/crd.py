@@ -191,9 +191,9 @@ class CRD(TapMethod):
     def _contrast(self, p_s: Tensor, p_t: Tensor, index: Tensor) -> Tensor:
         e_s, e_t = self.embed_s(p_s), self.embed_t(p_t)
         index = index.to(self.memory_s.device).long()
-        idx = draw_contrast_indices(index, self.labels, self.n_data, self.k, self.mode)
         if self.labels is not None and self.labels.device != index.device:
-            self.labels = self.labels.to(index.device)
+            self.labels = self.labels.to(index.device)  # once: the labels live where the indices do
+        idx = draw_contrast_indices(index, self.labels, self.n_data, self.k, self.mode)
         t = float(self.params["crd_nce_t"])
         scores_s = contrast_scores(self.memory_t, idx, e_s, t)  # student anchor, teacher memory
         scores_t = contrast_scores(self.memory_s, idx, e_t, t)  # teacher anchor, student memory
