@@ -417,3 +417,31 @@ def test_idx_bad_shapes_and_label_types(tmp_path):
     (d / IDX_NAMES[0]).write_bytes(b"")
     with pytest.raises(KdxError, match="magic.*empty"):
         read_idx(d / IDX_NAMES[0])
+
+
+def test_dataset_plugins_through_entry_points(monkeypatch):
+    """``kdx.datasets`` entry points register a DatasetSpec; anything else is one clear error."""
+    import importlib.metadata
+    from types import SimpleNamespace
+
+    from kdx.data import registry
+    from kdx.plugins import load_entry_points
+
+    spec = registry.DatasetSpec("plug", lambda *a: None, (0.5,), (0.5,), None)
+    eps = [SimpleNamespace(name="plug", value="pkg:SPEC", load=lambda: spec)]
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: eps if group == "kdx.datasets" else [])
+    got = {}
+    load_entry_points("kdx.datasets", "dataset", "a kdx DatasetSpec", lambda o: isinstance(o, registry.DatasetSpec),
+                      lambda o: got.setdefault(o.name, o))
+    assert got == {"plug": spec}
+    eps[0] = SimpleNamespace(name="bad", value="pkg:X", load=lambda: 3)
+    with pytest.raises(KdxError, match="dataset plug-in 'bad' \\(pkg:X\\) is not a kdx DatasetSpec"):
+        load_entry_points("kdx.datasets", "dataset", "a kdx DatasetSpec", lambda o: isinstance(o, registry.DatasetSpec),
+                          got.setdefault)
+
+    def broken():
+        raise ImportError("no module named pkg")
+
+    eps[0] = SimpleNamespace(name="gone", value="pkg:Y", load=broken)
+    with pytest.raises(KdxError, match="cannot load dataset plug-in 'gone' \\(pkg:Y\\): no module named pkg"):
+        load_entry_points("kdx.datasets", "dataset", "a kdx DatasetSpec", lambda o: True, got.setdefault)

@@ -69,15 +69,10 @@ def _load_all() -> None:
         return
     _loaded = True
     import kdx.data.sets  # noqa: F401  (the built-in dataset files register themselves)
-    from importlib.metadata import entry_points
+    from kdx.plugins import load_entry_points
 
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            obj = ep.load()
-        except Exception as exc:  # a broken plug-in must not break kdx: say which one
-            raise KdxError(f"dataset plug-in {ep.name!r} ({ep.value}) failed to load: {exc}") from None
-        if isinstance(obj, DatasetSpec):
-            register_dataset(obj)
+    load_entry_points(ENTRY_POINT_GROUP, "dataset", "a kdx DatasetSpec",
+                      lambda obj: isinstance(obj, DatasetSpec), register_dataset)
 
 
 def all_datasets() -> dict[str, DatasetSpec]:

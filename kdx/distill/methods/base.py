@@ -145,16 +145,10 @@ def _load_entry_points() -> None:
     if _entry_points_loaded:
         return
     _entry_points_loaded = True
-    from importlib.metadata import entry_points
+    from kdx.plugins import load_entry_points
 
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            obj = ep.load()
-        except Exception as exc:  # a broken plug-in must not break kdx: say which one
-            raise KdxError(f"cannot load KD method plug-in '{ep.name}' ({ep.value}): {exc}") from None
-        if not (isinstance(obj, type) and issubclass(obj, Method)):
-            raise KdxError(f"KD method plug-in '{ep.name}' ({ep.value}) is not a kdx Method subclass")
-        register_method(obj)
+    load_entry_points(ENTRY_POINT_GROUP, "KD method", "a kdx Method subclass",
+                      lambda obj: isinstance(obj, type) and issubclass(obj, Method), register_method)
 
 
 def all_methods() -> dict[str, type[Method]]:
