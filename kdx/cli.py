@@ -183,12 +183,14 @@ training_command("distill-explainer", "distill_explainer",
     "tree, few epochs). Methods: ce, ls, kd and the other logit methods.")
 
 training_command("train-vam-student", "train_vam_student",
-    "Train a zoo student with KD methods and a virtual attention module (VAM), optionally hierarchy "
-    "guidance.\n\n"
+    "Train a zoo student with KD methods and a VAM variant.\n\n"
+    "--vam tree (the default when --hierarchy gives a class tree: an analyze-conflicts folder or an "
+    "explainer run) adds the authors' cluster heads on student stages 1 and 2; --vam head adds kdx's "
+    "virtual-attention head (an auxiliary output by default, --vam-head); tree+head both; off none. "
     "Defaults: the paper's student recipe (SGD 0.05, 240 epochs, x0.1 at 150/180/210, batch 64); on "
     "fashion-mnist-mini (the default dataset) the quick preset's values (8 epochs, cosine, batch 128). "
-    "--method kd,crd sums methods. --compare trains the grid of --compare-methods (each alone, + VAM, + "
-    "hierarchy, + VAM + hierarchy) plus ce from the same seeds into RUN/seed<s>/... and writes "
+    "--method kd,crd sums methods. --compare trains, for every method of --compare-methods, one arm per "
+    "variant of --compare-vam, plus ce, from the same seeds into RUN/seed<s>/<arm> and writes "
     "comparison.csv, comparison_summary.csv and a comparison plot.")
 
 
@@ -435,8 +437,13 @@ def main(argv: list[str] | None = None):  # console-script entry point
     """Run the CLI; a usage error (unknown option, bad value, missing argument) is one line and exit 2."""
     usage_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
     command = typer.main.get_command(app)
+    args = argv if argv is not None else sys.argv[1:]
+    if "--no-vam" in args:  # kdx 0.1's flag: refused with its replacement, never reinterpreted
+        typer.echo("kdx: error: --no-vam is gone: use --vam off (no VAM), or --vam tree with --hierarchy "
+                   "(the authors' cluster heads, which --no-vam --hierarchy trained)", err=True)
+        sys.exit(2)
     try:
-        code = command.main(args=argv if argv is not None else sys.argv[1:], prog_name="kdx", standalone_mode=False)
+        code = command.main(args=args, prog_name="kdx", standalone_mode=False)
     except usage_error as exc:
         path = exc.ctx.command_path if exc.ctx is not None else "kdx"
         message = " ".join(exc.format_message().split())

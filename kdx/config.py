@@ -36,6 +36,8 @@ SEED_MAX = 2**32 - 1
 DEFAULT_SEED = 1029  # the official code's seed
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("multistep", "cosine", "constant", "halving")
+VAM_VARIANTS = ("off", "tree", "head", "tree+head")
+VAM_CHOICES = ("auto",) + VAM_VARIANTS
 
 
 @dataclass
@@ -168,16 +170,31 @@ class StudentBase(OptimConfig):
     arch: str = option("resnet8", "Zoo student architecture.", panel="Student", flags=("-a",), metavar="ARCH")
     method: list[str] = option(["kd"], "Training method(s), comma-separated (e.g. kd or kd,crd); their losses "
                                "add up.", panel="Method", metavar="NAMES")
-    vam: bool = option(True, "Virtual attention module instead of the linear classifier.", panel="VAM")
+    vam: str = option("auto", "VAM variant: tree = the authors' tree-guided cluster heads on student stages 1 and 2 "
+                      "(needs --hierarchy); head = the virtual-attention head [kdx] (form: --vam-head); tree+head = "
+                      "both; off = none; auto = tree when --hierarchy gives a class tree, else off.",
+                      panel="VAM", choices=VAM_CHOICES)
+    vam_head: str = option("aux", "Form of the head of --vam head/tree+head: aux = a training-time auxiliary output "
+                           "beside the student's classifier, distilled from the teacher and dropped at inference "
+                           "[kdx]; replace = instead of the linear classifier (the --vam of kdx 0.1).",
+                           panel="VAM", choices=("aux", "replace"))
     vam_blocks: Optional[int] = option(None, "K virtual experts; must divide the feature channels D "
                                        "[8, or the largest divisor of D below 8].", panel="VAM", low=1)
     vam_hard_eval: bool = option(False, "Hard routing at evaluation (always soft while training).", panel="VAM")
     vam_tau0: float = option(10.0, "VAM temperature tau = tau0 / epoch.", panel="VAM", low=0, low_open=True)
     compare: bool = option(False, "Train the comparison grid (see --compare-methods) and compare the arms.",
                            panel="Compare")
-    compare_methods: list[str] = option(["kd"], "--compare: the methods whose arms (alone, + VAM, + hierarchy, "
-                                        "+ VAM + hierarchy) are trained, e.g. kd,at,dkd; kd+crd combines two.",
+    compare_methods: list[str] = option(["kd"], "--compare: the methods whose arms are trained (one per variant "
+                                        "of --compare-vam), e.g. kd,at,dkd; kd+crd combines two.",
                                         panel="Compare", metavar="NAMES")
+    compare_vam: list[str] = option(list(VAM_VARIANTS), "--compare: the VAM variants trained for every method "
+                                    "(the tree ones only with --hierarchy).", panel="Compare", choices=VAM_VARIANTS,
+                                    metavar="VARIANTS")
+    compare_weights: Optional[list[float]] = option(None, "--compare: tree weights w, one tree arm each "
+                                                    "[--hierarchy-weight].", panel="Compare", low=0,
+                                                    metavar="WEIGHTS")
+    compare_ce: bool = option(True, "--compare: train the ce arm too (leave it out when another grid into the same "
+                              "folder has it).", panel="Compare")
     seeds: Optional[list[int]] = option(None, "Seeds, one run each, e.g. 0,1,2.", panel="Compare", low=0,
                                         high=SEED_MAX, metavar="SEEDS")
     teacher_cache_mb: int = option(256, "--compare: share the frozen teacher's logits between the arms of a seed "
@@ -185,8 +202,38 @@ class StudentBase(OptimConfig):
     plot_format: Optional[str] = option(None, "--compare figure format; pdf/svg are written beside comparison.png "
                                         "[png].", panel="Compare", choices=("png", "pdf", "svg"))
 
+    @staticmethod
+    def upgrade_values(values: dict) -> dict:
+        """Config files of kdx 0.1 (``vam: true/false``, ``--hierarchy`` alone meaning its heads) ->
+        today's variants, with the same meaning: a true ``vam`` was the replacing head."""
+        old = values.get("vam")
+        if isinstance(old, bool):
+            values = dict(values)
+            tree = bool(values.get("hierarchy"))
+            values["vam"] = ("tree+head" if tree else "head") if old else ("tree" if tree else "off")
+            if old:
+                values.setdefault("vam_head", "replace")
+        return values
+
+    def vam_variant(self) -> tuple[str, str]:
+        """The variant this run trains and why (``auto`` resolved): ``(variant, reason)``."""
+        if self.vam != "auto":
+            return self.vam, "--vam " + self.vam
+        if self.hierarchy:
+            return "tree", ("the default with a class tree: the authors' mechanism, the variant with evidence "
+                            "(docs/reproducing.md)")
+        return "off", ("the default without a class tree (--hierarchy ANALYSIS_OR_EXPLAINER_RUN gives one): "
+                       "the head alone has not been shown to help (docs/reproducing.md); --vam head trains it")
+
     def validate(self) -> None:
         super().validate()
+        if not self.compare:
+            variant = self.vam_variant()[0]
+            if "tree" in variant and not self.hierarchy:
+                raise KdxError(f"--vam {variant} needs --hierarchy ANALYSIS_OR_EXPLAINER_RUN (the class tree)")
+            if "tree" not in variant and self.hierarchy:
+                raise KdxError(f"--hierarchy feeds the tree heads, which --vam {variant} does not train; "
+                               f"use --vam tree or tree+head, or drop --hierarchy")
         if self.compare and not self.teacher:
             raise KdxError("--compare needs --teacher RUN_OR_CHECKPOINT")
         if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
@@ -247,7 +294,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "paper": {},
         # CPU-sized: a few epochs of a small student on fashion-mnist-mini; tau0 4 as the quick explainer
         "quick": dict(epochs=8, batch_size=128, lr=0.1, schedule="cosine", warmup_epochs=1, vam_tau0=4.0,
-                      eval_batch_size=500, hierarchy_mapping="kdx-depth"),
+                      eval_batch_size=500),
     },
 }
 
@@ -368,6 +415,9 @@ def build_config(cls, *, presets: dict[str, dict] | None = None, config_file: st
     presets = PRESETS.get(command_of(cls), {}) if presets is None else presets
     cli = {k: v for k, v in (cli or {}).items() if v is not None}
     file_values = read_config_file(config_file) if config_file else {}
+    upgrade = getattr(cls, "upgrade_values", None)
+    if upgrade is not None:  # older config files, same meaning
+        file_values, cli = upgrade(file_values), upgrade(cli)
     opts = options_of(cls)
     for source, values in ((config_file, file_values), ("the command line", cli)):
         unknown = sorted(set(values) - set(opts))

@@ -161,7 +161,9 @@ def test_dataset_recipe_is_real():
     student = config_class("train-vam-student")
     paper = build_config(student, cli={"out": "x", "dataset": "cifar100", "preset": "paper"})
     quick = build_config(student, cli={"out": "x"})
-    assert (paper.hierarchy_mapping, quick.hierarchy_mapping) == ("authors", "kdx-depth")
+    assert (paper.epochs, quick.epochs) == (240, 8)
+    assert (paper.hierarchy_mapping, quick.hierarchy_mapping) == ("authors", "authors")  # --vam tree: the authors'
+    assert (paper.vam, quick.vam) == ("auto", "auto")
 
 
 def test_each_command_config_holds_only_its_fields():
@@ -198,14 +200,14 @@ def test_method_from_an_installed_package(tmp_path):
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: kdx-toy\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text("[kdx.methods]\ntoy = kdx_toy:Toy\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(REPO)]))
-    for vam in ("--vam", "--no-vam"):
-        out = tmp_path / f"run{vam}"
+    for vam in ("head", "off"):
+        out = tmp_path / f"run-{vam}"
         proc = subprocess.run([sys.executable, "-m", "kdx", "train-vam-student", "--method", "toy", "--toy-weight",
-                               "0.5", vam, *TINY, "--max-steps", "2", "--out", str(out)],
+                               "0.5", "--vam", vam, *TINY, "--max-steps", "2", "--out", str(out)],
                               capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
         assert proc.returncode == 0, proc.stderr
         saved = json.loads((out / "config.json").read_text())
-        assert saved["method"] == ["toy"] and saved["toy_weight"] == 0.5 and saved["vam"] is (vam == "--vam")
+        assert saved["method"] == ["toy"] and saved["toy_weight"] == 0.5 and saved["vam"] == vam
     help_text = subprocess.run([sys.executable, "-m", "kdx", "train-vam-student", "--help"], capture_output=True,
                                text=True, env=dict(env, COLUMNS="200"), timeout=120).stdout
     assert "--toy-weight" in help_text

@@ -64,7 +64,7 @@ def test_tiny_study_two_seeds_end_to_end_and_rerun_skips(tmp_path, capsys):
     assert set(summary["component"]) == {"teacher", "explainer", "student"}
     expl = summary[summary["component"] == "explainer"]
     assert sorted(zip(expl["seed"], expl["name"])) == [(s, m) for s in (0, 1) for m in ("ce", "kd")]
-    assert {"ce", "kd", "kd+vam", "kd+vam+hier"} <= set(summary[summary["component"] == "student"]["name"])
+    assert {"ce", "kd", "kd+tree", "kd+head", "kd+tree+head"} <= set(summary[summary["component"] == "student"]["name"])
     # paired differences kd - ls and kd - ce over the two seeds, equal to the per-seed rows
     diffs = pd.read_csv(out / "explainer_differences.csv")
     acc = diffs[(diffs["metric"] == "test_top1_last") & (diffs["pair"] == "kd - ce")].iloc[0]

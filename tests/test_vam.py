@@ -186,20 +186,23 @@ def compare_run(tmp_path_factory):
 
 def test_compare_end_to_end(compare_run):
     out, teacher, ana, text = compare_run
-    assert "layer2 <-> layer 1" in text and "layer3 <-> layer 2" in text  # the printed mapping
+    assert "arms: ce, kd, kd+tree, kd+head, kd+tree+head" in text
+    assert "layer1 <-> layer 1" in text and "layer2 <-> layer 2" in text  # the authors' mapping, printed
     comp = pd.read_csv(out / "comparison.csv")
-    assert list(comp["method"]) == ["ce", "kd", "kd+vam", "kd+hier", "kd+vam+hier"]
+    assert list(comp["method"]) == ["ce", "kd", "kd+tree", "kd+head", "kd+tree+head"]
     assert list(comp["base"]) == ["ce", "kd", "kd", "kd", "kd"]
     for col in ("test_top1_best", "test_top1_last", "best_epoch", "params", "macs", "seconds"):
         assert comp[col].notna().all(), col
-    assert comp["params"].iloc[2] < comp["params"].iloc[1]
+    assert comp["params"].nunique() == 1  # the tree and auxiliary heads are dropped at inference
     summary = pd.read_csv(out / "comparison_summary.csv")
     assert len(summary) == 5 and (out / "comparison.png").stat().st_size > 1000
-    run = out / "seed1029" / "kd+vam+hier"
+    run = out / "seed1029" / "kd+tree+head"
     metrics = pd.read_csv(run / "metrics.csv")
-    for col in ("train_loss_ce", "train_loss_kd", "train_loss_vam_entropy", "train_loss_hierarchy", "tau",
-                "vam_entropy"):
+    for col in ("train_loss_ce", "train_loss_kd", "train_loss_vam_head", "train_loss_vam_entropy",
+                "train_loss_hierarchy", "tau", "vam_entropy"):
         assert col in metrics.columns, col
+    tree = pd.read_csv(out / "seed1029" / "kd+tree" / "metrics.csv")
+    assert "train_loss_hierarchy" in tree.columns and "train_loss_vam_head" not in tree.columns
     att = pd.read_csv(run / "vam_attention.csv")
     assert list(att.columns) == ["epoch", "class", "class_name", "block", "weight"] and len(att) == 10 * 4
     assert att.groupby("class")["weight"].sum().round(5).eq(1).all()
@@ -215,20 +218,37 @@ def test_compare_end_to_end(compare_run):
     assert (run / "model.safetensors").stat().st_mtime == mtime
 
 
-def test_load_evaluate_info_of_a_vam_student(compare_run):
+def test_tree_and_aux_head_leave_a_plain_student(compare_run):
     out = compare_run[0]
-    run = out / "seed1029" / "kd+vam+hier"
+    run = out / "seed1029" / "kd+tree+head"
+    model, meta = kdx.load(run)
+    assert meta["kind"] == "classifier" and not isinstance(model, VAMStudent)
+    assert meta["vam_variant"] == {"variant": "tree+head", "head": "aux"}
+    head = next(m for m in meta["methods"] if m["name"] == "vam_head")
+    assert head["saved"] is False and head["blocks"] == 4 and head["params"]["vam_head_weight"] == 0.5
+    hier = meta["hierarchy"]
+    assert hier["weight"] == 0.1 and hier["mapping"] == "authors"
+    assert hier["stage_mapping"] == [{"stage": "layer1", "layer": 1}, {"stage": "layer2", "layer": 2}]
+    assert not any(k.startswith(("hierarchy", "head", "routing")) for k in model.state_dict())
+    plain, _ = kdx.load(out / "seed1029" / "kd")
+    assert set(plain.state_dict()) == set(model.state_dict())
+
+
+def test_replacing_head_loads_evaluates_and_reports(compare_run, tmp_path):
+    teacher = compare_run[1]
+    run = tmp_path / "replace"
+    result = invoke("train-vam-student", "--teacher", teacher, "--arch", "resnet8", *TINY, "--out", run,
+                    "--vam", "head", "--vam-head", "replace", "--vam-entropy", "0.01", "--vam-hard-eval",
+                    "--vam-blocks", "4")
+    assert result.exit_code == 0, result.output
+    assert "VAM variant: head (--vam head)" in result.output
     model, meta = kdx.load(run)
     assert isinstance(model, VAMStudent) and meta["kind"] == "vam-student" and meta["arch"] == "resnet8"
     vam = meta["vam"]
     assert vam["blocks"] == 4 and vam["tau0"] == 4.0 and vam["final_tau"] == 4.0  # quick recipe on the mini set
     assert vam["hard_eval"] is True
     assert vam["entropy_weight"] == 0.01 and model.routing == "hard" and not model.training
-    hier = meta["hierarchy"]
-    assert hier["weight"] == 0.1 and hier["stage_mapping"] == [{"stage": "layer2", "layer": 1},
-                                                               {"stage": "layer3", "layer": 2}]
-    assert meta["teacher"]["arch"] == "resnet8"
-    assert not any(k.startswith("hierarchy") for k in model.state_dict())  # aux heads are training-only
+    assert "train_loss_vam_entropy" in pd.read_csv(run / "metrics.csv").columns
     x = torch.randn(2, 1, 28, 28)
     assert model(x).shape == (2, 10)
     result = invoke("evaluate", run, "--routing", "soft", "--tau", "0.5", "--json")
@@ -237,8 +257,39 @@ def test_load_evaluate_info_of_a_vam_student(compare_run):
     assert data["routing"] == "soft" and data["tau"] == 0.5
     result = invoke("info", run)
     assert result.exit_code == 0 and "vam-student" in result.output
-    plain, pmeta = kdx.load(out / "seed1029" / "kd")
-    assert pmeta["kind"] == "classifier" and not isinstance(plain, VAMStudent)
+
+
+def test_default_variant_is_said_and_old_flags_are_handled(compare_run, tmp_path):
+    from kdx.cli import main
+
+    teacher, ana = compare_run[1], compare_run[2]
+    result = invoke("train-vam-student", "--teacher", teacher, "--arch", "resnet8", *TINY, "--out", tmp_path / "t",
+                    "--hierarchy", ana)
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0].startswith("VAM variant: tree (the default with a class tree")
+    result = invoke("train-vam-student", "--teacher", teacher, "--arch", "resnet8", *TINY, "--out", tmp_path / "o")
+    assert result.exit_code == 0, result.output
+    first = result.output.splitlines()[0]
+    assert first.startswith("VAM variant: off (the default without a class tree") and "--hierarchy" in first
+    assert kdx.load(tmp_path / "o")[1]["vam_variant"]["variant"] == "off"
+    with pytest.raises(SystemExit) as exc:
+        main(["train-vam-student", "--no-vam", "--out", str(tmp_path / "x")])
+    assert exc.value.code == 2 and not (tmp_path / "x").exists()
+    result = invoke("train-vam-student", "--teacher", teacher, *TINY, "--out", tmp_path / "y", "--vam", "tree")
+    assert result.exit_code == 2 and "needs --hierarchy" in result.output
+    result = invoke("train-vam-student", "--teacher", teacher, *TINY, "--out", tmp_path / "z", "--vam", "head",
+                    "--hierarchy", ana)
+    assert result.exit_code == 2 and "--vam tree or tree+head" in result.output
+    # a config file of kdx 0.1 keeps its meaning: vam true was the replacing head, false + hierarchy the tree
+    from kdx.config import StudentConfig, build_config
+
+    for old, variant, head in ((True, "head", "replace"), (False, "off", "aux")):
+        cfg = build_config(StudentConfig, cli={"vam": old, "out": "r"})
+        assert (cfg.vam, cfg.vam_head) == (variant, head)
+    cfg = build_config(StudentConfig, cli={"vam": True, "hierarchy": [str(ana)], "out": "r"})
+    assert (cfg.vam, cfg.vam_head) == ("tree+head", "replace")
+    cfg = build_config(StudentConfig, cli={"vam": False, "hierarchy": [str(ana)], "out": "r"})
+    assert cfg.vam == "tree"
 
 
 def test_user_errors(compare_run, tmp_path):
@@ -285,3 +336,108 @@ def test_a_compare_folder_in_use_is_refused(compare_run, tmp_path):
                     "--overwrite")
     assert result.exit_code == 2 and "in use by process" in result.output
     assert sorted(p.name for p in out.iterdir()) == [".kdx.lock"]
+
+
+# ---------------------------------------------------------------- the authors' HierarchicalLoss, transcribed
+
+
+class _AuthorsFeatureClassify(torch.nn.Module):
+    """distiller_zoo/sub_modules.py of xmq1221/KDExplainer: AdaptiveAvgPool2d(1), squeeze, Linear."""
+
+    def __init__(self, input_channels, num_classes):
+        super().__init__()
+        self.global_avg_pool = torch.nn.AdaptiveAvgPool2d(output_size=1)
+        self.fc = torch.nn.Linear(input_channels, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.global_avg_pool(x).squeeze())
+
+
+class _AuthorsHierarchicalLoss(torch.nn.Module):
+    """distiller_zoo/hierarchical_loss.py: one classifier per layer name on feat_s[int(name[-1])],
+    CrossEntropyLoss(weight = 1/|cluster|) on the cluster of the target (a per-sample dict look-up),
+    the layers' losses summed; train_student.py adds it as ``beta * loss_kd``."""
+
+    def __init__(self, cluster_info, feat_s):
+        super().__init__()
+        self.cluster_info = cluster_info
+        self.classifiers = torch.nn.ModuleDict()
+        self.loss_fn = {}
+        for name, info in cluster_info.items():
+            idx = int(name[-1])
+            self.classifiers[name] = _AuthorsFeatureClassify(feat_s[idx].shape[1], len(info))
+            weight = torch.empty(len(info))
+            for i, cluster in enumerate(info):
+                weight[i] = 1 / len(cluster)
+            self.loss_fn[name] = torch.nn.CrossEntropyLoss(weight=weight)
+        self.maps = {name: {c: i for i, cl in enumerate(info) for c in cl} for name, info in cluster_info.items()}
+
+    def forward(self, feat_s, target):
+        losses = []
+        for name, classifier in self.classifiers.items():
+            pred = classifier(feat_s[int(name[-1])])
+            t = torch.empty_like(target)
+            for i, x in enumerate(target):
+                t[i] = self.maps[name][x.item()]
+            losses.append(self.loss_fn[name](pred, t))
+        return sum(losses)
+
+
+def test_tree_loss_equals_the_authors_hierarchical_loss(tmp_path):
+    """--vam tree on resnet8: W * the authors' HierarchicalLoss on their feature list (f0 = stem,
+    f1 = layer1, f2 = layer2) with layer1-merge.json / layer2-merge.json, on fixed tensors."""
+    from kdx.distill.methods import MethodContext, StepOutputs
+    from kdx.distill.methods.hierarchy import Hierarchy
+    from kdx.models import FeatureHooks
+
+    info = {"layer1": [[0, 1, 2, 3, 4, 6], [5, 7, 8, 9]], "layer2": [[0, 2, 4, 6], [1, 3], [5, 7, 9], [8]]}
+    for name, merged in info.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps({"merged_classes": merged}))
+    torch.manual_seed(0)
+    student = create_model("resnet8", num_classes=10, in_channels=3).eval()
+    method = Hierarchy(MethodContext(params={"hierarchy": [str(tmp_path)], "hierarchy_weight": 0.3,
+                                             "hierarchy_mapping": "authors", "seed": 5},
+                                     student=student, num_classes=10))
+    x = torch.randn(6, 3, 16, 16)
+    y = torch.tensor([0, 5, 8, 3, 9, 1])
+    hooks = FeatureHooks(student, method.stages()[0]).register()
+    with torch.no_grad():
+        logits = student(x)
+    ours = method.loss(StepOutputs(x=x, y=y, logits=logits, model=student, features_s=dict(hooks.features)))
+    hooks.remove()
+    with torch.no_grad():  # the authors' feature list of a CIFAR resnet (models/resnet.py, is_feat=True)
+        f0 = torch.relu(student.bn1(student.conv1(x)))
+        f1 = student.layer1(f0)
+        f2 = student.layer2(f1)
+    feat_s = [f0, f1, f2]
+    oracle = _AuthorsHierarchicalLoss(info, feat_s)
+    for i, name in enumerate(info):  # same head weights
+        oracle.classifiers[name].fc.load_state_dict(method.heads.heads[i].state_dict())
+    beta = 0.3
+    torch.testing.assert_close(ours["hierarchy"], beta * oracle(feat_s, y))
+
+
+def test_tree_from_an_explainer_run(compare_run, tmp_path):
+    """--hierarchy EXPLAINER_RUN: the run's class tree under hard routing, written into the run."""
+    from kdx.analysis.clusters import explainer_tree
+
+    teacher = compare_run[1]
+    exp = tmp_path / "exp"
+    result = invoke("distill-explainer", "--method", "kd", "--teacher", teacher, "--stage1-epochs", "1",
+                    "--stage2-epochs", "1", "--max-train-samples", "200", "--batch-size", "50", "--quiet",
+                    "--out", exp)
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "s"
+    result = invoke("train-vam-student", "--teacher", teacher, "--arch", "resnet8", *TINY, "--out", run,
+                    "--hierarchy", exp)
+    assert result.exit_code == 0, result.output
+    model, _ = kdx.load(exp)
+    tree = explainer_tree(model)
+    for layer in (1, 2):
+        saved = json.loads((run / "clusters" / f"layer{layer}.json").read_text())
+        assert saved["merged_classes"] == tree[layer - 1]
+    meta = kdx.load(run)[1]
+    assert meta["hierarchy"]["clusters"]["1"] == tree[0] and meta["vam_variant"]["variant"] == "tree"
+    result = invoke("train-vam-student", "--teacher", teacher, "--arch", "resnet8", *TINY, "--out", tmp_path / "t",
+                    "--hierarchy", teacher)
+    assert result.exit_code == 2 and "not an explainer run" in result.output

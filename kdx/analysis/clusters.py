@@ -43,3 +43,13 @@ def cluster_rows(groups_per_layer, class_names: list[str], run: str) -> list[dic
                 rows.append({"run": run, "layer": layer, "cluster": k, "expert": e, "class": c,
                              "class_name": class_names[c]})
     return rows
+
+
+def explainer_tree(model) -> list[list[list[int]]]:
+    """The class tree of a routed model under hard routing: per expert layer (first first), the
+    ``merged_classes`` of every non-empty expert, as ``kdx analyze-conflicts`` writes them."""
+    from kdx.analysis.attention import compose
+    from kdx.analysis.routed import as_routed, routing_matrices
+
+    groups = hard_clusters(compose(routing_matrices(as_routed(model), "hard")))
+    return [[members for _, members in layer] for layer in groups]

@@ -1,10 +1,12 @@
-"""`kdx train-vam-student`: a zoo student with KD methods, the virtual attention module (VAM)
-and hierarchy guidance; ``--compare`` trains a grid of arms side by side.
+"""`kdx train-vam-student`: a zoo student with KD methods and a VAM variant (``--vam``: the
+authors' tree-guided cluster heads, kdx's virtual-attention head, both, or none); ``--compare``
+trains a grid of arms side by side.
 
-A single run is an ordinary engine run directory plus ``cost.csv`` and, with the VAM,
+A single run is an ordinary engine run directory plus ``cost.csv`` and, with a head,
 ``vam_attention.csv``. ``--seeds`` puts one run per seed under ``RUN/seed{s}``; ``--compare``
 puts one run per arm under ``RUN/seed{s}/{arm}``: for every method M of ``--compare-methods``
-the arms M, M+vam, M+hier and M+vam+hier (the last two with ``--hierarchy``), plus ce once, all
+one arm per variant of ``--compare-vam`` (M, M+tree, M+head, M+tree+head; the tree ones with
+``--hierarchy``, one per ``--compare-weights``), plus ce once, all
 from the same seeds, initialisation and batch order, and writes ``comparison.csv`` (one row
 per arm and seed), ``comparison_summary.csv`` (mean, std and the paired per-seed difference of
 each arm against its method alone) and a plot. A rerun skips finished runs (``results.json``)
@@ -38,17 +40,25 @@ from kdx.errors import KdxError, did_you_mean
 
 def compare_arms(cfg) -> list[tuple[str, str, dict]]:
     """``[(arm label, base method, config changes)]`` of ``--compare``: ce once, then for every
-    method M of --compare-methods: M, M+vam and, with --hierarchy, M+hier and M+vam+hier."""
-    arms = [("ce", "ce", dict(method=["ce"], vam=False, hierarchy=None))]
+    method M of --compare-methods one arm per variant of --compare-vam: M (off), M+tree, M+head,
+    M+tree+head; tree arms only with --hierarchy, one per weight of --compare-weights (labelled
+    ``M+tree@w`` when --compare-weights is given, so that grids run into one folder at different
+    times name an arm the same way); ce is left out with --no-compare-ce."""
+    arms = [("ce", "ce", dict(method=["ce"], vam="off", hierarchy=None))] if cfg.compare_ce else []
+    weights = list(cfg.compare_weights or [cfg.hierarchy_weight])
     for m in cfg.compare_methods:
         parts = [p for p in m.split("+") if p]
         label = "+".join(parts)
-        variants = [("", False, False), ("+vam", True, False)]
-        if cfg.hierarchy:
-            variants += [("+hier", False, True), ("+vam+hier", True, True)]
-        for suffix, vam, hier in variants:
-            arms.append((label + suffix, label, dict(method=parts, vam=vam,
-                                                    hierarchy=cfg.hierarchy if hier else None)))
+        for variant in cfg.compare_vam:
+            if variant == "off":
+                arms.append((label, label, dict(method=parts, vam="off", hierarchy=None)))
+            elif "tree" not in variant:
+                arms.append((f"{label}+{variant}", label, dict(method=parts, vam=variant, hierarchy=None)))
+            elif cfg.hierarchy:
+                for w in weights:
+                    suffix = f"@{w:g}" if cfg.compare_weights else ""
+                    arms.append((f"{label}+{variant}{suffix}", label,
+                                 dict(method=parts, vam=variant, hierarchy=cfg.hierarchy, hierarchy_weight=float(w))))
     return arms
 
 
@@ -58,12 +68,14 @@ def arm_config(cfg, changes: dict, seed: int, out: Path):
 
 
 def method_name(cfg) -> str:
+    """``kd``, ``kd+tree``, ``kd+head``, ``kd+tree+head``: the methods and the VAM variant."""
+    variant = cfg.vam_variant()[0]
     name = "+".join(cfg.method)
-    if cfg.vam:
-        name += "+vam"
-    if cfg.hierarchy:
-        name += "+hier"
-    return name
+    return name if variant == "off" else f"{name}+{variant}"
+
+
+def replaces_classifier(cfg) -> bool:
+    return "head" in cfg.vam_variant()[0] and cfg.vam_head == "replace"
 
 
 class _Shared:
@@ -93,16 +105,55 @@ def _log(cfg, text: str) -> None:
 
 
 def _method_list(cfg) -> tuple[list[str], dict]:
-    """The methods of this run (ce first, the flag-added vam_entropy and hierarchy last) and the
-    config values they read (with the CE weight resolved)."""
+    """The methods of this run (ce first, then --method, then the VAM variant's: vam_entropy for
+    the replacing head, vam_head for the auxiliary one, hierarchy for the tree) and the config values
+    they read (with the CE weight resolved)."""
     names, ce_weight = method_names(list(cfg.method), "student", cfg.ce_weight)
-    if cfg.vam and cfg.vam_entropy > 0:
-        names.append("vam_entropy")
-    if cfg.hierarchy:
+    variant = cfg.vam_variant()[0]
+    if "head" in variant:
+        if cfg.vam_head == "aux":
+            names.append("vam_head")
+        elif cfg.vam_entropy > 0:
+            names.append("vam_entropy")
+    if "tree" in variant:
         names.append("hierarchy")
     params = dataclasses.asdict(cfg)
     params["ce_weight"] = ce_weight
     return names, params
+
+
+def resolve_hierarchy(cfg, folder: Path, class_names):
+    """``--hierarchy`` sources that are explainer runs or checkpoints -> their class tree (hard
+    routing) written as ``folder/clusters/layer{L}.json``; analysis folders and cluster files stay."""
+    if not cfg.hierarchy:
+        return cfg
+    from kdx.analysis.clusters import cluster_json, explainer_tree
+    from kdx.engine.checkpoint import load_model
+
+    sources = []
+    for src in cfg.hierarchy:
+        p = Path(src)
+        is_clusters = p.is_file() and p.suffix == ".json" or p.is_dir() and (
+            (p / "clusters").is_dir() or any(p.glob("layer*.json")))
+        if is_clusters or not p.exists():
+            sources.append(src)  # load_hierarchy reads (or refuses) it
+            continue
+        model, meta = load_model(p)
+        if meta.get("kind") != "explainer":
+            raise KdxError(f"--hierarchy {src}: a {meta.get('kind')} checkpoint, not an explainer run, analysis "
+                           f"folder or cluster file")
+        if int(meta.get("num_classes", -1)) != len(class_names):
+            raise KdxError(f"--hierarchy {src}: the explainer has {meta.get('num_classes')} classes, the data "
+                           f"{len(class_names)}")
+        out = folder / "clusters"
+        out.mkdir(parents=True, exist_ok=True)
+        for layer, merged in enumerate(explainer_tree(model), start=1):
+            groups = list(enumerate(merged))
+            atomic_write_text(out / f"layer{layer}.json",
+                              json.dumps(cluster_json(groups, layer, list(class_names), str(src))) + "\n")
+        _log(cfg, f"class tree of explainer {src} (hard routing) written to {out}")
+        sources.append(str(out))
+    return dataclasses.replace(cfg, hierarchy=sources)
 
 
 def build_task(cfg, bundle, shared: _Shared, cache: TeacherCache | None = None) -> StudentTask:
@@ -113,7 +164,7 @@ def build_task(cfg, bundle, shared: _Shared, cache: TeacherCache | None = None) 
     seed_everything(cfg.seed, cfg.deterministic)  # same initial backbone for every arm of a seed
     student = create_model(cfg.arch, num_classes=bundle.num_classes, in_channels=bundle.in_channels)
     model = VAMStudent(student, cfg.vam_blocks, tau=cfg.vam_tau0,
-                       routing="hard" if cfg.vam_hard_eval else "soft") if cfg.vam else student
+                       routing="hard" if cfg.vam_hard_eval else "soft") if replaces_classifier(cfg) else student
     names, params = _method_list(cfg)
     from kdx.distill.methods import all_methods
 
@@ -124,8 +175,10 @@ def build_task(cfg, bundle, shared: _Shared, cache: TeacherCache | None = None) 
                         num_samples=len(bundle.train), train_labels=bundle.train.labels, in_shape=(bundle.in_channels, bundle.image_size,
                                                                  bundle.image_size))
     methods = build_methods(names, ctx)
-    metadata: dict = {"method": "+".join(cfg.method), "hierarchy": None}
-    if cfg.vam:
+    variant = cfg.vam_variant()[0]
+    metadata: dict = {"method": "+".join(cfg.method), "hierarchy": None,
+                      "vam_variant": {"variant": variant, "head": cfg.vam_head if "head" in variant else None}}
+    if replaces_classifier(cfg):
         metadata["vam"] = {"tau0": cfg.vam_tau0, "tau_rule": "tau0 / epoch", "train_routing": "soft",
                            "hard_eval": bool(cfg.vam_hard_eval), "entropy_weight": cfg.vam_entropy}
     for m in methods:
@@ -151,6 +204,10 @@ def train_one(cfg, shared: _Shared, label: str, cache: TeacherCache | None = Non
     """Train the run in ``cfg.out``; returns its summary row. ``group`` (runs of --compare/--seeds):
     a finished run is skipped, an interrupted one resumed, one without resume state restarted."""
     run_dir = Path(cfg.resume or cfg.out)
+    if not group:
+        variant, why = cfg.vam_variant()
+        _log(cfg, f"VAM variant: {variant} ({why})")
+        cfg = dataclasses.replace(cfg, vam=variant)  # config.json records the variant, not "auto"
     rt = shared.rt
     bundle = shared.bundle(cfg)
     if not (group and finished(run_dir)):
@@ -160,9 +217,11 @@ def train_one(cfg, shared: _Shared, label: str, cache: TeacherCache | None = Non
             cfg = dataclasses.replace(cfg, overwrite=True)  # started but nothing to resume: start again
         prepare_run_dir(cfg, rt.dist.is_main)
         barrier(rt.dist)
+        if not group:
+            cfg = resolve_hierarchy(cfg, run_dir, bundle.class_names)
         task = build_task(cfg, bundle, shared, cache)
         cost = write_cost(cfg, bundle, run_dir) if rt.dist.is_main else None
-        if cost is not None and cfg.vam:
+        if cost is not None and replaces_classifier(cfg):
             o = cost.iloc[2]
             _log(cfg, f"VAM on {cfg.arch} (D={int(o['D'])}, K={int(o['K'])}): params {int(cost.iloc[0]['params']):,} -> "
                       f"{int(cost.iloc[1]['params']):,} ({o['params_pct']:+.3f}%), MACs {int(cost.iloc[0]['macs']):,} -> "
@@ -176,7 +235,7 @@ def train_one(cfg, shared: _Shared, label: str, cache: TeacherCache | None = Non
             if rt.dist.is_main:
                 prev = _read_json(run_dir / "timing.json").get("wall_seconds", 0.0)
                 atomic_write_text(run_dir / "timing.json", json.dumps({"wall_seconds": prev + wall}) + "\n")
-    return summary_row(run_dir, method_name(cfg), cfg.seed)
+    return summary_row(run_dir, method_name(cfg), cfg.seed, replaces_classifier(cfg))
 
 
 def _read_json(path: Path) -> dict:
@@ -186,10 +245,12 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-def summary_row(run_dir: Path, method: str, seed: int) -> dict:
+def summary_row(run_dir: Path, method: str, seed: int, vam_replaces: bool = False) -> dict:
+    """The run's comparison row; params/MACs are those of the deployed model (the auxiliary and
+    tree heads are dropped at inference; the replacing head is not)."""
     res = _read_json(run_dir / "results.json")
     cost = pd.read_csv(run_dir / "cost.csv") if (run_dir / "cost.csv").is_file() else None
-    variant = "student+vam" if "vam" in method else "student"
+    variant = "student+vam" if vam_replaces else "student"
     params = macs = None
     if cost is not None:
         row = cost[cost["variant"] == variant].iloc[0]
@@ -240,7 +301,16 @@ def run(cfg) -> dict:
     out = _prepare_group_dir(cfg) if is_main else Path(cfg.resume or cfg.out)
     if is_main:
         (out / RESULTS_FILE).unlink(missing_ok=True)  # written last, when every run of the group finished
+        cfg = resolve_hierarchy(cfg, out, shared.bundle(dataclasses.replace(cfg, seed=_seeds(cfg)[0])).class_names)
     barrier(shared.rt.dist)
+    if not is_main:
+        cfg = resolve_hierarchy(cfg, out, shared.bundle(dataclasses.replace(cfg, seed=_seeds(cfg)[0])).class_names)
+    if cfg.compare:
+        _log(cfg, "arms: " + ", ".join(label for label, _, _ in compare_arms(cfg)))
+    else:
+        variant, why = cfg.vam_variant()
+        _log(cfg, f"VAM variant: {variant} ({why}), every seed")
+        cfg = dataclasses.replace(cfg, vam=variant)
     arms = compare_arms(cfg) if cfg.compare else [(None, None, {})]
     rows = []
     for seed in _seeds(cfg):

@@ -46,19 +46,30 @@ class StudentTask(MethodTask):
 
             self.model.tau = tau_at(epoch, self.tau0)
 
+    @property
+    def attention_head(self):
+        """The module whose class-by-block attention is reported: the replacing VAM head (the
+        model), or the auxiliary head of ``vam_head`` (``--vam-head aux``), or None."""
+        if self.has_vam:
+            return self.model
+        return next((m.head for m in self.methods if m.name == "vam_head"), None)
+
     @torch.no_grad()
     def epoch_metrics(self, epoch: int) -> dict:
-        if not self.has_vam:
+        head = self.attention_head
+        if head is None:
             return {}
-        return {"tau": float(self.model.tau),
-                "vam_entropy": float(self.model.attention_entropy(mode="soft")),
-                "vam_entropy_eval": float(self.model.attention_entropy(mode=self.model.routing))}
+        eval_mode = getattr(head, "routing", "soft")
+        return {"tau": float(head.tau),
+                "vam_entropy": float(head.attention_entropy(mode="soft")),
+                "vam_entropy_eval": float(head.attention_entropy(mode=eval_mode))}
 
     @torch.no_grad()
     def epoch_records(self, epoch: int) -> dict:
-        if not self.has_vam:
+        head = self.attention_head
+        if head is None:
             return {}
-        a = self.model.routing_weights(mode="soft")[0].float().cpu()
+        a = head.routing_weights(mode="soft")[0].float().cpu()
         names = self.class_names or [str(c) for c in range(a.shape[0])]
         return {"vam_attention": [{"class": c, "class_name": names[c], "block": k, "weight": float(a[c, k])}
                                   for c in range(a.shape[0]) for k in range(a.shape[1])]}

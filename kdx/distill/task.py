@@ -141,6 +141,8 @@ class MethodTask(TrainTask):
         self.teacher_meta = teacher_meta or {}
         self._zoo = [zoo if zoo is not None else model]  # a list: not a second registered submodule
         self.wants_final = any(m.wants_final for m in methods)
+        self.wants_final_teacher = any(m.wants_final if m.wants_final_teacher is None else m.wants_final_teacher
+                                       for m in methods)
         self.hooks = self.teacher_hooks = None
         s_stages, t_stages = self._stage_union()
         from kdx.models import FeatureHooks
@@ -149,7 +151,7 @@ class MethodTask(TrainTask):
             self.hooks = FeatureHooks(self.zoo_model, s_stages).register()
         if t_stages:
             self.teacher_hooks = FeatureHooks(teacher, t_stages, detach=True).register()
-        self._teacher_cache = teacher_cache if not (t_stages or self.wants_final) else None
+        self._teacher_cache = teacher_cache if not (t_stages or self.wants_final_teacher) else None
 
     def _stage_union(self) -> tuple[list[str], list[str]]:
         s, t = [], []
@@ -181,7 +183,7 @@ class MethodTask(TrainTask):
         if self._teacher_cache is not None:
             return self._teacher_cache(self.teacher, x), None
         with torch.no_grad():
-            if self.wants_final:
+            if self.wants_final_teacher:
                 feat = self.teacher.forward_features(x)
                 return self.teacher.forward_head(feat), feat
             return self.teacher(x), None
@@ -221,8 +223,15 @@ class MethodTask(TrainTask):
             m.setup(probe)
 
     def method_param_group(self, lr: float) -> list[dict]:
-        params = [p for m in self.methods for p in m.parameters() if p.requires_grad]
-        return [{"params": params, "lr": lr, "name": "methods"}] if params else []
+        """The methods' own parameters: group ``methods`` and, where a method names some
+        (:meth:`Method.no_decay_parameters`), group ``methods_no_decay`` with weight decay 0."""
+        no_decay = {id(p) for m in self.methods for p in m.no_decay_parameters()}
+        params = [p for m in self.methods for p in m.parameters() if p.requires_grad and id(p) not in no_decay]
+        quiet = [p for m in self.methods for p in m.no_decay_parameters() if p.requires_grad]
+        groups = [{"params": params, "lr": lr, "name": "methods"}] if params else []
+        if quiet:
+            groups.append({"params": quiet, "lr": lr, "weight_decay": 0.0, "name": "methods_no_decay"})
+        return groups
 
     def param_groups(self, cfg) -> list[dict]:
         groups = [{"params": [p for p in self.model.parameters() if p.requires_grad], "lr": cfg.lr, "name": "model"}]

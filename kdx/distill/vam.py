@@ -44,6 +44,49 @@ def default_blocks(num_features: int, preferred: int = DEFAULT_BLOCKS) -> int:
     return 1
 
 
+def attention_head_logits(pooled: Tensor, head: nn.Linear, a: Tensor, blocks: int) -> Tensor:
+    """``logit_c = w_c . (sum_k a_ck * block_k) + b_c`` for pooled features (N, D) split into
+    ``blocks`` blocks of d = D / K channels; ``head``: Linear(d, C); ``a``: (C, K). Batched:
+    ``S = P W^T`` (N, K, C), then ``sum_k a_ck S[:, k, c]``."""
+    P = pooled.reshape(pooled.shape[0], int(blocks), -1)  # (N, K, d)
+    S = torch.matmul(P, head.weight.t().to(P.dtype))  # (N, K, C): w_c . block k
+    return torch.einsum("nkc,ck->nc", S, a.to(S.dtype)) + head.bias.to(S.dtype)
+
+
+class VirtualAttentionHead(nn.Module):
+    """The virtual-attention head on its own: a C x K routing matrix (U(0, 1)) and Linear(D/K, C).
+
+    ``--vam head`` with ``--vam-head aux`` [kdx] trains it beside the student's own linear
+    classifier, on the same pooled final features, as a training-time auxiliary output (its
+    loss in :mod:`kdx.distill.methods.vam_head`); it is dropped at inference, so the saved
+    student is the plain zoo model. Routing as the explainer's (``route``, tau = tau0 / epoch).
+    """
+
+    def __init__(self, num_features: int, num_classes: int, blocks: int | None = None, tau: float = 10.0,
+                 linear_init: str = "default"):
+        super().__init__()
+        D, C = int(num_features), int(num_classes)
+        K = default_blocks(D) if blocks is None else int(blocks)
+        if K < 1 or D % K:
+            raise KdxError(f"--vam-blocks {K} does not divide the {D} feature channels")
+        self.num_classes, self.num_features, self.blocks, self.block_channels = C, D, K, D // K
+        self.routing_matrix = nn.Parameter(torch.rand(C, K))
+        self.head = nn.Linear(D // K, C)
+        from kdx.models.base import _init_linear
+
+        _init_linear(self.head, linear_init)
+        self.tau = float(tau)
+
+    def routing_weights(self, mode: str = "soft", tau: float | None = None) -> list[Tensor]:
+        return [route(self.routing_matrix, self.tau if tau is None else tau, mode, training=self.training)]
+
+    def attention_entropy(self, mode: str = "soft") -> Tensor:
+        return routing_entropy(self.routing_weights(mode)[0].float()).mean()
+
+    def forward(self, pooled: Tensor) -> Tensor:
+        return attention_head_logits(pooled, self.head, self.routing_weights()[0], self.blocks)
+
+
 class VAMStudent(nn.Module):
     """A zoo student whose linear classifier is replaced by the virtual attention head."""
 
@@ -127,9 +170,7 @@ class VAMStudent(nn.Module):
     # ---------------------------------------------------------------- forward
     def head_logits(self, pooled: Tensor, a: Tensor) -> Tensor:
         """pooled: (N, D); a: (C, K) -> logits (N, C), batched over classes."""
-        P = pooled.reshape(pooled.shape[0], self.blocks, self.block_channels)  # (N, K, d)
-        S = torch.matmul(P, self.head.weight.t().to(P.dtype))  # (N, K, C): w_c . block k
-        return torch.einsum("nkc,ck->nc", S, a.to(S.dtype)) + self.head.bias.to(S.dtype)
+        return attention_head_logits(pooled, self.head, a, self.blocks)
 
     def forward_features(self, x: Tensor) -> Tensor:
         return self.student.forward_features(x)

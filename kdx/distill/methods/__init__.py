@@ -8,7 +8,7 @@ from kdx.distill.methods.base import (  # noqa: F401
     Method, MethodContext, StepOutputs, all_methods, get_method, method_options, methods_for,
     register_method, resolve_ce_weight,
 )
-from kdx.distill.methods import ce, hierarchy, kd, ls, vam_entropy  # noqa: E402,F401
+from kdx.distill.methods import ce, hierarchy, kd, ls, vam_entropy, vam_head  # noqa: E402,F401
 from kdx.distill.methods import dkd  # noqa: E402,F401
 from kdx.distill.methods import at  # noqa: E402,F401
 from kdx.distill.methods import sp  # noqa: E402,F401
@@ -23,7 +23,7 @@ from kdx.distill.methods import ft  # noqa: E402,F401
 from kdx.distill.methods import fsp  # noqa: E402,F401
 
 BUILTIN = (
-    ce, ls, kd, vam_entropy, hierarchy,
+    ce, ls, kd, vam_entropy, vam_head, hierarchy,
     dkd,
     at,
     sp,

@@ -88,6 +88,7 @@ class Method(nn.Module):
     needs_index: ClassVar[bool] = False
     uses_features: ClassVar[bool] = False
     wants_final: ClassVar[bool] = False  # needs feat_s / feat_t (forward_features outputs)
+    wants_final_teacher: ClassVar[Optional[bool]] = None  # needs feat_t too (None: as wants_final)
     ce_weight: ClassVar[Optional[float]] = None  # the student's CE weight this method asks for
     commands: ClassVar[frozenset] = frozenset({"student"})
     selectable: ClassVar[bool] = True  # False: added by its own flag (e.g. --hierarchy), not by --method
@@ -113,6 +114,11 @@ class Method(nn.Module):
 
     def loss(self, out: StepOutputs) -> dict[str, Tensor]:
         raise NotImplementedError
+
+    def no_decay_parameters(self) -> list:
+        """Own parameters trained without weight decay (routing logits); the rest of the method's
+        parameters go to the ``methods`` group with the run's decay."""
+        return []
 
     def record(self) -> dict:
         """What the checkpoint metadata records of this method: its name and option values."""

@@ -39,9 +39,10 @@ class Hierarchy(Method):
         self.clusters = load_hierarchy(self.params["hierarchy"], ctx.num_classes)
         self.mapping = map_stages(stage_names, list(self.clusters), self.params["hierarchy_stages"],
                                   self.params["hierarchy_mapping"])
-        torch.manual_seed(int(ctx.params.get("seed", 0)) + 7)  # the heads' init does not shift anything else
-        self.heads = HierarchyHeads(self.mapping, dict(zip(stage_names, student.stage_channels)), self.clusters,
-                                    ctx.num_classes)
+        with torch.random.fork_rng(devices=[]):  # the heads' init leaves the global RNG where it was
+            torch.manual_seed(int(ctx.params.get("seed", 0)) + 7)
+            self.heads = HierarchyHeads(self.mapping, dict(zip(stage_names, student.stage_channels)), self.clusters,
+                                        ctx.num_classes)
         self._stages = sorted({s for s, _ in self.mapping}, key=stage_names.index)
 
     def stages(self):
