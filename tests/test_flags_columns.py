@@ -129,7 +129,7 @@ def test_column_conventions_are_documented():
 
     doc = (Path(__file__).parents[1] / "docs" / "run-directory.md").read_text()
     section = doc.split("## Column names", 1)[1]
-    for word in ("`class`", "`class_name`", "`class_i`", "`norm_`", "`kd+vam`"):
+    for word in ("`class`", "`class_name`", "`class_i`", "`norm_`", "`kd+tree`"):
         assert word in section, word
 
 
