@@ -33,6 +33,7 @@ bench: install
 	$(BIN)/python benchmarks/explainer_throughput.py
 	$(BIN)/python benchmarks/analysis_time.py
 	$(BIN)/python benchmarks/vam_overhead.py
+	$(BIN)/python benchmarks/vam_variant_cost.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
