@@ -20,9 +20,15 @@ D="--dataset fashion-mnist --data-root $DATA --max-train-samples 20000 --threads
 S="$D --teacher $R/teacher --preset quick --epochs 10 --dkd-warmup 2 --seeds 0,1,2"
 done_() { [ -f "$1/results.json" ]; }
 
+single() {  # single() DIR COMMAND ARGS...: skip a finished run, resume a started one, else train it
+  local dir=$1 cmd=$2; shift 2
+  if done_ "$dir"; then return; fi
+  if [ -f "$dir/config.json" ]; then $KDX "$cmd" --resume "$dir"; else $KDX "$cmd" "$@" --out "$dir"; fi
+}
+
 prelude() {
-  done_ $R/teacher || $KDX train-teacher $D --arch resnet20 --preset quick --epochs 10 --out $R/teacher
-  done_ $R/explainer-kd || $KDX distill-explainer $D --method kd --teacher $R/teacher --preset quick --out $R/explainer-kd
+  single $R/teacher train-teacher $D --arch resnet20 --preset quick --epochs 10
+  single $R/explainer-kd distill-explainer $D --method kd --teacher $R/teacher --preset quick
   done_ $R/analysis || $KDX analyze-conflicts $R/explainer-kd --split val --threads 1 --out $R/analysis
 }
 
