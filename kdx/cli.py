@@ -447,6 +447,8 @@ def main(argv: list[str] | None = None):  # console-script entry point
     except usage_error as exc:
         path = exc.ctx.command_path if exc.ctx is not None else "kdx"
         message = " ".join(exc.format_message().split())
+        if not message:  # `kdx` (or a group) without arguments: its help was printed, nothing went wrong
+            sys.exit(0)
         typer.echo(f"kdx: error: {message} (see {path} --help)", err=True)
         sys.exit(2)
     except typer.Abort:

@@ -178,3 +178,16 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("kdx: error: unknown arch 'nope'")
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_kdx_without_arguments_prints_help_and_no_empty_error(capsys):
+    from kdx.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main([])
+    captured = capsys.readouterr()
+    assert exc.value.code == 0 and "Usage: kdx" in captured.out
+    assert "kdx: error" not in captured.err
+    with pytest.raises(SystemExit) as exc:
+        main(["no-such-command"])
+    assert exc.value.code == 2 and "kdx: error: No such command" in capsys.readouterr().err
