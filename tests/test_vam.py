@@ -441,3 +441,11 @@ def test_tree_from_an_explainer_run(compare_run, tmp_path):
     result = invoke("train-vam-student", "--teacher", teacher, "--arch", "resnet8", *TINY, "--out", tmp_path / "t",
                     "--hierarchy", teacher)
     assert result.exit_code == 2 and "not an explainer run" in result.output
+
+
+def test_one_seed_cells_carry_no_nan_std():
+    from kdx.commands.train_vam_student import _pct
+
+    assert _pct(0.245, float("nan")) == "24.50%"
+    assert _pct(0.245, 0.01) == "24.50% ± 1.00"
+    assert _pct(float("nan")) == "-"

@@ -367,7 +367,7 @@ def plot_comparison(summary: pd.DataFrame, path: Path, title: str = "", fmt: str
 def _pct(v, s=None) -> str:
     if v is None or v != v:
         return "-"
-    return f"{100 * v:.2f}%" + ("" if s is None else f" ± {100 * s:.2f}")
+    return f"{100 * v:.2f}%" + ("" if s is None or s != s else f" ± {100 * s:.2f}")  # one seed: no "± nan"
 
 
 def _delta(r) -> str:
