@@ -143,6 +143,8 @@ def test_error_cuda_absent(tmp_path):
         pytest.skip("this machine has CUDA")
     result = invoke("train-teacher", "--arch", "resnet8", "--device", "cuda", "--out", tmp_path / "x")
     assert_one_line_error(result, "CUDA is not available")
+    result = invoke("train-teacher", "--arch", "resnet8", "--device", "cuda:1", "--out", tmp_path / "y")
+    assert_one_line_error(result, "--device cuda:1 was asked for")  # the device as given, not "cuda"
 
 
 @pytest.mark.parametrize("flag,value,pattern", [("--epochs", "-3", "epochs must be >= 1"),

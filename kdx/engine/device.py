@@ -24,7 +24,8 @@ def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.d
             name = "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise KdxError("--device cuda was asked for, but CUDA is not available on this machine (use --device cpu or auto)")
+            raise KdxError(f"--device {name} was asked for, but CUDA is not available on this machine "
+                           f"(use --device cpu or auto)")
         if name == "cuda" and local_rank is not None:
             name = f"cuda:{local_rank}"
         dev = torch.device(name)
