@@ -225,6 +225,12 @@ class StudentBase(OptimConfig):
         return "off", ("the default without a class tree (--hierarchy ANALYSIS_OR_EXPLAINER_RUN gives one): "
                        "the head alone has not been shown to help (docs/reproducing.md); --vam head trains it")
 
+    def trains_tree(self) -> bool:
+        return "tree" in self.vam_variant()[0]
+
+    def trains_head(self) -> bool:
+        return "head" in self.vam_variant()[0]
+
     def validate(self) -> None:
         super().validate()
         if not self.compare:

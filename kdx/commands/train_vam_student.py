@@ -75,7 +75,7 @@ def method_name(cfg) -> str:
 
 
 def replaces_classifier(cfg) -> bool:
-    return "head" in cfg.vam_variant()[0] and cfg.vam_head == "replace"
+    return cfg.trains_head() and cfg.vam_head == "replace"
 
 
 class _Shared:
@@ -109,13 +109,12 @@ def _method_list(cfg) -> tuple[list[str], dict]:
     the replacing head, vam_head for the auxiliary one, hierarchy for the tree) and the config values
     they read (with the CE weight resolved)."""
     names, ce_weight = method_names(list(cfg.method), "student", cfg.ce_weight)
-    variant = cfg.vam_variant()[0]
-    if "head" in variant:
+    if cfg.trains_head():
         if cfg.vam_head == "aux":
             names.append("vam_head")
         elif cfg.vam_entropy > 0:
             names.append("vam_entropy")
-    if "tree" in variant:
+    if cfg.trains_tree():
         names.append("hierarchy")
     params = dataclasses.asdict(cfg)
     params["ce_weight"] = ce_weight
@@ -177,7 +176,7 @@ def build_task(cfg, bundle, shared: _Shared, cache: TeacherCache | None = None) 
     methods = build_methods(names, ctx)
     variant = cfg.vam_variant()[0]
     metadata: dict = {"method": "+".join(cfg.method), "hierarchy": None,
-                      "vam_variant": {"variant": variant, "head": cfg.vam_head if "head" in variant else None}}
+                      "vam_variant": {"variant": variant, "head": cfg.vam_head if cfg.trains_head() else None}}
     if replaces_classifier(cfg):
         metadata["vam"] = {"tau0": cfg.vam_tau0, "tau_rule": "tau0 / epoch", "train_routing": "soft",
                            "hard_eval": bool(cfg.vam_hard_eval), "entropy_weight": cfg.vam_entropy}
@@ -299,12 +298,13 @@ def run(cfg) -> dict:
             _print_single(Path(cfg.resume or cfg.out), row)
         return row
     out = _prepare_group_dir(cfg) if is_main else Path(cfg.resume or cfg.out)
+    class_names = shared.bundle(dataclasses.replace(cfg, seed=_seeds(cfg)[0])).class_names
     if is_main:
         (out / RESULTS_FILE).unlink(missing_ok=True)  # written last, when every run of the group finished
-        cfg = resolve_hierarchy(cfg, out, shared.bundle(dataclasses.replace(cfg, seed=_seeds(cfg)[0])).class_names)
+        cfg = resolve_hierarchy(cfg, out, class_names)  # the main process writes an explainer's tree once
     barrier(shared.rt.dist)
     if not is_main:
-        cfg = resolve_hierarchy(cfg, out, shared.bundle(dataclasses.replace(cfg, seed=_seeds(cfg)[0])).class_names)
+        cfg = resolve_hierarchy(cfg, out, class_names)
     if cfg.compare:
         _log(cfg, "arms: " + ", ".join(label for label, _, _ in compare_arms(cfg)))
     else:

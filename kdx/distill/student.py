@@ -49,10 +49,10 @@ class StudentTask(MethodTask):
     @property
     def attention_head(self):
         """The module whose class-by-block attention is reported: the replacing VAM head (the
-        model), or the auxiliary head of ``vam_head`` (``--vam-head aux``), or None."""
+        model), or a method's (:meth:`Method.attention_module`: the auxiliary head), or None."""
         if self.has_vam:
             return self.model
-        return next((m.head for m in self.methods if m.name == "vam_head"), None)
+        return next((a for m in self.methods if (a := m.attention_module()) is not None), None)
 
     @torch.no_grad()
     def epoch_metrics(self, epoch: int) -> dict:

@@ -115,6 +115,11 @@ class Method(nn.Module):
     def loss(self, out: StepOutputs) -> dict[str, Tensor]:
         raise NotImplementedError
 
+    def attention_module(self):
+        """A module of this method with class-by-block attention to report per epoch
+        (``routing_weights``, ``attention_entropy``, ``tau``), or None."""
+        return None
+
     def no_decay_parameters(self) -> list:
         """Own parameters trained without weight decay (routing logits); the rest of the method's
         parameters go to the ``methods`` group with the run's decay."""

@@ -53,6 +53,9 @@ class VamHead(Method):
             self.head = VirtualAttentionHead(student.num_features, ctx.num_classes, p.get("vam_blocks"),
                                              tau=self.tau0, linear_init=getattr(student, "linear_init", "default"))
 
+    def attention_module(self):
+        return self.head
+
     def no_decay_parameters(self) -> list:
         return [self.head.routing_matrix]
 
