@@ -25,8 +25,8 @@ from PIL import Image
 from kdx.analysis import conflicts as cf
 from kdx.commands import analyze_conflicts
 from kdx.engine.checkpoint import save_checkpoint
-from kdx.explainer.model import KDExplainer
-from kdx.explainer.tree import hard_tree
+from kdx.models.routed.explainer import KDExplainer
+from kdx.models.routed.tree import hard_tree
 
 
 def make_case(root: Path, classes: int, images: int, width: int) -> tuple[Path, Path, KDExplainer]:

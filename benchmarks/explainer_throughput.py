@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kdx.explainer import from_official_state_dict  # noqa: E402
+from kdx.models.routed import from_official_state_dict  # noqa: E402
 
 
 class OfficialStyleExplainer(nn.Module):

@@ -14,7 +14,7 @@ import argparse
 
 import pandas as pd
 
-from kdx.distill.vam import vam_cost_rows
+from kdx.models.routed.vam import vam_cost_rows
 
 DEFAULT_ARCHS = ["resnet8x4", "wrn_16_2", "MobileNetV2"]
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from kdx.commands.common import load_bundle
-from kdx.commands.train_vam_student import _Shared, build_task
+from kdx.commands.train_vam_student import StudentShared, build_task
 from kdx.config import StudentConfig, build_config
 from kdx.models import create_model
 
@@ -51,7 +51,7 @@ def main() -> None:
                                               "hierarchy": [str(tmp)] if "tree" in v else None,
                                               "precision": "fp32", "device": "cpu"})
         if shared is None:
-            shared, bundle = _Shared(cfg), load_bundle(cfg)
+            shared, bundle = StudentShared(cfg), load_bundle(cfg)
             teacher = create_model(args.teacher, bundle.num_classes, bundle.in_channels).eval()
             for p in teacher.parameters():
                 p.requires_grad_(False)

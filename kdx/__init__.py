@@ -1,6 +1,6 @@
 """kdx: explainable knowledge distillation (KDExplainer, subtask attention, VAM)."""
 
-__version__ = "0.1.0"
+from kdx.version import __version__
 
 
 def load(path, map_location="cpu"):

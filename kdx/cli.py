@@ -16,7 +16,7 @@ from typing import List, Optional
 
 import typer
 
-import kdx
+from kdx.version import __version__
 from kdx.engine.progress import table_console
 from kdx.errors import KdxError
 
@@ -64,7 +64,7 @@ def handle_errors(fn):
 
 def _version(value: bool):
     if value:
-        typer.echo(f"kdx {kdx.__version__}")
+        typer.echo(f"kdx {__version__}")
         raise typer.Exit()
 
 

@@ -9,16 +9,17 @@ import re
 import pandas as pd
 import pytest
 import torch
+from fakes import fake_explainer_run
 from typer.testing import CliRunner
 
 from kdx.analysis import attention as A
 from kdx.analysis.clusters import cluster_json, hard_clusters
-from kdx.analysis.conflicts import _generic_components, conflict_frame, conflict_stats, loss_for, subtask_components
+from kdx.analysis.conflicts import generic_components, conflict_frame, conflict_stats, loss_for, subtask_components
 from kdx.analysis.metrics import auroc, subtask_metrics
 from kdx.analysis.routed import as_routed, routing_matrices
 from kdx.cli import app
-from kdx.explainer import KDExplainer
-from kdx.explainer.tree import hard_tree
+from kdx.models.routed import KDExplainer
+from kdx.models.routed.tree import hard_tree
 
 torch.set_num_threads(1)
 
@@ -121,7 +122,7 @@ def test_components_match_per_class_autograd_and_sum(mode):
     losses = {"objective": loss_for("ls", {"smoothing": 0.1}), "ce": loss_for("ce", None)}
     batches = [(x[:6], y[:6], None), (x[6:], y[6:], None)]
     fast = subtask_components(as_routed(m), batches, losses, 10)
-    gen = _generic_components(as_routed(m), batches, losses, 10)
+    gen = generic_components(as_routed(m), batches, losses, 10)
     z = m(x)
     for l, layer in enumerate(m.layers):
         ps = list(layer.parameters())
@@ -149,36 +150,11 @@ def test_components_match_per_class_autograd_and_sum(mode):
 
 
 # ------------------------------------------------------------------ end to end
-def _fake_run(tmp_path, objective, seed):
-    from kdx.data import load_dataset
-    from kdx.engine.checkpoint import save_checkpoint
-    from kdx.explainer.tree import hard_tree as ht
-
-    b = load_dataset("fashion-mnist-mini", val_fraction=0.1, seed=5)
-    torch.manual_seed(seed)
-    m = KDExplainer(10, in_channels=1, image_size=28, widths=[(8, 8), (8, 8), (8, 8)], hidden=16, routing="hard",
-                    tau=1.0)
-    with torch.no_grad():
-        for r in m.branches:
-            r.mul_(6)
-    run = tmp_path / objective
-    (run / "stage2").mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps({"seed": 5, "val_fraction": 0.1}))
-    meta = {"kind": "explainer", "arch": "kdexplainer", "explainer": m.config_dict(), "stage": 2,
-            "objective": objective, "objective_params": {"smoothing": 0.1, "kd_temperature": 4.0, "kd_weight": 0.9,
-                                                         "ce_weight": 0.1},
-            "teacher": {"path": str(tmp_path / "missing-teacher")} if objective == "kd" else None,
-            "tau_schedule": {"tau0": 4.0, "rule": "tau0 / epoch", "routing": "hard", "final_tau": 1.0},
-            "tree": ht(m, b.class_names), "seed": 5, **b.meta()}
-    save_checkpoint(run / "stage2" / "model.safetensors", m.state_dict(), meta)
-    return run
-
-
 DOC_COLUMNS = re.compile(r"^### `(\w+)\.csv`\n\n(?:[^|\n].*\n\n)?\| column \|.*?\n((?:\|.*\n)+)", re.M)
 
 
 def test_end_to_end(tmp_path):
-    runs = [_fake_run(tmp_path, o, i) for i, o in enumerate(("ce", "ls", "kd"))]
+    runs = [fake_explainer_run(tmp_path, o, i) for i, o in enumerate(("ce", "ls", "kd"))]
     out = tmp_path / "ana"
     res = CliRunner().invoke(app, ["analyze-conflicts", *map(str, runs), "--images", "64", "--batch-size", "32",
                                    "--out", str(out), "--device", "cpu"])
@@ -236,7 +212,7 @@ def test_model_parts_are_the_forward(size, experts):
     """The public parts the analysis runs (expert_pass, leaf_features, leaf_head_weight, head_logits,
     mix) compose to exactly ``forward``: leaf pool folded (16 px), pooled before mixing (32 px, 8x8
     maps), and with the stem (64 px)."""
-    from kdx.explainer.model import mix
+    from kdx.models.routed.explainer import mix
 
     torch.manual_seed(0)
     widths = [(4, 4)] * (len(experts) if experts else 3)
@@ -260,32 +236,13 @@ def test_components_with_pooling_before_mixing():
     losses = {"ce": loss_for("ce", None)}
     steps, gsteps = [], []
     fast = subtask_components(as_routed(m), [(x, y, None)], losses, 4, progress=steps.append)
-    gen = _generic_components(as_routed(m), [(x, y, None)], losses, 4, progress=gsteps.append)
+    gen = generic_components(as_routed(m), [(x, y, None)], losses, 4, progress=gsteps.append)
     assert steps == ["batch 1/1, chunk 1/1, layer 2", "batch 1/1, chunk 1/1, layer 1"]
     assert gsteps == ["batch 1/1, chunk 1/1"]
     for l in range(2):
         for e in range(m.experts[l]):
             g = gen.grads[l][e][fast.rows[l][e]]
             assert (fast.grads[l][e] - g).abs().max() < 1e-5 * (1 + float(g.abs().max()))
-
-
-def test_no_private_name_is_imported_across_packages():
-    """No private name crosses the borders of kdx.explainer and kdx.analysis (the analysis imported
-    the model's private ``_mix`` and guarded itself with a runtime allclose)."""
-    import ast
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1] / "kdx"
-    bad = []
-    for f in root.rglob("*.py"):
-        package = ".".join(f.relative_to(root.parent).parts[:2])
-        for node in ast.walk(ast.parse(f.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("kdx."):
-                ours = {package, ".".join(node.module.split(".")[:2])} & {"kdx.analysis", "kdx.explainer"}
-                if ours and not node.module.startswith(package) and any(a.name.startswith("_") for a in node.names):
-                    bad.append(f"{f.relative_to(root.parent)}: from {node.module} import ...")
-    assert bad == []
-    assert "allclose" not in (root / "analysis" / "conflicts.py").read_text()
 
 
 def test_log_tensorboard_logs_the_heatmaps(tmp_path, monkeypatch):
@@ -314,7 +271,7 @@ def test_log_tensorboard_logs_the_heatmaps(tmp_path, monkeypatch):
     stub = types.ModuleType("torch.utils.tensorboard")
     stub.SummaryWriter = Writer
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", stub)
-    runs = [_fake_run(tmp_path, o, i) for i, o in enumerate(("ce", "kd"))]
+    runs = [fake_explainer_run(tmp_path, o, i) for i, o in enumerate(("ce", "kd"))]
     out = tmp_path / "ana"
     res = CliRunner().invoke(app, ["analyze-conflicts", *map(str, runs), "--images", "32", "--batch-size", "32",
                                    "--out", str(out), "--device", "cpu", "--no-conflicts", "--log", "tensorboard"])
@@ -335,7 +292,7 @@ def test_log_tensorboard_analysis_without_the_package(tmp_path, monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
-    runs = [_fake_run(tmp_path, "ce", 0)]
+    runs = [fake_explainer_run(tmp_path, "ce", 0)]
     res = CliRunner().invoke(app, ["analyze-conflicts", *map(str, runs), "--images", "32", "--batch-size", "32",
                                    "--out", str(tmp_path / "a"), "--device", "cpu", "--no-conflicts", "--log", "tensorboard"])
     assert res.exit_code == 2 and "pip install 'kdx[tensorboard]'" in res.output

@@ -1,6 +1,7 @@
-"""Shape of the code base (issue 10, item 5): no function much over 60 lines, no import cycle.
+"""Shape of the code base: no function much over 60 lines (issue 10), the layers of
+docs/architecture.md with every import pointing down and no cycle, lazy imports included (issue 19).
 
-Both checks read the source with ``ast``; nothing under kdx/ is imported or run.
+Every check reads the source with ``ast``; nothing under kdx/ is imported or run.
 """
 
 from __future__ import annotations
@@ -93,8 +94,24 @@ def _import_time_statements(body: list[ast.stmt]):
                     yield from _import_time_statements(block)
 
 
-def import_graph(package: Path) -> dict[str, set[str]]:
-    """``{module: modules of the package it imports at import time}``.
+def _all_import_statements(body: list[ast.stmt]):
+    """Every import statement of a module, function bodies included (a lazy import runs when its
+    function does, and then it must obey the same layers); ``if TYPE_CHECKING`` blocks excluded."""
+    for node in body:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            yield from _all_import_statements(node.orelse)
+            continue
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.stmt):
+                yield from _all_import_statements([child])
+            elif isinstance(child, ast.ExceptHandler):
+                yield from _all_import_statements(child.body)
+
+
+def import_graph(package: Path, lazy: bool = False) -> dict[str, set[str]]:
+    """``{module: modules of the package it imports at import time}`` (``lazy``: also the imports
+    inside functions).
 
     ``import a.b`` and ``from a import b`` (``b`` a submodule) point at ``a.b``; ``from a.b
     import name`` (``name`` not a submodule) at ``a.b``. Relative imports are resolved. The
@@ -112,7 +129,8 @@ def import_graph(package: Path) -> dict[str, set[str]]:
     for name, file in modules.items():
         here = name if file.name == "__init__.py" else name.rpartition(".")[0]
         deps: set[str] = set()
-        for node in _import_time_statements(ast.parse(file.read_text()).body):
+        statements = _all_import_statements if lazy else _import_time_statements
+        for node in statements(ast.parse(file.read_text()).body):
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
@@ -152,13 +170,90 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str]:
 
 
 def test_no_import_cycle_among_kdx_modules():
-    """No cycle among the imports that run when a kdx module is imported (top-level imports,
-    also inside top-level ``if``/``try``/``class`` blocks). An import inside a function runs only
-    when the function is called: such a lazy import is allowed, and is the way to break a cycle."""
-    graph = import_graph(PACKAGE)
+    """No cycle among kdx's imports, those inside functions included: a lazy import does not
+    break a cycle, it hides one."""
+    graph = import_graph(PACKAGE, lazy=True)
     assert len(graph) > 50 and graph["kdx.commands.distill_explainer"]  # the scan sees the package
     cycle = find_cycle(graph)
     assert not cycle, "import cycle: " + " -> ".join(cycle)
+
+
+# ------------------------------------------------------------------------------- the layers
+
+# docs/architecture.md, bottom to top. A module belongs to the first entry that is its name or a
+# parent package of it. An import may point to its own layer or a lower one, never up.
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("base", ("kdx.errors", "kdx.options", "kdx.plugins", "kdx.io", "kdx.version", "kdx.configfile")),
+    ("models", ("kdx.models",)),
+    ("data", ("kdx.data",)),
+    ("engine", ("kdx.engine",)),
+    ("distill", ("kdx.distill",)),
+    ("analysis", ("kdx.analysis",)),
+    ("config", ("kdx.config",)),
+    ("commands", ("kdx.commands",)),
+    ("cli", ("kdx.cli", "kdx.__main__")),
+    ("api", ("kdx",)),  # the package root: kdx.load and kdx.__version__, for users, imported by no kdx module
+]
+ALLOWED_UPWARD: dict[tuple[str, str], str] = {}  # (importer, imported) -> why; empty, and it stays so
+
+
+def layer_of(module: str) -> int:
+    for rank, (_, prefixes) in enumerate(LAYERS):
+        for p in prefixes:
+            if p != "kdx" and (module == p or module.startswith(p + ".")):
+                return rank
+    if module == "kdx":
+        return len(LAYERS) - 1
+    raise AssertionError(f"{module} is in no layer of LAYERS (add it, and to docs/architecture.md)")
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return [f"{a} ({LAYERS[layer_of(a)][0]}) imports {b} ({LAYERS[layer_of(b)][0]})"
+            for a in sorted(graph) for b in sorted(graph[a])
+            if layer_of(b) > layer_of(a) and (a, b) not in ALLOWED_UPWARD]
+
+
+def test_every_import_points_down_a_layer_or_stays_in_it():
+    graph = import_graph(PACKAGE, lazy=True)
+    assert sum(len(v) for v in graph.values()) > 200  # the scan sees the imports, lazy ones too
+    bad = upward_imports(graph)
+    assert not bad, f"{len(bad)} upward import(s):\n" + "\n".join(bad)
+    assert ALLOWED_UPWARD == {}
+
+
+def test_every_layer_is_written_down_in_the_architecture_doc():
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    for name, prefixes in LAYERS:
+        for p in prefixes:
+            assert f"`{p}`" in doc, f"docs/architecture.md does not name `{p}` (layer {name})"
+
+
+def test_layer_check_catches_an_upward_lazy_import(tmp_path):
+    pkg = tmp_path / "kdx"
+    (pkg / "models").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "models" / "__init__.py").write_text("def f():\n    from kdx.engine import trainer\n")
+    (pkg / "engine").mkdir()
+    (pkg / "engine" / "__init__.py").write_text("")
+    (pkg / "engine" / "trainer.py").write_text("from kdx.models import f\n")
+    graph = import_graph(pkg, lazy=True)
+    assert upward_imports(graph) == ["kdx.models (models) imports kdx.engine.trainer (engine)"]
+    assert import_graph(pkg)["kdx.models"] == set()  # import time only: the lazy import is invisible
+    assert find_cycle(graph)  # and it closes a cycle
+
+
+def test_no_private_name_is_imported_across_packages():
+    """``from kdx.a.x import _name`` only inside package ``kdx.a`` (tests may not borrow either)."""
+    bad = []
+    for f in sorted(PACKAGE.rglob("*.py")) + sorted((ROOT / "tests").rglob("*.py")) + sorted((ROOT / "benchmarks").rglob("*.py")):
+        rel = f.relative_to(ROOT)
+        here = ".".join(rel.with_suffix("").parts[:2])
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                there = ".".join(node.module.split(".")[:2])
+                if there != here and any(a.name.startswith("_") and not a.name.startswith("__") for a in node.names):
+                    bad.append(f"{rel}: from {node.module} import {', '.join(a.name for a in node.names)}")
+    assert bad == [], "\n".join(bad)
 
 
 def test_cycle_detector_on_a_toy_package(tmp_path):

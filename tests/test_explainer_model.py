@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdx.errors import KdxError
-from kdx.explainer import KDExplainer, from_official_state_dict, route, routing_entropy, routing_probs, tau_at
-from kdx.explainer.model import stem_size, to_official_state_dict
+from kdx.models.routed import KDExplainer, from_official_state_dict, route, routing_entropy, routing_probs, tau_at
+from kdx.models.routed.explainer import stem_size, to_official_state_dict
 
 TSV = Path(__file__).parent / "data" / "explainer_state_dict_layout.tsv"
 
@@ -412,13 +412,13 @@ def test_experts_gradients_and_formats():
 
 
 def test_dropout_statistics():
-    from kdx.explainer.model import _dropout
+    from kdx.models.routed.explainer import leaf_dropout
 
     x = torch.ones(400, 1000)
-    y = _dropout(x, 0.15, True)
+    y = leaf_dropout(x, 0.15, True)
     assert abs((y == 0).float().mean().item() - 0.15) < 0.005
     assert abs(y.mean().item() - 1.0) < 0.01
-    assert torch.equal(_dropout(x, 0.15, False), x) and torch.equal(_dropout(x, 0.0, True), x)
+    assert torch.equal(leaf_dropout(x, 0.15, False), x) and torch.equal(leaf_dropout(x, 0.0, True), x)
 
 
 def test_import_checkpoint_command_with_official_pth(tmp_path):

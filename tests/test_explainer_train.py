@@ -28,7 +28,7 @@ def invoke(*args):
 
 
 def test_stage1_schedule_matches_official():
-    import kdx.explainer.training  # noqa: F401  (registers the schedule)
+    import kdx.distill.explainer_task  # noqa: F401  (registers the schedule)
 
     class C:
         epochs = 300

@@ -43,10 +43,10 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def explainer_runs(tmp_path_factory):
-    from test_analysis import _fake_run
+    from fakes import fake_explainer_run
 
     d = tmp_path_factory.mktemp("runs")
-    return [_fake_run(d, o, i) for i, o in enumerate(("ce", "kd"))]
+    return [fake_explainer_run(d, o, i) for i, o in enumerate(("ce", "kd"))]
 
 
 # ------------------------------------------------------------------ item 9: --quiet

@@ -467,7 +467,7 @@ def test_method_task_step_finite_grads_deterministic(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_methods_on_a_vam_student(name):
     from kdx.distill.student import StudentTask
-    from kdx.distill.vam import wrap_student
+    from kdx.models.routed.vam import wrap_student
 
     torch.manual_seed(0)
     vam = wrap_student("resnet8", num_classes=10, in_channels=3)

@@ -19,7 +19,7 @@ from kdx.distill.methods.repdistiller import Tap, feature_taps, final_tap
 from kdx.distill.task import MethodTask, build_methods, logit_loss, method_names
 from kdx.errors import KdxError
 from kdx.models import create_model
-from test_functional import _np_at, _np_dkd, _np_nst, _np_pkt, _np_rkd, _np_sp  # tests/ is on sys.path
+from oracles_numpy import np_at, np_dkd, np_nst, np_pkt, np_rkd, np_sp  # tests/ is on sys.path
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
@@ -95,7 +95,7 @@ def test_dkd_loss_with_warmup(epoch, factor):
     zs, zt = torch.randn(4, 10, generator=g) * 2, torch.randn(4, 10, generator=g) * 2
     y = torch.tensor([0, 3, 9, 3])
     out = StepOutputs(x=zs, y=y, logits=zs, model=None, teacher_logits=zt, epoch=epoch)
-    want = 0.5 * factor * _np_dkd(npy(zs), npy(zt), y.numpy(), 1.0, 8.0, 4.0)
+    want = 0.5 * factor * np_dkd(npy(zs), npy(zt), y.numpy(), 1.0, 8.0, 4.0)
     assert float(m.loss(out)["dkd"]) == pytest.approx(want, rel=1e-5)
 
 
@@ -108,7 +108,7 @@ def test_dkd_logit_loss_and_ce_weight():
 
 
 def test_at_and_nst_sum_over_the_stages():
-    for name, oracle, weight in (("at", lambda a, b: _np_at(a, b, 2), 1000), ("nst", _np_nst, 50)):
+    for name, oracle, weight in (("at", lambda a, b: np_at(a, b, 2), 1000), ("nst", np_nst, 50)):
         m = build(name)
         out = fake_out(m, RES8, {"layer1": (16, 16, 16), "layer2": (24, 8, 8), "layer3": (8, 2, 2)})
         want = weight * sum(oracle(npy(out.features_s[k]), npy(out.features_t[k])) for k in ("layer1", "layer2",
@@ -119,20 +119,20 @@ def test_at_and_nst_sum_over_the_stages():
 def test_at_p_option_changes_the_loss():
     out = fake_out(build("at"), RES8, RES8)
     one = float(build("at", {"at_p": 1.0, "at_weight": 1.0}).loss(out)["at"])
-    want = sum(_np_at(npy(out.features_s[k]), npy(out.features_t[k]), 1.0) for k in ("layer1", "layer2", "layer3"))
+    want = sum(np_at(npy(out.features_s[k]), npy(out.features_t[k]), 1.0) for k in ("layer1", "layer2", "layer3"))
     assert one == pytest.approx(want, rel=1e-4)
 
 
 def test_sp_reads_the_last_stage():
     m = build("sp")
     out = fake_out(m, RES8, {"layer3": (7, 4, 4)})
-    want = 3000 * _np_sp(npy(out.features_s["layer3"]), npy(out.features_t["layer3"]))
+    want = 3000 * np_sp(npy(out.features_s["layer3"]), npy(out.features_t["layer3"]))
     assert float(m.loss(out)["sp"]) == pytest.approx(want, rel=1e-4)
 
 
 def test_pkt_and_rkd_on_pooled_final_maps():
-    for name, oracle in (("pkt", lambda a, b: 30000 * _np_pkt(a, b)),
-                         ("rkd", lambda a, b: 2.0 * _np_rkd(a, b, 10.0, 20.0))):
+    for name, oracle in (("pkt", lambda a, b: 30000 * np_pkt(a, b)),
+                         ("rkd", lambda a, b: 2.0 * np_rkd(a, b, 10.0, 20.0))):
         m = build(name, {"rkd_weight": 2.0, "rkd_distance": 10.0, "rkd_angle": 20.0})
         out = fake_out(m, RES8, {"layer3": (5, 2, 2)})
         p_s = npy(out.features_s["layer3"]).mean(axis=(2, 3))
@@ -192,7 +192,7 @@ def test_fitnet_hint_layer_out_of_range():
         build("fitnet", {"fitnet_hint_layer": 4})
 
 
-@pytest.mark.parametrize("name,oracle,weight", [("at", lambda a, b: _np_at(a, b, 2), 1000), ("nst", _np_nst, 50)])
+@pytest.mark.parametrize("name,oracle,weight", [("at", lambda a, b: np_at(a, b, 2), 1000), ("nst", np_nst, 50)])
 def test_unequal_stage_counts_pair_by_zip(name, oracle, weight):
     """RepDistiller's ``sum(criterion(feat_s[1:-1], feat_t[1:-1]))`` zips the two lists: a 3-stage
     student against a 4-stage teacher pairs layer1..3 with layer1..3 and drops the teacher's layer4."""
@@ -268,7 +268,7 @@ def test_methods_combine_and_sum():
 @pytest.mark.parametrize("name", FEATURE_NAMES)
 def test_methods_on_a_vam_student(name):
     from kdx.distill.student import StudentTask
-    from kdx.distill.vam import wrap_student
+    from kdx.models.routed.vam import wrap_student
 
     torch.manual_seed(0)
     vam = wrap_student("resnet8", num_classes=10, in_channels=3)

@@ -112,7 +112,7 @@ def test_evaluation_csv_names_say_what_was_evaluated(explainer_run):
 def _fake_stage1(run: Path) -> dict:
     """A stage-1 run whose best and last checkpoints have different routing matrices."""
     from kdx.data import load_dataset
-    from kdx.explainer import KDExplainer
+    from kdx.models.routed import KDExplainer
 
     b = load_dataset("fashion-mnist-mini", val_fraction=0.1, seed=1)
     (run / "stage1").mkdir(parents=True)
@@ -156,14 +156,14 @@ def test_stage2_from_is_checked_before_anything_is_written(tmp_path):
 
 # ------------------------------------------------------------------ checkpoint kinds
 def test_loading_an_explainer_checkpoint_imports_no_training_code(tmp_path):
-    from kdx.explainer import KDExplainer
+    from kdx.models.routed import KDExplainer
 
     m = KDExplainer(4, in_channels=1, image_size=16, widths=[(4, 4), (4, 4), (4, 4)], hidden=8)
     f = tmp_path / "e.safetensors"
     save_checkpoint(f, m.state_dict(), {"kind": "explainer", "arch": "kdexplainer", "explainer": m.config_dict(),
                                         "num_classes": 4})
     code = ("import sys, kdx; model, meta = kdx.load(sys.argv[1]); "
-            "bad = [m for m in ('kdx.explainer.training', 'kdx.engine.trainer', 'kdx.distill.task') if m in sys.modules]; "
+            "bad = [m for m in ('kdx.distill.explainer_task', 'kdx.engine.trainer', 'kdx.distill.task') if m in sys.modules]; "
             "print(type(model).__name__, bad)")
     out = subprocess.run([sys.executable, "-c", code, str(f)], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr

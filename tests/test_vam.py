@@ -14,9 +14,9 @@ from kdx.cli import app
 from kdx.distill.hierarchy import HierarchyHeads, load_hierarchy, map_stages, parse_clusters
 from kdx.distill.methods import methods_for
 from kdx.distill.task import TeacherCache
-from kdx.distill.vam import VAMStudent, count_cost, default_blocks, wrap_student
+from kdx.models.routed.vam import VAMStudent, count_cost, default_blocks, wrap_student
 from kdx.errors import KdxError
-from kdx.explainer.routing import route
+from kdx.models.routed.routing import route
 from kdx.models import create_model, list_models
 
 runner = CliRunner()
@@ -444,8 +444,8 @@ def test_tree_from_an_explainer_run(compare_run, tmp_path):
 
 
 def test_one_seed_cells_carry_no_nan_std():
-    from kdx.commands.train_vam_student import _pct
+    from kdx.commands.train_vam_student import pct_pm
 
-    assert _pct(0.245, float("nan")) == "24.50%"
-    assert _pct(0.245, 0.01) == "24.50% ± 1.00"
-    assert _pct(float("nan")) == "-"
+    assert pct_pm(0.245, float("nan")) == "24.50%"
+    assert pct_pm(0.245, 0.01) == "24.50% ± 1.00"
+    assert pct_pm(float("nan")) == "-"

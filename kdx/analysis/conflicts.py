@@ -17,7 +17,7 @@ Two implementations, same numbers (tested against each other and against a per-c
   backward from the leaves down. Each expert's vjp is batched over only the subtasks that reach
   it (under hard routing: the classes routed through it), so the cost is about C backward passes
   along one root-to-leaf path, not C full backward passes.
-* :func:`_generic_components` (any routed model with ``expert_param_groups()``):
+* :func:`generic_components` (any routed model with ``expert_param_groups()``):
   ``torch.autograd.grad(..., is_grads_batched=True)`` on the whole model, chunked over classes.
 
 The model runs in eval mode (BN running statistics, no dropout) under its own routing.
@@ -34,7 +34,7 @@ from torch.func import vjp, vmap
 
 from kdx.analysis.attention import compose
 from kdx.errors import KdxError
-from kdx.explainer.model import KDExplainer, expert_block, mix
+from kdx.models.routed.explainer import KDExplainer, expert_block, mix
 
 # float elements per big temporary (16 MiB). Measured (benchmarks/analysis_time.py, C=100, 2 cores):
 # 2^22 ran the gradient components 1.6x faster than 2^25, whose large temporaries are
@@ -74,7 +74,7 @@ def subtask_components(model, batches, losses: dict, total: int, progress=None) 
         return _explainer_components(model, batches, losses, total, progress)
     if not hasattr(model, "expert_param_groups"):
         raise KdxError(f"{type(model).__name__} has no expert_param_groups(): no gradient conflicts")
-    return _generic_components(model, batches, losses, total, progress)
+    return generic_components(model, batches, losses, total, progress)
 
 
 def _cotangents(z, y, t, losses, scale):
@@ -88,7 +88,7 @@ def _cotangents(z, y, t, losses, scale):
 
 # ---------------------------------------------------------------- KDExplainer: expert by expert
 # The forward is the model's own, in its public parts (KDExplainer.expert_pass, leaf_features,
-# leaf_head_weight, head_logits, and kdx.explainer.model.expert_block / mix): one implementation.
+# leaf_head_weight, head_logits, and kdx.models.routed.explainer.expert_block / mix): one implementation.
 def _chunk_size(m, W, rows, x) -> tuple[int, list[tuple[int, int]]]:
     """Images per chunk (the widest per-layer temporary within BUDGET) and, per layer, the activation
     elements per image of (an expert's output, its widest conv input)."""
@@ -197,7 +197,7 @@ def _view_of(grad_base: torch.Tensor, view: torch.Tensor, base: torch.Tensor) ->
                         g.storage_offset() + view.storage_offset() - base.storage_offset())
 
 
-def _generic_components(model, batches, losses, total, progress=lambda text: None) -> Components:
+def generic_components(model, batches, losses, total, progress=lambda text: None) -> Components:
     groups = model.expert_param_groups()
     C, S = model.num_classes, len(losses)
     R = S * C

@@ -20,7 +20,7 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
 from kdx.analysis.attention import entropy_column
-from kdx.engine.io import atomic_path
+from kdx.io import atomic_path
 from kdx.errors import KdxError
 
 MANY = 30  # above this many classes: no per-class tick labels

@@ -24,7 +24,7 @@ from kdx.analysis.report import write_report
 from kdx.analysis.routed import as_routed, check_routed, routing_matrices
 from kdx.engine import checkpoint as ckpt
 from kdx.engine import runs as layout
-from kdx.engine.io import atomic_write_csv, atomic_write_text
+from kdx.io import atomic_write_csv, atomic_write_text
 from kdx.engine.progress import table_console
 from kdx.engine.rundir import RESULTS_FILE, mark_finished
 from kdx.errors import KdxError

@@ -22,15 +22,15 @@ from kdx.distill.methods import MethodContext
 from kdx.distill.task import build_methods, load_teacher, method_names
 from kdx.engine import checkpoint as ckpt
 from kdx.engine.distributed import barrier
-from kdx.engine.io import atomic_write_csv, atomic_write_text, json_dumps, with_reasons
+from kdx.io import atomic_write_csv, atomic_write_text, json_dumps, with_reasons
 from kdx.engine.progress import table_console
 from kdx.engine.rundir import finished, prepare_run_dir
 from kdx.engine.runs import stage_dir, stage_start
 from kdx.engine.trainer import Runtime, Trainer
 from kdx.errors import KdxError
-from kdx.explainer.model import KDExplainer
-from kdx.explainer.training import ExplainerTask
-from kdx.explainer.tree import hard_tree
+from kdx.models.routed.explainer import KDExplainer
+from kdx.distill.explainer_task import ExplainerTask
+from kdx.models.routed.tree import hard_tree
 
 
 def _stage_done(sdir: Path) -> bool:

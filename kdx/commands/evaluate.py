@@ -12,7 +12,7 @@ from kdx.engine import runs as layout
 from kdx.engine.device import resolve_device, resolve_precision
 from kdx.engine.evaluate import evaluate
 from kdx.engine.progress import table_console
-from kdx.engine.io import atomic_write_csv, json_dumps, with_reasons
+from kdx.io import atomic_write_csv, json_dumps, with_reasons
 from kdx.errors import KdxError
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-import kdx
+from kdx.version import __version__
 from kdx.engine import checkpoint as ckpt
 from kdx.errors import KdxError, did_you_mean
 
@@ -86,7 +86,7 @@ def run(file: Path, *, out: Path, kind="classifier", arch=None, num_classes=None
         raise KdxError(f"--out must end in .safetensors, got {out.name}")
     state = read_foreign_state_dict(Path(file))
     if kind == "explainer":
-        from kdx.explainer.kind import import_official
+        from kdx.models.routed.kinds import import_official
 
         model, meta = import_official(state, num_classes=num_classes)
         meta.update({k: v for k, v in _dataset_meta(dataset, model.num_classes, model.in_channels).items()
@@ -105,7 +105,7 @@ def run(file: Path, *, out: Path, kind="classifier", arch=None, num_classes=None
         meta.update(_dataset_meta(dataset, n, c_in))
     else:
         raise KdxError(f"unknown --kind '{kind}'; valid kinds: classifier, explainer")
-    meta.update({"kdx_version": kdx.__version__, "imported_from": Path(file).name, "epoch": None, "metrics": {}})
+    meta.update({"kdx_version": __version__, "imported_from": Path(file).name, "epoch": None, "metrics": {}})
     ckpt.save_checkpoint(out, model.state_dict(), meta)
     print(f"wrote {out} ({meta['kind']}, {meta.get('arch', '')}, {meta['num_classes']} classes)")
     return meta

@@ -19,7 +19,7 @@ from rich.markup import escape as esc
 from kdx.commands import study as study_mod
 from kdx.commands.study import (BASE_SEED, GLOBAL_KEYS, PIPELINE_PRESETS, STEP_COMMANDS,  # noqa: F401 (re-exported)
                                 layout, merge_study, step_options)
-from kdx.engine.io import atomic_write_text
+from kdx.io import atomic_write_text
 from kdx.engine.progress import console
 from kdx.engine.rundir import claim_group_dir, finished, holds_run
 from kdx.errors import KdxError

@@ -18,7 +18,7 @@ import shlex
 import subprocess
 from pathlib import Path
 
-import kdx
+from kdx.version import __version__
 from kdx.errors import KdxError
 
 GLOBAL_KEYS = ("dataset", "data_root", "download", "device", "precision", "channels_last", "quiet", "val_fraction",
@@ -257,7 +257,7 @@ def environment() -> dict:
     except (OSError, subprocess.SubprocessError):
         commit = None
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    return {"kdx": kdx.__version__, "torch": torch.__version__, "python": platform.python_version(), "device": device,
+    return {"kdx": __version__, "torch": torch.__version__, "python": platform.python_version(), "device": device,
             "git_commit": commit, "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 

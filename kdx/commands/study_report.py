@@ -17,7 +17,7 @@ import pandas as pd
 
 from kdx.commands.common import format_delta, paired_delta
 from kdx.commands.study import BASE_SEED, environment, overridden, reproduce_commands
-from kdx.engine.io import atomic_write_csv, atomic_write_text
+from kdx.io import atomic_write_csv, atomic_write_text
 
 # The explainer columns compared across methods: the final test accuracy, every entropy column
 # (routing entropy of training, attention entropy of the analysis, at every temperature the

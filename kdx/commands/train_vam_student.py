@@ -27,11 +27,11 @@ from kdx.config import read_config_file, save_config
 from kdx.distill.methods import MethodContext
 from kdx.distill.student import StudentTask
 from kdx.distill.task import TeacherCache, build_methods, load_teacher, method_names
-from kdx.distill.vam import VAMStudent, vam_cost_rows
+from kdx.models.routed.vam import VAMStudent, vam_cost_rows
 from kdx.engine import checkpoint as ckpt
 from kdx.engine.device import seed_everything
 from kdx.engine.distributed import barrier
-from kdx.engine.io import atomic_write_csv, atomic_write_text
+from kdx.io import atomic_write_csv, atomic_write_text
 from kdx.engine.progress import table_console
 from kdx.engine.rundir import RESULTS_FILE, claim_group_dir, finished, holds_run, mark_finished, prepare_run_dir
 from kdx.engine.trainer import Runtime, Trainer
@@ -78,7 +78,7 @@ def replaces_classifier(cfg) -> bool:
     return cfg.trains_head() and cfg.vam_head == "replace"
 
 
-class _Shared:
+class StudentShared:
     """What the runs of one command share: runtime, datasets per seed, the teacher, cluster files."""
 
     def __init__(self, cfg):
@@ -155,7 +155,7 @@ def resolve_hierarchy(cfg, folder: Path, class_names):
     return dataclasses.replace(cfg, hierarchy=sources)
 
 
-def build_task(cfg, bundle, shared: _Shared, cache: TeacherCache | None = None) -> StudentTask:
+def build_task(cfg, bundle, shared: StudentShared, cache: TeacherCache | None = None) -> StudentTask:
     from kdx.models import create_model, list_models
 
     if cfg.arch not in list_models():
@@ -198,7 +198,7 @@ def write_cost(cfg, bundle, run_dir: Path) -> pd.DataFrame:
     return frame
 
 
-def train_one(cfg, shared: _Shared, label: str, cache: TeacherCache | None = None,
+def train_one(cfg, shared: StudentShared, label: str, cache: TeacherCache | None = None,
               group: bool = False) -> dict:
     """Train the run in ``cfg.out``; returns its summary row. ``group`` (runs of --compare/--seeds):
     a finished run is skipped, an interrupted one resumed, one without resume state restarted."""
@@ -290,7 +290,7 @@ def _prepare_group_dir(cfg) -> Path:
 
 def run(cfg) -> dict:
     cfg.validate()
-    shared = _Shared(cfg)
+    shared = StudentShared(cfg)
     is_main = shared.rt.dist.is_main
     if not cfg.compare and not cfg.seeds:
         row = train_one(cfg, shared, label=f"student {cfg.arch} ({method_name(cfg)})")
@@ -364,7 +364,7 @@ def plot_comparison(summary: pd.DataFrame, path: Path, title: str = "", fmt: str
     return comparison_plot(summary, path, title=title, baseline="kd", fmt=fmt)
 
 
-def _pct(v, s=None) -> str:
+def pct_pm(v, s=None) -> str:
     if v is None or v != v:
         return "-"
     return f"{100 * v:.2f}%" + ("" if s is None or s != s else f" ± {100 * s:.2f}")  # one seed: no "± nan"
@@ -385,8 +385,8 @@ def _print_comparison(summary: pd.DataFrame, out: Path, cfg) -> None:
                 "s / run"):
         table.add_column(col, justify="left" if col == "method" else "right")
     for _, r in summary.iterrows():
-        table.add_row(r["method"], str(r["seeds"]), _pct(r["test_top1_best_mean"], r["test_top1_best_std"]),
-                      _pct(r["test_top1_last_mean"], r["test_top1_last_std"]), _delta(r), f"{r['best_epoch_mean']:.1f}",
+        table.add_row(r["method"], str(r["seeds"]), pct_pm(r["test_top1_best_mean"], r["test_top1_best_std"]),
+                      pct_pm(r["test_top1_last_mean"], r["test_top1_last_std"]), _delta(r), f"{r['best_epoch_mean']:.1f}",
                       f"{int(r['params']):,}" if r["params"] == r["params"] else "-",
                       f"{int(r['macs']):,}" if r["macs"] == r["macs"] else "-",
                       f"{r['seconds_mean']:.0f}" if r["seconds_mean"] == r["seconds_mean"] else "-")

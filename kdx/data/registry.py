@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from kdx.errors import KdxError, did_you_mean
+from kdx.plugins import load_entry_points
 
 ENTRY_POINT_GROUP = "kdx.datasets"
 
@@ -68,8 +69,7 @@ def _load_all() -> None:
     if _loaded:
         return
     _loaded = True
-    import kdx.data.sets  # noqa: F401  (the built-in dataset files register themselves)
-    from kdx.plugins import load_entry_points
+    # the built-in dataset files are wired by kdx/data/__init__.py (imported before this module)
 
     load_entry_points(ENTRY_POINT_GROUP, "dataset", "a kdx DatasetSpec",
                       lambda obj: isinstance(obj, DatasetSpec), register_dataset)

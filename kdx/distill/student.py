@@ -42,7 +42,7 @@ class StudentTask(MethodTask):
     def on_epoch_start(self, epoch: int) -> None:
         super().on_epoch_start(epoch)
         if self.has_vam:
-            from kdx.explainer.routing import tau_at
+            from kdx.models.routed.routing import tau_at
 
             self.model.tau = tau_at(epoch, self.tau0)
 

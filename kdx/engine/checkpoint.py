@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from kdx.engine.io import atomic_path, atomic_write_text
+from kdx.io import atomic_path, atomic_write_text
 from kdx.engine.metadata import parse_metadata
 from kdx.engine.runs import BEST_FILE, MODEL_FILE, checkpoint_file  # noqa: F401  (file names re-exported)
 from kdx.errors import KdxError
@@ -27,8 +27,8 @@ RESUME_DIR = "resume"
 
 KINDS: dict[str, str] = {
     "classifier": "kdx.models.registry:model_from_metadata",
-    "explainer": "kdx.explainer.kind:build_explainer",
-    "vam-student": "kdx.distill.vam:build_vam_student",
+    "explainer": "kdx.models.routed.kinds:build_explainer",
+    "vam-student": "kdx.models.routed.vam:build_vam_student",
 }
 """Every checkpoint kind and its builder ``fn(metadata) -> nn.Module`` ("module:function"), next
 to its model. Loading a checkpoint imports only the module of its own kind: no training code."""

@@ -142,7 +142,7 @@ def _check_explainer(cfg: dict) -> str | None:
     """Keys must be KDExplainer's parameters, with JSON-scalar or (nested) integer-list values."""
     import inspect
 
-    from kdx.explainer.model import KDExplainer
+    from kdx.models.routed.explainer import KDExplainer
 
     params = set(inspect.signature(KDExplainer.__init__).parameters) - {"self"}
     unknown = sorted(set(cfg) - params)

@@ -21,7 +21,7 @@ import shutil
 import socket
 from pathlib import Path
 
-from kdx.config import build_config, command_of, read_config_file, save_config
+from kdx.configfile import build_config, command_of, read_config_file, save_config
 from kdx.engine.checkpoint import MODEL_FILE, has_resume
 from kdx.errors import KdxError
 
@@ -54,7 +54,7 @@ def finished(path: str | Path) -> bool:
 
 def mark_finished(path: str | Path, outputs: list[str], **extra) -> None:
     """The last write of a command whose directory holds no model: ``results.json`` naming its outputs."""
-    from kdx.engine.io import atomic_write_text
+    from kdx.io import atomic_write_text
 
     atomic_write_text(Path(path) / RESULTS_FILE, json.dumps({**extra, "outputs": list(outputs)}, indent=2) + "\n")
 

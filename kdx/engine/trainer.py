@@ -19,13 +19,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-import kdx
+from kdx.version import __version__
 from kdx.engine import checkpoint as ckpt
 from kdx.engine import rundir
 from kdx.engine.device import resolve_channels_last, resolve_device, resolve_precision, seed_everything
 from kdx.engine.distributed import DistInfo, all_reduce_sum, any_rank, barrier, init_distributed
 from kdx.engine.evaluate import evaluate
-from kdx.engine.io import atomic_write_csv, atomic_write_text, json_dumps, with_reasons
+from kdx.io import atomic_write_csv, atomic_write_text, json_dumps, with_reasons
 from kdx.engine.metric_log import open_logger
 from kdx.engine.progress import EpochProgress
 from kdx.engine.schedule import get_schedule
@@ -185,7 +185,7 @@ class Trainer:
         meta = dict(self.task.checkpoint_metadata())
         meta.update(self.bundle.meta())
         meta.update({
-            "kdx_version": kdx.__version__,
+            "kdx_version": __version__,
             "torch_version": torch.__version__,
             "epoch": epoch,
             "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and not (isinstance(v, float) and not math.isfinite(v))},

@@ -36,7 +36,7 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x.reshape(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
 
 
-def _init_linear(m: nn.Linear, scheme: str) -> None:
+def init_linear(m: nn.Linear, scheme: str) -> None:
     if scheme == "normal":  # VGG / MobileNetV2 in RepDistiller
         nn.init.normal_(m.weight, 0.0, 0.01)
         nn.init.zeros_(m.bias)
@@ -91,7 +91,7 @@ class ZooModel(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Linear):
-                _init_linear(m, self.linear_init)
+                init_linear(m, self.linear_init)
 
     # ------------------------------------------------------------------ forward
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -117,7 +117,7 @@ class ZooModel(nn.Module):
         ref = next(self.parameters())
         if num_classes > 0:
             new: nn.Module = nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
-            _init_linear(new, self.linear_init)
+            init_linear(new, self.linear_init)
         else:
             new = nn.Identity()
         parent_name, _, leaf = self.classifier_name.rpartition(".")

@@ -14,7 +14,7 @@ from kdx.models.base import ZooModel, channel_shuffle, conv1x1, conv3x3
 from kdx.models.registry import register_model
 
 
-class _ShuffleNet(ZooModel):
+class ShuffleNetBase(ZooModel):
     """1x1 conv stem (24 ch) + BN + ReLU, ``layer1..3``, optional 1x1 ``conv2`` head, ``linear``."""
 
     def _stem(self, in_channels: int) -> None:
@@ -60,7 +60,7 @@ class ShuffleV1Block(nn.Module):
         return F.relu(out)
 
 
-class ShuffleNetV1(_ShuffleNet):
+class ShuffleNetV1(ShuffleNetBase):
     def __init__(self, num_classes: int = 100, in_channels: int = 3,
                  out_planes=(240, 480, 960), num_blocks=(4, 8, 4), groups: int = 3):
         super().__init__(num_classes, in_channels)
@@ -123,7 +123,7 @@ class ShuffleV2DownBlock(nn.Module):
         return channel_shuffle(torch.cat([left, right], 1), 2)
 
 
-class ShuffleNetV2(_ShuffleNet):
+class ShuffleNetV2(ShuffleNetBase):
     def __init__(self, num_classes: int = 100, in_channels: int = 3,
                  out_channels=(116, 232, 464, 1024), num_blocks=(3, 7, 3)):
         super().__init__(num_classes, in_channels)

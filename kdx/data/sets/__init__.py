@@ -7,5 +7,3 @@ from kdx.data.sets import mnist  # noqa: F401
 from kdx.data.sets import mini  # noqa: F401
 from kdx.data.sets import tiny_imagenet  # noqa: F401
 from kdx.data.sets import folder  # noqa: F401
-
-BUILTIN = (cifar, mnist, mini, tiny_imagenet, folder)

@@ -1,7 +1,9 @@
 """Training methods, one file each; the registry and the contract are in :mod:`.base`.
 
-``BUILTIN`` is the explicit list of kdx's own method modules (importing one registers its
-method); methods of other packages come in through the entry-point group ``kdx.methods``.
+The imports below are the wiring: importing a method file registers its method, and this
+package's ``__init__`` runs before any of its modules, so the registry never imports a method.
+Methods of other packages come in through the entry-point group ``kdx.methods``. Add a method
+by adding a file here and its import line.
 """
 
 from kdx.distill.methods.base import (  # noqa: F401
@@ -21,19 +23,3 @@ from kdx.distill.methods import cc  # noqa: E402,F401
 from kdx.distill.methods import vid  # noqa: E402,F401
 from kdx.distill.methods import ft  # noqa: E402,F401
 from kdx.distill.methods import fsp  # noqa: E402,F401
-
-BUILTIN = (
-    ce, ls, kd, vam_entropy, vam_head, hierarchy,
-    dkd,
-    at,
-    sp,
-    pkt,
-    rkd,
-    nst,
-    fitnet,
-    crd,
-    cc,
-    vid,
-    ft,
-    fsp,
-)

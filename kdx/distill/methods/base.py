@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from kdx.errors import KdxError
 from kdx.options import Option
+from kdx.plugins import load_entry_points
 
 ENTRY_POINT_GROUP = "kdx.methods"
 
@@ -146,24 +147,17 @@ def register_method(cls: type[Method]) -> type[Method]:
     return cls
 
 
-def _load_builtin() -> None:
-    from kdx.distill.methods import BUILTIN  # noqa: F401  (the explicit list of built-in method modules)
-
-
 def _load_entry_points() -> None:
     """Methods of separately installed packages: ``[project.entry-points."kdx.methods"] name = "pkg.mod:Cls"``."""
     global _entry_points_loaded
     if _entry_points_loaded:
         return
     _entry_points_loaded = True
-    from kdx.plugins import load_entry_points
-
     load_entry_points(ENTRY_POINT_GROUP, "KD method", "a kdx Method subclass",
                       lambda obj: isinstance(obj, type) and issubclass(obj, Method), register_method)
 
 
 def all_methods() -> dict[str, type[Method]]:
-    _load_builtin()
     _load_entry_points()
     return dict(_METHODS)
 

@@ -79,12 +79,12 @@ def feature_taps(model: nn.Module) -> tuple[Optional[Tap], list[Tap]]:
     """
     from kdx.models.mobilenet import MobileNetV2Net
     from kdx.models.resnet import ResNet
-    from kdx.models.shufflenet import _ShuffleNet
+    from kdx.models.shufflenet import ShuffleNetBase
     from kdx.models.vgg import VGG
     from kdx.models.wrn import WideResNet
 
     stages = list(getattr(model, "stage_names", []))
-    if isinstance(model, (ResNet, _ShuffleNet)):
+    if isinstance(model, (ResNet, ShuffleNetBase)):
         return Tap("bn1", relu=True), [Tap(s) for s in stages]
     if isinstance(model, MobileNetV2Net):
         return Tap("conv1"), [Tap(s) for s in stages]
@@ -99,13 +99,13 @@ def final_tap(model: nn.Module) -> Tap:
     """The hook that reads ``model.forward_features(x)`` (``FINAL``: ``wants_final``, for other families)."""
     from kdx.models.mobilenet import MobileNetV2Net
     from kdx.models.resnet import ResNet
-    from kdx.models.shufflenet import _ShuffleNet
+    from kdx.models.shufflenet import ShuffleNetBase
     from kdx.models.vgg import VGG
     from kdx.models.wrn import WideResNet
 
-    if isinstance(model, _ShuffleNet) and hasattr(model, "conv2"):
+    if isinstance(model, ShuffleNetBase) and hasattr(model, "conv2"):
         return Tap("bn2", relu=True)
-    if isinstance(model, (ResNet, _ShuffleNet)):
+    if isinstance(model, (ResNet, ShuffleNetBase)):
         return Tap(model.stage_names[-1])
     if isinstance(model, MobileNetV2Net):
         return Tap("conv2")

@@ -1,7 +1,7 @@
 """``vam_head``: the virtual-attention head as a training-time auxiliary output ([kdx],
 ``--vam head`` / ``tree+head`` with ``--vam-head aux``, the default).
 
-The student keeps its own linear classifier; a :class:`kdx.distill.vam.VirtualAttentionHead`
+The student keeps its own linear classifier; a :class:`kdx.models.routed.vam.VirtualAttentionHead`
 reads the same pooled final features (``forward_features``, D channels, split into K virtual
 experts) and is trained with
 
@@ -39,8 +39,8 @@ class VamHead(Method):
 
     def __init__(self, ctx: MethodContext):
         super().__init__(ctx)
-        from kdx.distill.vam import VirtualAttentionHead
-        from kdx.explainer.routing import tau_at
+        from kdx.models.routed.vam import VirtualAttentionHead
+        from kdx.models.routed.routing import tau_at
 
         p = ctx.params
         self.tau0 = float(p.get("vam_tau0", 10.0))

@@ -7,8 +7,8 @@ module, the model and the tree, never the training code.
 from __future__ import annotations
 
 from kdx.errors import KdxError
-from kdx.explainer.model import KDExplainer, from_official_state_dict
-from kdx.explainer.tree import hard_tree
+from kdx.models.routed.explainer import KDExplainer, from_official_state_dict
+from kdx.models.routed.tree import hard_tree
 
 
 def build_explainer(meta: dict) -> KDExplainer:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kdx.explainer.model import KDExplainer
+from kdx.models.routed.explainer import KDExplainer
 
 
 def _class_paths(parents: list[list[int]], n_layers: int, num_classes: int) -> list[list[int]]:

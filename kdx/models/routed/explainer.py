@@ -5,7 +5,7 @@ Expert block: conv3x3(bias) -> BN -> ReLU -> conv3x3(bias) -> BN -> ReLU -> maxp
 widths (mid, out): (64, 64), (64, 64), (64, 32). All layer-1 experts read the image. A
 routing matrix R (children x parents) sits between consecutive layers and between the
 last layer and the C leaves; child input = sum_j a_ij * out_j with ``a = route(R, tau,
-mode)`` (see :mod:`kdx.explainer.routing`). Leaf head per class: adaptive avg pool 7x7
+mode)`` (see :mod:`kdx.models.routed.routing`). Leaf head per class: adaptive avg pool 7x7
 -> flatten -> Linear(hidden) -> ReLU -> Dropout -> Linear(hidden) -> ReLU -> Dropout ->
 Linear(1) ("ce") or Linear(2) + max ("nce").
 
@@ -31,7 +31,7 @@ Vectorisation
 * Small things that measurably matter on CPU: stacked parameters are ``unbind``-ed once per
   forward (indexing ``p[e]`` per expert makes the backward scatter into full-size zero
   tensors, O(E^2) memory traffic); max-pool runs before the second ReLU (they commute);
-  CPU dropout draws its mask 4x cheaper than ``F.dropout`` (see ``_dropout``).
+  CPU dropout draws its mask 4x cheaper than ``F.dropout`` (see ``leaf_dropout``).
 * Expert convs: one Python loop over the E experts of a layer (stacked weights unbound).
   Candidates, one expert layer's training step (forward + backward, batch 128, median ms),
   this dev CPU (2-core Xeon VM, AVX-512 + AMX-bf16), ``benchmarks/explainer_throughput.py
@@ -73,7 +73,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdx.errors import KdxError
-from kdx.explainer.routing import route, routing_mode
+from kdx.models.routed.routing import route, routing_mode
 
 HEADS = ("ce", "nce")
 STEM_CHANNELS, STEM_KERNEL = 64, 7
@@ -114,7 +114,7 @@ def _pool_matrix(h: int, w: int, pool: int, device: torch.device) -> Tensor:
     return torch.kron(axis(h), axis(w))
 
 
-def _dropout(x: Tensor, p: float, training: bool) -> Tensor:
+def leaf_dropout(x: Tensor, p: float, training: bool) -> Tensor:
     """Dropout. On CPU the keep-mask is drawn as 16-bit integers (4 per 64-bit random number;
     torch's CPU bernoulli draws one serial random number per element, several times slower):
     drop probability round(p * 2^16) / 2^16 (within 8e-6 of p), survivors scaled to stay unbiased."""
@@ -220,9 +220,9 @@ class LeafHeads(nn.Module):
     def forward(self, z: Tensor, w1: Tensor | None = None) -> Tensor:
         """z: (C, N, features) -> (C, N, k); ``w1`` replaces ``self.w1`` (pool folded into it)."""
         h = F.relu(torch.baddbmm(self.b1.unsqueeze(1), z, self.w1 if w1 is None else w1))
-        h = _dropout(h, self.dropout, self.training)
+        h = leaf_dropout(h, self.dropout, self.training)
         h = F.relu(torch.baddbmm(self.b2.unsqueeze(1), h, self.w2))
-        h = _dropout(h, self.dropout, self.training)
+        h = leaf_dropout(h, self.dropout, self.training)
         return torch.baddbmm(self.b3.unsqueeze(1), h, self.w3)
 
 

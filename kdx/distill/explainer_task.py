@@ -12,9 +12,9 @@ import torch
 
 from kdx.distill.task import MethodTask
 from kdx.engine.schedule import register_schedule
-from kdx.explainer.model import KDExplainer
-from kdx.explainer.routing import routing_entropy, tau_at
-from kdx.explainer.tree import hard_tree
+from kdx.models.routed.explainer import KDExplainer
+from kdx.models.routed.routing import routing_entropy, tau_at
+from kdx.models.routed.tree import hard_tree
 
 
 @register_schedule("explainer-stage1")

@@ -3,7 +3,7 @@
 ``VAMStudent(student, blocks=K)`` wraps any zoo model without editing it: the student's
 final feature map (``forward_features``, D channels) is split into K *virtual experts* of
 ``d = D / K`` channels; class subtask c attends over the K blocks with the explainer's own
-routing function (``kdx.explainer.routing.route`` on a learnable C x K matrix, U(0, 1)
+routing function (``kdx.models.routed.routing.route`` on a learnable C x K matrix, U(0, 1)
 init, ``tau = tau0 / epoch``); the class logit is
 
     logit_c = w_c . (sum_k a_ck * pooled block k) + b_c        (w: C x d, b: C)
@@ -17,7 +17,7 @@ Routing modes: ``routing`` is the mode used at evaluation ("soft" | "hard" | "gu
 training always routes softly (``hard`` has no gradient), so ``routing = "hard"`` means
 *soft while training, hard at evaluation* (``--vam-hard-eval``).
 
-Duck-typed interface shared with :class:`kdx.explainer.KDExplainer` (analysis commands):
+Duck-typed interface shared with :class:`kdx.models.routed.KDExplainer` (analysis commands):
 ``routing``, ``tau``, ``num_classes``, ``experts`` ([K]), ``routing_logits()`` ([R]),
 ``routing_weights(mode, tau)`` ([a]), ``forward(x, return_experts=True)`` (logits and the
 block features as ``(N, K, d, h, w)``), ``expert_param_groups()`` (see its docstring).
@@ -30,7 +30,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdx.errors import KdxError
-from kdx.explainer.routing import route, routing_entropy, routing_mode
+from kdx.models.base import init_linear
+from kdx.models.registry import create_model
+from kdx.models.routed.routing import route, routing_entropy, routing_mode
 
 DEFAULT_BLOCKS = 8  # [kdx] as many virtual experts as the explainer's last expert layer
 
@@ -72,9 +74,7 @@ class VirtualAttentionHead(nn.Module):
         self.num_classes, self.num_features, self.blocks, self.block_channels = C, D, K, D // K
         self.routing_matrix = nn.Parameter(torch.rand(C, K))
         self.head = nn.Linear(D // K, C)
-        from kdx.models.base import _init_linear
-
-        _init_linear(self.head, linear_init)
+        init_linear(self.head, linear_init)
         self.tau = float(tau)
 
     def routing_weights(self, mode: str = "soft", tau: float | None = None) -> list[Tensor]:
@@ -111,9 +111,7 @@ class VAMStudent(nn.Module):
         ref = next(student.parameters())
         self.routing_matrix = nn.Parameter(torch.rand(C, K, device=ref.device, dtype=ref.dtype))  # U(0, 1), like the explainer
         self.head = nn.Linear(D // K, C, device=ref.device, dtype=ref.dtype)
-        from kdx.models.base import _init_linear
-
-        _init_linear(self.head, linear_init)  # the student's own classifier init scheme
+        init_linear(self.head, linear_init)  # the student's own classifier init scheme
         self.tau = float(tau)
         self.routing = routing
 
@@ -199,8 +197,6 @@ class VAMStudent(nn.Module):
 
 def wrap_student(arch: str, num_classes: int, in_channels: int, blocks: int | None = None, tau: float = 10.0,
                  routing: str = "soft") -> VAMStudent:
-    from kdx.models import create_model
-
     return VAMStudent(create_model(arch, num_classes=num_classes, in_channels=in_channels), blocks, tau, routing)
 
 
@@ -238,8 +234,6 @@ def count_cost(model: nn.Module, input_shape, device="cpu") -> dict:
 
 def vam_cost_rows(arch: str, num_classes: int, input_shape, blocks: int | None = None) -> list[dict]:
     """cost.csv rows: the student with its linear classifier, with the VAM, and the difference."""
-    from kdx.models import create_model
-
     torch.manual_seed(0)
     base = create_model(arch, num_classes=num_classes, in_channels=int(input_shape[0]))
     D = int(base.num_features)
