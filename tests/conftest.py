@@ -1,9 +1,17 @@
-"""Shared fixtures."""
+"""Shared fixtures; the repository root on ``sys.path`` for ``reference/`` (the transcriptions of
+the authors' code that tests and benchmarks share, see reference/__init__.py)."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+
+ROOT = str(Path(__file__).resolve().parents[1])
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 
 
 @pytest.fixture(scope="module")

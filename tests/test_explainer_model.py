@@ -1,7 +1,9 @@
 """KDExplainer network, routing and official-checkpoint import, checked against an oracle.
 
-The oracle (``OfficialExplainer``) transcribes KDEXPLAINER.md section 2 loop by loop, with
-modules named like the official state dict, so its ``state_dict()`` IS an official one.
+The oracle is ``reference.authors_explainer.AuthorsExplainer``: the authors' ``LEARNTOBRANCH_Deep``
+(LEARNTOBRANCH.py) transcribed loop by loop, with the official module names, so its
+``state_dict()`` IS an official one; its CIFAR path is the 32-px model, its other path the
+large-input one. benchmarks/explainer_throughput.py times the same transcription.
 """
 from __future__ import annotations
 
@@ -12,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from kdx.errors import KdxError
 from kdx.models.routed import KDExplainer, from_official_state_dict, route, routing_entropy, routing_probs, tau_at
 from kdx.models.routed.explainer import stem_size, to_official_state_dict
+from reference.authors_explainer import AuthorsExplainer, routing_weights  # the repo root: tests/conftest.py
 
 TSV = Path(__file__).parent / "data" / "explainer_state_dict_layout.tsv"
 
@@ -25,149 +27,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
 
 # --------------------------------------------------------------------------- oracle
-def oracle_weights(R, tau, mode):
-    p = torch.softmax(R / 0.5, dim=1)
-    if mode == "hard":
-        return F.one_hot(p.argmax(dim=1), R.shape[1]).float()
-    return torch.softmax(torch.log(p) / tau, dim=1)
-
-
-class OfficialExplainer(nn.Module):
-    """The 32-px (CIFAR) path: the stem exists, unused (the large path is ``AuthorsDeep`` below)."""
-
-    def __init__(self, num_classes, head="ce", experts=(2, 4, 8), in_ch=3):
-        super().__init__()
-        self.num_classes, self.head, self.experts = num_classes, head, experts
-        self.tau, self.mode = 10.0, "soft"
-        self.conv1_0 = nn.Sequential(nn.Conv2d(in_ch, 64, kernel_size=7), nn.BatchNorm2d(64), nn.ReLU(),
-                                     nn.MaxPool2d(kernel_size=2, stride=2))
-        cin = in_ch
-        for n, E in enumerate(experts):
-            L = n + 2
-            out = 32 if n == len(experts) - 1 else 64
-            for i in range(E):
-                setattr(self, f"conv{L}_{i}", nn.Sequential(
-                    nn.Conv2d(cin, 64, 3, 1, 1), nn.BatchNorm2d(64), nn.ReLU(),
-                    nn.Conv2d(64, out, 3, 1, 1), nn.BatchNorm2d(out), nn.ReLU(), nn.MaxPool2d(2)))
-            children = experts[n + 1] if n + 1 < len(experts) else num_classes
-            setattr(self, f"branch_{L}", nn.ParameterList([nn.Parameter(torch.rand(children, E))]))
-            cin = out
-        for c in range(num_classes):
-            setattr(self, f"fc1_{c}", nn.Sequential(nn.Linear(32 * 7 * 7, 128), nn.ReLU(), nn.Dropout(0.15)))
-            setattr(self, f"fc2_{c}", nn.Sequential(nn.Linear(128, 128), nn.ReLU(), nn.Dropout(0.15),
-                                                    nn.Linear(128, 1 if head == "ce" else 2)))
-
-    def forward(self, x):
-        inputs = [x] * self.experts[0]
-        for n, E in enumerate(self.experts):
-            L = n + 2
-            outs = [getattr(self, f"conv{L}_{i}")(inputs[i]) for i in range(E)]
-            a = oracle_weights(getattr(self, f"branch_{L}")[0], self.tau, self.mode)
-            inputs = []
-            for child in range(a.shape[0]):
-                mixed = 0
-                for j in range(E):
-                    mixed = mixed + a[child, j] * outs[j]
-                inputs.append(mixed)
-        logits = []
-        for c in range(self.num_classes):
-            z = F.adaptive_avg_pool2d(inputs[c], 7).flatten(1)
-            o = getattr(self, f"fc2_{c}")(getattr(self, f"fc1_{c}")(z))
-            logits.append(o[:, 0] if self.head == "ce" else o.max(dim=1).values)
-        return torch.stack(logits, dim=1)
-
-
-def authors_gumbel_softmax(s, t=1):
-    # LEARNTOBRANCH.py: gumbel_softmax (no noise, despite the name)
-    return torch.pow(math.e, s / t) / torch.sum(torch.pow(math.e, s / t), 1).view(-1, 1)
-
-
-class AuthorsDeep(nn.Module):
-    """Transcription of the authors' ``LEARNTOBRANCH_Deep`` (LEARNTOBRANCH.py) for a dataset that
-    is not CIFAR10/CIFAR100 (the large-input path), ``task='mc'``: same module names, so its
-    ``state_dict()`` is theirs, and the same forward statement by statement (``.cuda()`` dropped)."""
-
-    def __init__(self, num_attributes=10, loss_method="ce"):
-        super().__init__()
-        self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
-        self.conv1_0 = nn.Sequential(*[nn.Conv2d(3, 64, kernel_size=7), nn.BatchNorm2d(64), nn.ReLU(True),
-                                       nn.MaxPool2d(kernel_size=2, stride=2)])
-        fc_channel = 49
-        self.num_children = [2, 4, 8, 16, num_attributes]
-        self.num_in_channels = [64, 64, 64, 64, 32]
-        self.num_out_channels = [64, 64, 64, 64]
-        self.branches = []
-        self.loss_method = loss_method
-        output_channel = 2 if loss_method == "nce" else 1
-        for layer in range(len(self.num_children) - 1):
-            layer_child = self.num_children[layer]
-            for i in range(layer_child):
-                setattr(self, "conv{}_{}".format(str(layer + 2), str(i)), nn.Sequential(*[
-                    nn.Conv2d(self.num_in_channels[layer], self.num_out_channels[layer], kernel_size=3, padding=1),
-                    nn.BatchNorm2d(self.num_out_channels[layer]),
-                    nn.ReLU(True),
-                    nn.Conv2d(self.num_out_channels[layer], self.num_in_channels[layer + 1], kernel_size=3, padding=1),
-                    nn.BatchNorm2d(self.num_in_channels[layer + 1]),
-                    nn.ReLU(True),
-                    nn.MaxPool2d(kernel_size=2, stride=2)]))
-            setattr(self, "branch_{}".format(str(layer + 2)), nn.ParameterList([nn.Parameter(torch.nn.init.uniform_(
-                torch.zeros(self.num_children[layer + 1], self.num_children[layer]), a=0, b=1), True)]))
-            self.branches.append(getattr(self, "branch_{}".format(str(layer + 2))))
-        for i in range(num_attributes):
-            setattr(self, "fc1_" + str(i), nn.Sequential(*[nn.Linear(fc_channel * 32, 128), nn.ReLU(True),
-                                                           nn.Dropout(0.15)]))
-            setattr(self, "fc2_" + str(i), nn.Sequential(*[nn.Linear(128, 128), nn.ReLU(True), nn.Dropout(0.15),
-                                                           nn.Linear(128, output_channel)]))
-        self.num_attributes = num_attributes
-
-    def branching_op(self, branch, par, chi, t, training=True):
-        d = torch.zeros(chi, par, dtype=branch[0].dtype)  # theirs: .cuda(); here: the branch's dtype
-        pro = branch[0]
-        pro = authors_gumbel_softmax(pro, 0.5)
-        _, ind = torch.max(pro, 1)
-        for i in range(chi):
-            if training:
-                d[i] += torch.log(pro[i])
-            else:
-                d[i][ind[i]] += 1
-        if training:
-            d = authors_gumbel_softmax(d, t)
-        return d
-
-    def forward(self, x, t=10, training=True):
-        x = self.conv1_0(x)  # dataset is neither CIFAR10 nor CIFAR100
-        xs = []
-        x_branches = [x, x]
-        for layer in range(len(self.num_children) - 1):
-            layer_child = self.num_children[layer]
-            for i in range(layer_child):
-                conv = getattr(self, "conv{}_{}".format(str(layer + 2), str(i)))
-                xs.append(conv(x_branches[i]))
-            x_branches = []
-            d = self.branching_op(self.branches[layer], layer_child, self.num_children[layer + 1], t, training)
-            for i in range(self.num_children[layer + 1]):
-                for j in range(layer_child):
-                    if j == 0:
-                        x_branch = xs[j] * d[i][j]
-                    else:
-                        x_branch += xs[j] * d[i][j]
-                x_branches.append(x_branch)
-            xs = []
-        outputs = []
-        for i in range(self.num_attributes):
-            tx = x_branches[i]
-            tx = self.avgpool(tx)
-            tx = tx.view(tx.size(0), -1)
-            fc1 = getattr(self, "fc1_" + str(i))
-            fc2 = getattr(self, "fc2_" + str(i))
-            fc2_output = fc2(fc1(tx))
-            if self.loss_method == "ce":
-                outputs.append(fc2_output)
-            else:  # 'nce', task 'mc'
-                fc2_output = torch.max(fc2_output, 1)[0]
-                fc2_output = fc2_output.view(fc2_output.size(0), 1)
-                outputs.append(fc2_output)
-        return torch.cat(outputs, 1)
+# AuthorsExplainer: reference/authors_explainer.py (the one transcription of the authors' network)
 
 
 def randomize(model, seed):
@@ -208,7 +68,7 @@ def rel_err(a, b):
 def test_official_layout_matches_tsv(classes, head):
     rows = tsv_rows(classes, head)
     assert len(rows) == (266 if classes == 10 else 806)
-    assert layout(OfficialExplainer(classes, head).state_dict()) == rows
+    assert layout(AuthorsExplainer(classes, head).state_dict()) == rows
     assert layout(to_official_state_dict(KDExplainer(classes, head=head))) == rows
 
 
@@ -216,16 +76,15 @@ def test_official_layout_matches_tsv(classes, head):
 @pytest.mark.parametrize("classes,head", [(10, "ce"), (10, "nce"), (100, "ce"), (100, "nce")])
 def test_import_matches_oracle(classes, head):
     torch.manual_seed(0)
-    oracle = randomize(OfficialExplainer(classes, head), seed=classes).eval()
+    oracle = randomize(AuthorsExplainer(classes, head), seed=classes).eval()
     sd = oracle.state_dict()
     model = from_official_state_dict(sd).eval()
     assert (model.num_classes, model.head_type, model.experts) == (classes, head, (2, 4, 8))
     x = torch.randn(2 if classes == 100 else 3, 3, 32, 32)
     with torch.no_grad():
         for mode, tau in (("soft", 10.0), ("soft", 10.0 / 7), ("hard", 1.0)):
-            oracle.mode, oracle.tau = mode, tau
             model.routing, model.tau = mode, tau
-            ref, out = oracle(x), model(x)
+            ref, out = oracle(x, tau, mode == "soft"), model(x)
             assert out.shape == (x.shape[0], classes)
             assert rel_err(out, ref) <= 1e-5, (mode, tau)
     # exact round trip, same key order, dtypes and values
@@ -239,7 +98,7 @@ def test_small_grayscale_and_two_layer_inputs_match_oracle():
     torch.manual_seed(1)
     # 28 px: 3x3 leaf maps; 2 layers: 8x8 maps pooled DOWN to 7x7
     for in_ch, size, experts in ((1, 28, (2, 4, 8)), (3, 32, (2, 3))):
-        oracle = randomize(OfficialExplainer(10, "ce", experts, in_ch=in_ch), seed=size).eval()
+        oracle = randomize(AuthorsExplainer(10, "ce", experts=experts, in_channels=in_ch), seed=size).eval()
         model = from_official_state_dict(oracle.state_dict()).eval()
         assert not model.use_stem and model.experts == experts
         ref_model = KDExplainer(10, in_channels=in_ch, image_size=size, experts=None if size != 32 else experts)
@@ -247,14 +106,15 @@ def test_small_grayscale_and_two_layer_inputs_match_oracle():
         assert layout(to_official_state_dict(ref_model)) == layout(oracle.state_dict())
         x = torch.randn(2, in_ch, size, size)
         with torch.no_grad():
-            assert rel_err(model(x), oracle(x)) <= 1e-5
+            assert rel_err(model(x), oracle(x)) <= 1e-5  # soft routing at tau 10 (the authors' defaults)
 
 
 def large_input_max_abs_diff(head, seed=64, dtype=torch.float32):
-    """Max |kdx - authors| of the logits of an imported 64-px ``LEARNTOBRANCH_Deep`` state dict,
+    """Max |kdx - authors| of the logits of an imported 64-px ``LEARNTOBRANCH_Deep`` state dict (its path
+    off CIFAR: the stem, 4 expert layers),
     per routing (soft at tau 10 and 10/7, hard), eval mode."""
     torch.manual_seed(seed)
-    oracle = randomize(AuthorsDeep(10, head), seed=seed).eval()
+    oracle = randomize(AuthorsExplainer(10, head, cifar=False), seed=seed).eval()
     model = from_official_state_dict(oracle.state_dict()).eval().to(dtype)
     oracle.to(dtype)
     assert model.use_stem and model.experts == (2, 4, 8, 16) and model.head_type == head
@@ -294,7 +154,7 @@ def test_large_input_model_routes_16_experts():
 
 
 def test_import_errors():
-    sd = OfficialExplainer(10, "nce").state_dict()
+    sd = AuthorsExplainer(10, "nce").state_dict()
     with pytest.raises(KdxError, match="ce"):
         from_official_state_dict(sd, head="ce")
     bad = dict(sd)
@@ -323,7 +183,8 @@ def test_routing_function():
     hard = route(R, 1.0, "hard")
     assert torch.equal(hard, F.one_hot(p.argmax(1), 5).float())
     assert torch.allclose(route(R, 1e-3, "soft"), hard, atol=1e-4)  # tau -> 0 approaches hard
-    assert torch.allclose(route(R, 10.0, "soft"), oracle_weights(R, 10.0, "soft"), atol=1e-6)
+    assert torch.allclose(route(R, 10.0, "soft"), routing_weights(R, 10.0, soft=True), atol=1e-6)
+    assert torch.equal(route(R, 1.0, "hard"), routing_weights(R, 1.0, soft=False))
     assert torch.equal(route(R, 3.0, "gumbel", training=False), route(R, 3.0, "soft"))
     assert not torch.allclose(route(R, 3.0, "gumbel", generator=g), route(R, 3.0, "soft"))
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
@@ -429,7 +290,7 @@ def test_import_checkpoint_command_with_official_pth(tmp_path):
     import kdx
     from kdx.cli import app
 
-    oracle = randomize(OfficialExplainer(10, "nce"), seed=3).eval()
+    oracle = randomize(AuthorsExplainer(10, "nce"), seed=3).eval()
     pth, out = tmp_path / "official.pth", tmp_path / "imported.safetensors"
     torch.save({"model": oracle.state_dict()}, pth)
     result = CliRunner().invoke(app, ["import-checkpoint", str(pth), "--kind", "explainer", "--out", str(out)])
@@ -439,6 +300,5 @@ def test_import_checkpoint_command_with_official_pth(tmp_path):
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         for mode, tau in (("soft", 10.0), ("soft", 10.0 / 7), ("hard", 1.0)):
-            oracle.mode, oracle.tau = mode, tau
             model.routing, model.tau = mode, tau
-            assert rel_err(model.eval()(x), oracle(x)) <= 1e-5, (mode, tau)
+            assert rel_err(model.eval()(x), oracle(x, tau, mode == "soft")) <= 1e-5, (mode, tau)
