@@ -46,8 +46,8 @@ class RunConfig:
                                    metavar="DIR")
     overwrite: bool = option(False, "Replace a run already in --out.", panel=RUN)
     # data
-    dataset: str = option("fashion-mnist-mini", "Dataset (`kdx datasets` lists them): cifar10, cifar100, fashion-mnist, mnist, "
-                          "tiny-imagenet, folder:PATH, fashion-mnist-mini (embedded; takes the quick preset's values as defaults).",
+    dataset: str = option("fashion-mnist-mini", "Dataset, as `kdx datasets` lists them (the default, fashion-mnist-mini, "
+                          "is embedded and takes the quick preset's values as defaults).",
                           panel=DATA, flags=("-d",), metavar="NAME")
     data_root: Optional[str] = option(None, "Folder holding the dataset files [$KDX_DATA or ~/.cache/kdx/data].",
                                       panel=DATA, metavar="DIR")
@@ -323,7 +323,11 @@ def config_class(command: str) -> type:
     from kdx.distill.methods import method_options
 
     own = {f.name for f in fields(base)}
-    extra = [as_field(opt) for opt in method_options(methods_for_command) if opt.name not in own]
+    clash = [opt.name for opt in method_options(methods_for_command) if opt.name in own]
+    if clash:  # a method option named like a command option would be silently shadowed by it
+        raise KdxError(f"method option(s) {', '.join(clash)} collide with options of {command}; a method's "
+                       f"options need names of their own (prefix them with the method name)")
+    extra = [as_field(opt) for opt in method_options(methods_for_command)]
     name = {"distill-explainer": "ExplainerConfig", "train-vam-student": "StudentConfig"}[command]
     cls = dataclasses.make_dataclass(name, extra, bases=(base,))
     cls.__module__ = __name__

@@ -60,7 +60,7 @@ def test_registered_with_the_authors_defaults():
     assert (defaults["ft_weight"], defaults["ft_p1"], defaults["ft_p2"], defaults["ft_init_epochs"]) == (50, 2, 1, 30)
     assert defaults["ft_init_lr"] == 0.01 and defaults["fsp_init_lr"] == 0.05
     assert defaults["fsp_weight"] == 50 and defaults["fsp_init_epochs"] == 30 and defaults["fsp_main"] is False
-    assert methods["crd"].needs_index and all(methods[n].needs_teacher and methods[n].uses_features for n in NAMES)
+    assert all(methods[n].needs_teacher and methods[n].uses_features for n in NAMES)
     assert all(methods[n].paper for n in NAMES)
 
 
@@ -546,3 +546,28 @@ def test_fsp_initialise_trains_the_student_features_not_its_classifier():
     assert all(torch.equal(v, task.teacher.state_dict()[k]) for k, v in teacher.items())
     assert len(fsp.init_loss) == 3 and fsp.init_loss[-1] < fsp.init_loss[0]
     assert all(p.requires_grad for p in task.model.parameters())
+
+
+@pytest.mark.parametrize("arch,untouched", [("wrn_16_1", "bn1"), ("MobileNetV2", "conv2.1"), ("ShuffleV2", "bn2")])
+def test_fsp_initialise_trains_only_the_feat_modules(arch, untouched):
+    """issue 19: RepDistiller's FSP init trains ``model_s.get_feat_modules()`` in train mode, the
+    rest of the student in eval mode: the final BN that sits outside them keeps its running
+    statistics (WRN's bn1, MobileNetV2's conv2 BN, ShuffleV2's bn2)."""
+    from kdx.models import create_model
+
+    torch.manual_seed(0)
+    s = create_model(arch, num_classes=10, in_channels=3)
+    t = create_model(arch, num_classes=10, in_channels=3)
+    ctx = MethodContext(params={"seed": 0, "fsp_init_epochs": 1, "fsp_init_lr": 1e-3}, student=s, teacher=t,
+                        num_classes=10, num_samples=8, train_labels=torch.arange(8) % 10)
+    task = MethodTask(s, build_methods(["fsp"], ctx), teacher=t)
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    task.setup_methods(x)
+    bn = s.get_submodule(untouched)
+    assert isinstance(bn, torch.nn.BatchNorm2d)
+    before = bn.running_mean.clone(), bn.running_var.clone()
+    feat_bn = next(m for f in s.feat_modules() for m in f.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    feat_before = feat_bn.running_mean.clone()
+    task.initialise(BatchesLoader(x, y), None)
+    assert torch.equal(bn.running_mean, before[0]) and torch.equal(bn.running_var, before[1])
+    assert not torch.equal(feat_bn.running_mean, feat_before)  # the feat modules did train (train mode)

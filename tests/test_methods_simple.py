@@ -19,6 +19,7 @@ from kdx.distill.methods.repdistiller import Tap, feature_taps, final_tap
 from kdx.distill.task import MethodTask, build_methods, logit_loss, method_names
 from kdx.errors import KdxError
 from kdx.models import create_model
+from kdx.options import Option
 from oracles_numpy import np_at, np_dkd, np_nst, np_pkt, np_rkd, np_sp  # tests/ is on sys.path
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
@@ -293,3 +294,69 @@ def test_taps_for_other_families_pair():
     assert all(torch.isfinite(v) for v in out.values())
     vgg = create_model("vgg8", num_classes=10)
     assert feature_taps(vgg)[1][0] == Tap("block1", relu=True) and final_tap(vgg).relu
+
+
+def test_a_method_sees_only_its_own_options_and_what_it_reads():
+    """issue 19: every method used to receive the whole run config; a method option named like a
+    config field was silently dropped. Now build_methods hands each method its own options and the
+    run values it declares in ``reads``."""
+    from kdx.distill.methods.base import Method
+
+    seen = {}
+
+    class Peek(Method):
+        name = "peek_toy"
+        options = (Option("peek_toy_alpha", float, 1.0, "toy"),)
+        reads = ("seed",)
+
+        def __init__(self, ctx):
+            super().__init__(ctx)
+            seen.update(ctx.params)
+
+    import kdx.distill.methods.base as B
+
+    B._METHODS["peek_toy"] = Peek
+    try:
+        s, t = models()
+        ctx = MethodContext(params={"seed": 3, "epochs": 240, "kd_temperature": 4.0, "peek_toy_alpha": 2.0},
+                            student=s, teacher=t, num_classes=10)
+        [m] = build_methods(["peek_toy"], ctx)
+    finally:
+        del B._METHODS["peek_toy"]
+    assert seen == {"seed": 3, "peek_toy_alpha": 2.0}
+    assert m.params == {"peek_toy_alpha": 2.0}
+
+
+def test_an_option_declared_differently_by_two_methods_is_refused_at_registration():
+    from kdx.distill.methods.base import Method, register_method
+
+    class Twin(Method):
+        name = "twin_toy"
+        options = (Option("kd_temperature", float, 2.0, "a second, different temperature"),)
+
+    with pytest.raises(ValueError, match="kd_temperature.*declares differently"):
+        register_method(Twin)
+    from kdx.distill.methods import all_methods
+
+    assert "twin_toy" not in all_methods()
+
+
+def test_a_method_option_named_like_a_command_option_is_refused(monkeypatch):
+    import kdx.config as C
+    from kdx.distill.methods.base import Method
+
+    class Shadow(Method):
+        name = "shadow_toy"
+        commands = frozenset({"student"})
+        options = (Option("epochs", int, 3, "would be shadowed by the command's --epochs"),)
+
+    import kdx.distill.methods.base as B
+
+    monkeypatch.setitem(B._METHODS, "shadow_toy", Shadow)
+    C.config_class.cache_clear()
+    try:
+        with pytest.raises(KdxError, match="epochs collide with options of train-vam-student"):
+            C.config_class("train-vam-student")
+    finally:
+        monkeypatch.delitem(B._METHODS, "shadow_toy")
+        C.config_class.cache_clear()

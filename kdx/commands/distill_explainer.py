@@ -28,6 +28,7 @@ from kdx.engine.rundir import finished, prepare_run_dir
 from kdx.engine.runs import stage_dir, stage_start
 from kdx.engine.trainer import Runtime, Trainer
 from kdx.errors import KdxError
+from kdx.seeding import forked_rng
 from kdx.models.routed.explainer import KDExplainer
 from kdx.distill.explainer_task import ExplainerTask
 from kdx.models.routed.tree import hard_tree
@@ -151,8 +152,8 @@ class _ExplainerRun:
         bundle = self.bundle
         if int(meta["num_classes"]) != bundle.num_classes:
             raise KdxError(f"{source} has {meta['num_classes']} classes but '{bundle.name}' has {bundle.num_classes}")
-        torch.manual_seed(self.cfg.seed + 2)
-        model.reset_parameters(keep_routing=True)  # official stage 2: new weights, the learned tree
+        with forked_rng(self.cfg.seed, "stage2"):
+            model.reset_parameters(keep_routing=True)  # official stage 2: new weights, the learned tree
         return model
 
     def finish(self, stages: list[int], final: Path) -> None:

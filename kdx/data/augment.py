@@ -8,18 +8,13 @@ i.e. exactly ``flip(crop(pad(x, p)))`` with crop offsets (p + dy, p + dx).
 
 from __future__ import annotations
 
-import hashlib
 
 import torch
+
+from kdx.seeding import derive_seed  # noqa: F401  (the loaders' streams)
 import torch.nn.functional as F
 
 AUG_KEYS = {"crop_padding", "hflip"}
-
-
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed that depends only on ``parts`` (stable across runs and platforms)."""
-    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
 def sample_params(n: int, augment: dict, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -30,6 +30,9 @@ class DatasetSpec:
     ``augment``: ``{"crop_padding": int, "hflip": bool}``; None means padding side // 8 and
     flips. ``num_classes``, ``input_shape`` and ``class_names``: the facts a checkpoint's metadata
     records, known without reading files (None where only the files know, e.g. a folder).
+    ``family``: datasets of one family share classes and image statistics, so a teacher of one
+    serves a student of another (``fashion-mnist-mini`` is a part of ``fashion-mnist``); None:
+    the dataset is its own family.
     """
 
     name: str
@@ -42,6 +45,7 @@ class DatasetSpec:
     input_shape: Optional[tuple] = None
     class_names: Optional[tuple] = None
     takes_path: bool = False
+    family: Optional[str] = None
 
     @property
     def label(self) -> str:
@@ -73,6 +77,15 @@ def _load_all() -> None:
 
     load_entry_points(ENTRY_POINT_GROUP, "dataset", "a kdx DatasetSpec",
                       lambda obj: isinstance(obj, DatasetSpec), register_dataset)
+
+
+def same_family(a: str, b: str) -> bool:
+    """Whether datasets ``a`` and ``b`` (names as typed) are one family (see :class:`DatasetSpec`)."""
+    def family(name: str) -> str:
+        spec = all_datasets().get(str(name).partition(":")[0])
+        return (spec.family or spec.name) if spec is not None else str(name)
+
+    return family(a) == family(b)
 
 
 def all_datasets() -> dict[str, DatasetSpec]:

@@ -11,6 +11,8 @@ import torch
 from torch import nn
 
 from kdx.distill.task import MethodTask
+from kdx.models.routed.routing import tau_at
+from kdx.models.routed.vam import VAMStudent
 
 
 class StudentTask(MethodTask):
@@ -28,10 +30,11 @@ class StudentTask(MethodTask):
 
     @property
     def has_vam(self) -> bool:
-        return hasattr(self.model, "routing_matrix")
+        return isinstance(self.model, VAMStudent)
 
     def param_groups(self, cfg) -> list[dict]:
-        routing = [self.model.routing_matrix] if self.has_vam else []
+        no_decay = getattr(self.model, "no_decay_parameters", None)  # the model says (the VAM: its routing)
+        routing = list(no_decay()) if no_decay is not None else []
         ids = {id(p) for p in routing}
         groups = [{"params": [p for p in self.model.parameters() if p.requires_grad and id(p) not in ids],
                    "lr": cfg.lr, "name": "model"}]
@@ -42,8 +45,6 @@ class StudentTask(MethodTask):
     def on_epoch_start(self, epoch: int) -> None:
         super().on_epoch_start(epoch)
         if self.has_vam:
-            from kdx.models.routed.routing import tau_at
-
             self.model.tau = tau_at(epoch, self.tau0)
 
     @property

@@ -9,12 +9,15 @@ from the :class:`kdx.distill.methods.Method` objects it holds.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from kdx.distill.methods.base import Method, MethodContext, StepOutputs, get_method, resolve_ce_weight, sum_losses
+from kdx.distill.methods.base import (Method, MethodContext, StepOutputs, all_methods, get_method, resolve_ce_weight,
+                                      sum_losses)
+from kdx.data.registry import same_family
 from kdx.engine.task import TrainTask
 from kdx.errors import KdxError
 
@@ -28,8 +31,7 @@ def load_teacher(path: str | Path, bundle) -> tuple[nn.Module, dict]:
     if n != bundle.num_classes:
         raise KdxError(f"teacher {path} predicts {n} classes but dataset '{bundle.name}' has {bundle.num_classes}")
     ds = meta.get("dataset")
-    same_family = {ds, bundle.name} <= {"fashion-mnist", "fashion-mnist-mini"}
-    if ds is not None and ds != bundle.name and not same_family:
+    if ds is not None and ds != bundle.name and not same_family(str(ds), bundle.name):
         raise KdxError(f"teacher {path} was trained on '{ds}', not on '{bundle.name}'")
     shape = meta.get("input_shape")
     if shape and int(shape[0]) != bundle.in_channels:
@@ -54,11 +56,15 @@ def method_names(chosen: list[str], command: str, ce_weight) -> tuple[list[str],
 
 
 def build_methods(names: list[str], ctx: MethodContext) -> list[Method]:
-    """Instantiate the named methods (each gets the whole config in ``ctx.params``)."""
-    from kdx.distill.methods.base import all_methods
-
+    """Instantiate the named methods; each sees in ``ctx.params`` only its own options and the run
+    values it declares in ``reads`` (``ctx.params`` may hold the whole run config)."""
     registry = all_methods()
-    return [registry[n](ctx) for n in names]
+    out = []
+    for n in names:
+        cls = registry[n]
+        keep = {o.name for o in cls.options} | set(cls.reads)
+        out.append(cls(dataclasses.replace(ctx, params={k: v for k, v in ctx.params.items() if k in keep})))
+    return out
 
 
 def logit_loss(method: str, params: dict | None, command: str = "explainer", epoch: int | None = None):

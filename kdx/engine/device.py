@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import random
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from kdx.errors import KdxError
+from kdx.seeding import seed_everything  # noqa: F401  (the engine seeds each run once)
 
 
 def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.device:
@@ -89,16 +87,3 @@ def resolve_channels_last(setting: str, device: torch.device, precision: Precisi
     if setting in ("off", "false", False):
         return False
     return device.type == "cuda" or (device.type == "cpu" and precision.name == "bf16")
-
-
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-    elif torch.cuda.is_available():
-        torch.backends.cudnn.benchmark = True

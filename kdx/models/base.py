@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdx.models.taps import FINAL, Tap
+
 
 def conv3x3(cin: int, cout: int, stride: int = 1, groups: int = 1, bias: bool = False) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, groups=groups, bias=bias)
@@ -63,6 +65,10 @@ class ZooModel(nn.Module):
             order; their outputs are what ``extract_features`` returns by default.
         stage_channels: channel count of each stage output.
         classifier_name: dotted name of the final ``nn.Linear``.
+
+    What a model knows about its features (:mod:`kdx.models.taps`): ``feature_taps()``,
+    ``final_tap()``, ``feat_modules()`` and ``feature_info()``; a family overrides the first
+    three where RepDistiller's model defines them differently from the defaults.
     """
 
     stage_names: list[str]
@@ -125,6 +131,43 @@ class ZooModel(nn.Module):
         setattr(parent, leaf, new)
         self.num_classes = int(num_classes)
         del old
+
+    # ------------------------------------------------------------------ features
+    def feature_taps(self) -> tuple[Tap | None, list[Tap]]:
+        """``(stem, [stage taps])``: RepDistiller's ``f0`` and ``f1..fk`` (default: no stem, the stage outputs)."""
+        return None, [Tap(s) for s in self.stage_names]
+
+    def final_tap(self) -> Tap:
+        """The final map RepDistiller pools into its last feature (default: ``forward_features``)."""
+        return Tap(FINAL)
+
+    def feat_modules(self) -> list[nn.Module]:
+        """RepDistiller's ``get_feat_modules()`` (default: every child module but the classifier)."""
+        head = self.get_classifier()
+        return [m for m in self.children() if m is not head]
+
+    def no_decay_parameters(self) -> list[nn.Parameter]:
+        """Parameters trained without weight decay (none in a zoo model; routed models: the routing)."""
+        return []
+
+    @torch.no_grad()
+    def feature_info(self, image_size: int = 32) -> list[dict]:
+        """timm-like ``[{"name", "channels", "reduction"}]`` of every stage tap, measured by one
+        forward of a ``1 x in_channels x image_size x image_size`` probe (in eval mode, restored)."""
+        from kdx.models.hooks import FeatureHooks
+
+        ref = next(self.parameters())
+        probe = torch.zeros(1, self.in_channels, image_size, image_size, device=ref.device, dtype=ref.dtype)
+        was_training = self.training
+        self.eval()
+        try:
+            with FeatureHooks(self, list(self.stage_names)) as hooks:
+                self(probe)
+                feats = hooks.features
+        finally:
+            self.train(was_training)
+        return [{"name": n, "channels": int(feats[n].shape[1]), "reduction": image_size // int(feats[n].shape[-1])}
+                for n in self.stage_names]
 
     def extra_repr(self) -> str:
         return f"arch={self.arch}, num_classes={self.num_classes}, in_channels={self.in_channels}"

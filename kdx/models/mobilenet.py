@@ -11,6 +11,7 @@ from torch import nn
 
 from kdx.models.base import ZooModel, conv1x1, conv3x3
 from kdx.models.registry import register_model
+from kdx.models.taps import Tap
 
 
 def _conv_bn_relu(cin: int, cout: int, stride: int = 1, kernel: int = 1, groups: int = 1) -> list[nn.Module]:
@@ -35,6 +36,18 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV2Net(ZooModel):
+    """(RepDistiller mobilenetv2.py) f0 = conv1 (conv-BN-ReLU), f1..f4 = blocks.1, .2, .4, .6; final
+    map conv2; ``get_feat_modules``: conv1, blocks (not conv2)."""
+
+    def feature_taps(self):
+        return Tap("conv1"), [Tap(s) for s in self.stage_names]
+
+    def final_tap(self):
+        return Tap("conv2")
+
+    def feat_modules(self):
+        return [self.conv1, self.blocks]
+
     linear_init = "normal"
     # t (expansion), c (channels before width multiplier), n (blocks), s (first stride)
     SETTINGS = [[1, 16, 1, 1], [6, 24, 2, 1], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1], [6, 160, 3, 2], [6, 320, 1, 1]]

@@ -17,6 +17,7 @@ from torch import nn
 
 from kdx.models.base import ZooModel, conv1x1, conv3x3
 from kdx.models.registry import register_model
+from kdx.models.taps import Tap
 
 
 def _shortcut(cin: int, cout: int, stride: int) -> nn.Sequential:
@@ -66,6 +67,18 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(ZooModel):
+    """(RepDistiller resnet.py / resnetv2.py) features: f0 = ReLU(bn1), f1..fk the stage outputs
+    (post-ReLU); final map the last stage; ``get_feat_modules``: conv1, bn1, the stages."""
+
+    def feature_taps(self):
+        return Tap("bn1", relu=True), [Tap(s) for s in self.stage_names]
+
+    def final_tap(self):
+        return Tap(self.stage_names[-1])
+
+    def feat_modules(self):
+        return [self.conv1, self.bn1] + [self.get_submodule(s) for s in self.stage_names]
+
     """conv3x3 stem + BN + ReLU, then ``layer1..layerK`` (first stride 1, then 2), GAP, Linear."""
 
     def __init__(self, block, depths, widths, stem: int, num_classes: int = 100, in_channels: int = 3,

@@ -12,9 +12,22 @@ from torch import nn
 
 from kdx.models.base import ZooModel, channel_shuffle, conv1x1, conv3x3
 from kdx.models.registry import register_model
+from kdx.models.taps import Tap
 
 
 class ShuffleNetBase(ZooModel):
+    """(RepDistiller ShuffleNetv1/v2.py) f0 = ReLU(bn1), f1..f3 the stages; final map: layer3 (V1) or
+    ReLU(bn2) (V2, after its conv2); ``get_feat_modules``: conv1, bn1, layer1..3 (not V2's conv2/bn2)."""
+
+    def feature_taps(self):
+        return Tap("bn1", relu=True), [Tap(s) for s in self.stage_names]
+
+    def final_tap(self):
+        return Tap("bn2", relu=True) if hasattr(self, "conv2") else Tap(self.stage_names[-1])
+
+    def feat_modules(self):
+        return [self.conv1, self.bn1] + [self.get_submodule(s) for s in self.stage_names]
+
     """1x1 conv stem (24 ch) + BN + ReLU, ``layer1..3``, optional 1x1 ``conv2`` head, ``linear``."""
 
     def _stem(self, in_channels: int) -> None:

@@ -14,6 +14,7 @@ from torch import nn
 
 from kdx.models.base import ZooModel, conv3x3
 from kdx.models.registry import register_model
+from kdx.models.taps import Tap
 
 CFGS = {
     "S": [[64], [128], [256], [512], [512]],
@@ -33,7 +34,18 @@ def _block(widths, cin: int) -> nn.Sequential:
 
 
 class VGG(ZooModel):
+    """(RepDistiller vgg.py) f0 = ReLU(block0), f1..f4 = ReLU(block1..4); final map ReLU(block4);
+    ``get_feat_modules``: the blocks and pools (kdx pools functionally: the blocks)."""
     linear_init = "normal"
+
+    def feature_taps(self):
+        return Tap(self.stage_names[0], relu=True), [Tap(s, relu=True) for s in self.stage_names[1:]]
+
+    def final_tap(self):
+        return Tap(self.stage_names[-1], relu=True)
+
+    def feat_modules(self):
+        return [self.get_submodule(s) for s in self.stage_names]
 
     def __init__(self, cfg, num_classes: int = 100, in_channels: int = 3):
         super().__init__(num_classes, in_channels)

@@ -12,6 +12,7 @@ from torch import nn
 
 from kdx.models.base import ZooModel, conv1x1, conv3x3
 from kdx.models.registry import register_model
+from kdx.models.taps import Tap
 
 
 class WideBasicBlock(nn.Module):
@@ -49,6 +50,18 @@ class NetworkBlock(nn.Module):
 
 
 class WideResNet(ZooModel):
+    """(RepDistiller wrn.py) f0 = conv1, f1..f3 the raw block outputs (no BN/ReLU: the final BN +
+    ReLU come after f3); final map ReLU(bn1); ``get_feat_modules``: conv1, block1..3 (not bn1)."""
+
+    def feature_taps(self):
+        return Tap("conv1"), [Tap(s) for s in self.stage_names]
+
+    def final_tap(self):
+        return Tap("bn1", relu=True)
+
+    def feat_modules(self):
+        return [self.conv1, self.block1, self.block2, self.block3]
+
     linear_init = "zero_bias"
 
     def __init__(self, depth: int, widen: int, num_classes: int = 100, in_channels: int = 3, drop_rate: float = 0.0):

@@ -18,4 +18,4 @@ def load_mini(root, download, image_size, path):
 register_dataset(DatasetSpec(
     "fashion-mnist-mini", load_mini, mean=(0.2860,), std=(0.3530,), augment={"crop_padding": 2, "hflip": True},
     description="embedded Fashion-MNIST subset for CPU runs (no files needed; the quick preset's defaults)",
-    num_classes=10, input_shape=(1, 28, 28), class_names=FASHION_CLASSES))
+    num_classes=10, input_shape=(1, 28, 28), class_names=FASHION_CLASSES, family="fashion-mnist"))

@@ -7,8 +7,8 @@ A *method* is one registered :class:`Method` subclass in its own file under
 * ``name``, ``help``, ``paper`` and its ``options`` (:class:`kdx.options.Option`, each with
   default, help, choices and range: the command line, config files, presets and
   ``config.json`` all derive from them);
-* what it needs: ``needs_teacher``, ``needs_index`` (dataset indices of the batch, e.g. CRD's
-  memory bank), ``uses_features`` (zoo stages: such methods are offered to zoo students,
+* what it needs: ``needs_teacher``, ``reads`` (the run values it reads besides its own
+  options, e.g. ``seed``: a method sees nothing else of the run config), ``uses_features`` (zoo stages: such methods are offered to zoo students,
   not to the explainer), the student and teacher stages it reads (:meth:`stages`), the CE
   weight it asks for (``ce_weight``), and ``commands`` (which training commands offer it);
 * its own trainable modules (connectors, embeddings), built in :meth:`setup` as ordinary
@@ -61,11 +61,11 @@ class StepOutputs:
 class MethodContext:
     """What a method may look at when it is built.
 
-    ``params``: the values of the method's own options (by option name); ``student`` and
+    ``params``: the values of the method's own options and of the run values it ``reads`` (by
+    name; :func:`kdx.distill.task.build_methods` hands each method only those); ``student`` and
     ``teacher``: the zoo models (``teacher`` None without one); ``num_classes``;
     ``num_samples``: size of the training split (memory banks); ``train_labels``: its labels
-    (N,), by dataset index (crd's class-aware negatives); ``extra``: command-specific
-    things (the hierarchy clusters, for one).
+    (N,), by dataset index (crd's class-aware negatives).
     """
 
     params: dict
@@ -75,7 +75,6 @@ class MethodContext:
     num_samples: int = 0
     in_shape: tuple = ()
     train_labels: Optional[torch.Tensor] = None
-    extra: dict = field(default_factory=dict)
 
 
 class Method(nn.Module):
@@ -86,7 +85,7 @@ class Method(nn.Module):
     paper: ClassVar[str] = ""
     options: ClassVar[tuple] = ()
     needs_teacher: ClassVar[bool] = False
-    needs_index: ClassVar[bool] = False
+    reads: ClassVar[tuple] = ()  # run values read besides the own options (config fields such as "seed")
     uses_features: ClassVar[bool] = False
     wants_final: ClassVar[bool] = False  # needs feat_s / feat_t (forward_features outputs)
     wants_final_teacher: ClassVar[Optional[bool]] = None  # needs feat_t too (None: as wants_final)
@@ -143,6 +142,14 @@ def register_method(cls: type[Method]) -> type[Method]:
         raise ValueError(f"method class {cls.__name__} needs a name that is an identifier, got {cls.name!r}")
     if cls.name in _METHODS and _METHODS[cls.name] is not cls:
         raise ValueError(f"two methods are named {cls.name!r}: {_METHODS[cls.name].__module__}, {cls.__module__}")
+    for other in _METHODS.values():
+        if other is cls:
+            continue
+        for opt in cls.options:
+            clash = next((o for o in other.options if o.name == opt.name), None)
+            if clash is not None and clash != opt:
+                raise ValueError(f"method {cls.name!r} declares option {opt.name!r}, which method {other.name!r} "
+                                 f"declares differently; rename it (e.g. {cls.name}_{opt.name})")
     _METHODS[cls.name] = cls
     return cls
 
@@ -181,9 +188,7 @@ def method_options(command: str) -> list[Option]:
     seen: dict[str, Option] = {}
     for cls in methods_for(command, selectable_only=False).values():
         for opt in cls.options:
-            if opt.name in seen and seen[opt.name] != opt:
-                raise ValueError(f"option {opt.name} is declared differently by two methods")
-            seen.setdefault(opt.name, opt)
+            seen.setdefault(opt.name, opt)  # equal declarations only: register_method refuses the rest
     return list(seen.values())
 
 

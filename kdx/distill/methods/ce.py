@@ -13,6 +13,7 @@ from kdx.options import Option
 @register_method
 class CrossEntropy(Method):
     name = "ce"
+    reads = ("label_smoothing",)  # run values besides its own options
     help = "cross-entropy with the labels"
     paper = ""
     commands = frozenset({"student", "explainer"})

@@ -134,7 +134,6 @@ class CRD(TapMethod):
     name = "crd"
     help = "contrastive representation distillation (embeddings + memory bank over dataset indices)"
     paper = "Tian, Krishnan, Isola. Contrastive Representation Distillation. ICLR 2020"
-    needs_index = True
     options = (
         Option("crd_weight", float, 0.8, "Weight of the CRD loss (RepDistiller).", low=0, panel="Method"),
         Option("crd_feat_dim", int, 128, "CRD embedding size.", low=1, panel="Method"),

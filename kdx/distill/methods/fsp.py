@@ -29,7 +29,7 @@ from torch import Tensor
 
 from kdx.distill.functional import pool_to_smaller
 from kdx.distill.methods.base import MethodContext, register_method, zero_like
-from kdx.distill.methods.repdistiller import TapMethod, describe, feature_taps, pretrain
+from kdx.distill.methods.repdistiller import TapMethod, describe, feat_modules, feature_taps, pretrain
 from kdx.errors import KdxError
 from kdx.options import Option
 
@@ -92,15 +92,13 @@ class FSP(TapMethod):
 
     def initialise(self, task, loader, runtime) -> None:
         """Train the student's feature layers on the FSP loss alone (RepDistiller ``init``)."""
-        zoo = task.zoo_model
-        head = zoo.get_classifier() if hasattr(zoo, "get_classifier") else None
-        skip = {id(p) for p in head.parameters()} if head is not None else set()
-        params = [p for p in zoo.parameters() if id(p) not in skip]
+        modules = feat_modules(task.zoo_model)  # RepDistiller: model_s.get_feat_modules(), only those train
+        params = [p for m in modules for p in m.parameters()]
 
         def step(x, y):
             return fsp_loss(*self._features(task.outputs(x, y)))
 
-        self.init_loss = pretrain(task, loader, runtime, params, [zoo], step,
+        self.init_loss = pretrain(task, loader, runtime, params, modules, step,
                                   self.params["fsp_init_epochs"], self.params["fsp_init_lr"])
 
     def loss(self, out):

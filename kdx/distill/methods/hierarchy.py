@@ -12,11 +12,13 @@ import torch
 from kdx.distill.hierarchy import HierarchyHeads, load_hierarchy, map_stages
 from kdx.distill.methods.base import Method, MethodContext, register_method
 from kdx.options import Option
+from kdx.seeding import forked_rng
 
 
 @register_method
 class Hierarchy(Method):
     name = "hierarchy"
+    reads = ("seed",)  # run values besides its own options
     help = "cluster-supervised auxiliary heads on student stages (needs --hierarchy)"
     paper = "Xue et al., KDExplainer: A Task-oriented Attention Model for Explaining Knowledge Distillation, IJCAI 2021"
     selectable = False
@@ -39,8 +41,7 @@ class Hierarchy(Method):
         self.clusters = load_hierarchy(self.params["hierarchy"], ctx.num_classes)
         self.mapping = map_stages(stage_names, list(self.clusters), self.params["hierarchy_stages"],
                                   self.params["hierarchy_mapping"])
-        with torch.random.fork_rng(devices=[]):  # the heads' init leaves the global RNG where it was
-            torch.manual_seed(int(ctx.params.get("seed", 0)) + 7)
+        with forked_rng(int(ctx.params.get("seed", 0)), self.name):  # the global RNG stays where it was
             self.heads = HierarchyHeads(self.mapping, dict(zip(stage_names, student.stage_channels)), self.clusters,
                                         ctx.num_classes)
         self._stages = sorted({s for s, _ in self.mapping}, key=stage_names.index)

@@ -15,6 +15,7 @@ DEFAULT_EPSILON = 0.1
 @register_method
 class LabelSmoothing(Method):
     name = "ls"
+    reads = ("label_smoothing",)  # run values besides its own options
     help = "label-smoothed cross-entropy (--label-smoothing, 0.1 when unset)"
     paper = "Szegedy et al., Rethinking the Inception Architecture for Computer Vision, CVPR 2016"
     commands = frozenset({"explainer"})

@@ -5,9 +5,10 @@ Not a method (it registers nothing); two things live here:
 1. **Which zoo outputs make RepDistiller's feature list.** ``model(x, is_feat=True,
    preact=False)`` there returns ``[f0, f1, ..., fk, pooled]``: ``f0`` the stem output,
    ``f1..fk`` the stage outputs (see below), ``pooled`` the global average of the
-   final map. kdx reads the same tensors through forward hooks (:class:`Tap`: a hooked module
-   output, or the ``forward_features`` map, optionally followed by a ReLU), per family as
-   RepDistiller's ``models/*.py`` define them (``preact=False``; most stage outputs are post
+   final map. kdx reads the same tensors through forward hooks (:class:`kdx.models.taps.Tap`: a
+   hooked module output, or the ``forward_features`` map, optionally followed by a ReLU). Each
+   zoo family declares its taps (``feature_taps()``, ``final_tap()``, ``feat_modules()`` in
+   ``kdx/models/*.py``) as RepDistiller's ``models/*.py`` define them (``preact=False``; most stage outputs are post
    ReLU, but WRN's are the raw pre-activation block outputs, its final BN+ReLU coming after
    ``f3``):
 
@@ -26,7 +27,7 @@ Not a method (it registers nothing); two things live here:
    ReLU(``bn2``) (ShuffleNet V2), ``conv2`` (mobilenetv2), ReLU(``bn1``) (wrn), ReLU(``block4``)
    (vgg). Hooks rather than ``StepOutputs.feat_s`` (``wants_final``) keep the methods working
    on a VAM-wrapped student, whose wrapper has no ``forward_head``; other families fall back
-   to ``wants_final``.
+   to ``wants_final``. The table, for reference:
 
 2. **The initialisation phase of the two-stage methods** (RepDistiller ``helper/pretrain.py``,
    KDExplainer's ``init_pretrain``): SGD (momentum 0.9, weight decay 5e-4) on the method's
@@ -37,7 +38,6 @@ Not a method (it registers nothing); two things live here:
 from __future__ import annotations
 
 import contextlib
-import zlib
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
@@ -47,73 +47,30 @@ from torch import Tensor, nn
 
 from kdx.distill.methods.base import Method, MethodContext
 from kdx.errors import KdxError
+from kdx.seeding import forked_rng
+from kdx.models.taps import FINAL, Tap  # noqa: F401  (re-exported for the methods)
 
-FINAL = "forward_features"  # a Tap source: the model's final map (StepOutputs.feat_s / feat_t)
 INIT_MOMENTUM = 0.9  # RepDistiller / KDExplainer pre-training optimiser (SGD)
 INIT_WEIGHT_DECAY = 5e-4
 
 
-@dataclass(frozen=True)
-class Tap:
-    """One of RepDistiller's features: the output of module ``source`` (or the final map when
-    ``source == FINAL``), followed by a ReLU when ``relu``."""
-
-    source: str
-    relu: bool = False
-
-    @property
-    def label(self) -> str:
-        return f"relu({self.source})" if self.relu else self.source
-
-    def read(self, features: dict, final: Optional[Tensor]) -> Tensor:
-        t = final if self.source == FINAL else features[self.source]
-        if t is None:
-            raise KdxError(f"feature {self.source} was not captured in this forward")
-        return F.relu(t) if self.relu else t
-
-
 def feature_taps(model: nn.Module) -> tuple[Optional[Tap], list[Tap]]:
-    """``(f0, [f1, ..., fk])`` of RepDistiller's feature list for a zoo model (table above).
-
-    Models of other families get ``f0 = None`` and their ``stage_names`` as ``f1..fk``.
-    """
-    from kdx.models.mobilenet import MobileNetV2Net
-    from kdx.models.resnet import ResNet
-    from kdx.models.shufflenet import ShuffleNetBase
-    from kdx.models.vgg import VGG
-    from kdx.models.wrn import WideResNet
-
-    stages = list(getattr(model, "stage_names", []))
-    if isinstance(model, (ResNet, ShuffleNetBase)):
-        return Tap("bn1", relu=True), [Tap(s) for s in stages]
-    if isinstance(model, MobileNetV2Net):
-        return Tap("conv1"), [Tap(s) for s in stages]
-    if isinstance(model, WideResNet):
-        return Tap("conv1"), [Tap(s) for s in stages]
-    if isinstance(model, VGG):
-        return Tap(stages[0], relu=True), [Tap(s, relu=True) for s in stages[1:]]
-    return None, [Tap(s) for s in stages]
+    """``(f0, [f1, ..., fk])`` of RepDistiller's feature list, as the model declares it
+    (``model.feature_taps()``, :mod:`kdx.models.taps`); a model that declares nothing gets
+    ``f0 = None`` and its ``stage_names`` as ``f1..fk``."""
+    if hasattr(model, "feature_taps"):
+        return model.feature_taps()
+    return None, [Tap(s) for s in getattr(model, "stage_names", [])]
 
 
 def final_tap(model: nn.Module) -> Tap:
-    """The hook that reads ``model.forward_features(x)`` (``FINAL``: ``wants_final``, for other families)."""
-    from kdx.models.mobilenet import MobileNetV2Net
-    from kdx.models.resnet import ResNet
-    from kdx.models.shufflenet import ShuffleNetBase
-    from kdx.models.vgg import VGG
-    from kdx.models.wrn import WideResNet
+    """The final map as the model declares it (``model.final_tap()``); else ``FINAL`` (``wants_final``)."""
+    return model.final_tap() if hasattr(model, "final_tap") else Tap(FINAL)
 
-    if isinstance(model, ShuffleNetBase) and hasattr(model, "conv2"):
-        return Tap("bn2", relu=True)
-    if isinstance(model, (ResNet, ShuffleNetBase)):
-        return Tap(model.stage_names[-1])
-    if isinstance(model, MobileNetV2Net):
-        return Tap("conv2")
-    if isinstance(model, WideResNet):
-        return Tap("bn1", relu=True)
-    if isinstance(model, VGG):
-        return Tap(model.stage_names[-1], relu=True)
-    return Tap(FINAL)
+
+def feat_modules(model: nn.Module) -> list[nn.Module]:
+    """RepDistiller's ``get_feat_modules()`` as the model declares it; else the whole model."""
+    return list(model.feat_modules()) if hasattr(model, "feat_modules") else [model]
 
 
 def needs_final(*taps: Optional[Tap]) -> bool:
@@ -140,13 +97,10 @@ def describe(t: Tensor) -> str:
     return f"{t.shape[1]} ch, {t.shape[2]}x{t.shape[3]}" if t.dim() == 4 else f"{t.shape[-1]}-d"
 
 
-@contextlib.contextmanager
 def connector_rng(seed: int, name: str):
-    """Build connectors from a generator seeded by (run seed, method name) without moving the
-    global RNG: adding a method does not change any other draw of the run."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed((int(seed) * 1_000_003 + zlib.crc32(name.encode())) % (2**63))
-        yield
+    """Build connectors from their own stream, (run seed, method name), without moving the global
+    RNG: adding a method does not change any other draw of the run (:func:`kdx.seeding.forked_rng`)."""
+    return forked_rng(seed, name)
 
 
 # ---------------------------------------------------------------------- feature methods
@@ -163,6 +117,7 @@ class TapMethod(Method):
 
     needs_teacher = True
     uses_features = True
+    reads = ("seed",)  # the connectors' stream
 
     def __init__(self, ctx: MethodContext):
         super().__init__(ctx)

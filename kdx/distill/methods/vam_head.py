@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from kdx.distill import functional as KF
 from kdx.distill.methods.base import Method, MethodContext, register_method
 from kdx.options import Option
+from kdx.seeding import forked_rng
 
 AUX_CE, AUX_KD = 0.1, 0.9  # the official KD weights (KDEXPLAINER.md section 4)
 
@@ -27,6 +28,7 @@ AUX_CE, AUX_KD = 0.1, 0.9  # the official KD weights (KDEXPLAINER.md section 4)
 @register_method
 class VamHead(Method):
     name = "vam_head"
+    reads = ("seed", "vam_tau0", "vam_blocks", "kd_temperature", "vam_entropy")  # run values besides its own options
     help = "virtual-attention head as an auxiliary output beside the classifier (--vam head, --vam-head aux)"
     paper = "kdx's reading of the VAM of Xue et al., IJCAI 2021 (KDEXPLAINER.md section 5)"
     selectable = False
@@ -48,8 +50,7 @@ class VamHead(Method):
         self.entropy_weight = float(p.get("vam_entropy", 0.0))
         self._tau_at = tau_at
         student = ctx.student
-        with torch.random.fork_rng(devices=[]):  # the head's init leaves the global RNG where it was
-            torch.manual_seed(int(p.get("seed", 0)) + 11)
+        with forked_rng(int(p.get("seed", 0)), self.name):  # the global RNG stays where it was
             self.head = VirtualAttentionHead(student.num_features, ctx.num_classes, p.get("vam_blocks"),
                                              tau=self.tau0, linear_init=getattr(student, "linear_init", "default"))
 

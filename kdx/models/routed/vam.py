@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from kdx.errors import KdxError
 from kdx.models.base import init_linear
 from kdx.models.registry import create_model
+from kdx.seeding import forked_rng
 from kdx.models.routed.routing import route, routing_entropy, routing_mode
 
 DEFAULT_BLOCKS = 8  # [kdx] as many virtual experts as the explainer's last expert layer
@@ -170,6 +171,10 @@ class VAMStudent(nn.Module):
         """pooled: (N, D); a: (C, K) -> logits (N, C), batched over classes."""
         return attention_head_logits(pooled, self.head, a, self.blocks)
 
+    def no_decay_parameters(self) -> list[nn.Parameter]:
+        """[kdx] The routing logits train without weight decay (decay would pull the attention to uniform)."""
+        return [self.routing_matrix]
+
     def forward_features(self, x: Tensor) -> Tensor:
         return self.student.forward_features(x)
 
@@ -234,11 +239,11 @@ def count_cost(model: nn.Module, input_shape, device="cpu") -> dict:
 
 def vam_cost_rows(arch: str, num_classes: int, input_shape, blocks: int | None = None) -> list[dict]:
     """cost.csv rows: the student with its linear classifier, with the VAM, and the difference."""
-    torch.manual_seed(0)
-    base = create_model(arch, num_classes=num_classes, in_channels=int(input_shape[0]))
+    with forked_rng(0, "cost"):  # counting builds models: the run's global RNG must not move
+        base = create_model(arch, num_classes=num_classes, in_channels=int(input_shape[0]))
+        vam_model = wrap_student(arch, num_classes, int(input_shape[0]), blocks=blocks)
     D = int(base.num_features)
     plain = count_cost(base, input_shape)
-    vam_model = wrap_student(arch, num_classes, int(input_shape[0]), blocks=blocks)
     vam = count_cost(vam_model, input_shape)
     K = vam_model.blocks
     common = {"arch": arch, "num_classes": num_classes, "input_shape": "x".join(str(int(s)) for s in input_shape),
