@@ -18,9 +18,10 @@ import math
 
 import torch
 
-from kdx.data.augment import AUG_KEYS, Normalizer, augment_batch, derive_seed
+from kdx.data.augment import AUG_KEYS, Normalizer, augment_batch
 from kdx.data.splits import FolderSplit, TensorSplit
 from kdx.errors import KdxError
+from kdx.seeding import generator
 
 
 class _Loader:
@@ -69,7 +70,7 @@ class _Loader:
         n = len(self.split)
         if not self.train:
             return torch.arange(self._start, self._end)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(self.seed, epoch)))
+        perm = torch.randperm(n, generator=generator(self.seed, epoch))
         if self.world_size > 1 and n:
             total = self._per_rank * self.world_size
             perm = perm.repeat(math.ceil(total / n))[:total][self.rank::self.world_size]
@@ -78,7 +79,7 @@ class _Loader:
     def _finish(self, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int):
         """uint8 batch on device -> augmented, normalised float batch (the shared tail of both loaders)."""
         if self.augment:
-            g = torch.Generator().manual_seed(derive_seed(self.seed, epoch, step, self.rank))
+            g = generator(self.seed, epoch, step, self.rank)
             x = augment_batch(x, self.augment, g)
         x = self.normalize(x)
         if self.channels_last:

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from kdx.errors import KdxError
+from kdx.seeding import generator
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -84,7 +85,7 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
     """
     if not 0.0 <= fraction < 1.0:
         raise KdxError(f"val_fraction must be in [0, 1), got {fraction}")
-    g = torch.Generator().manual_seed(seed)
+    g = generator(seed)
     held = []
     for c in torch.unique(labels).tolist():
         idx = torch.nonzero(labels == c).flatten()
