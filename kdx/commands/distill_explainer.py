@@ -65,11 +65,14 @@ def _stage_config(cfg, stage: int) -> SimpleNamespace:
     return SimpleNamespace(**values)
 
 
-def _methods(cfg, bundle, teacher):
+def _methods(cfg, bundle, teacher, model):
+    """The stage's methods, built on its explainer (feature methods read its declared taps)."""
     names, ce_weight = method_names(list(cfg.method), "explainer", cfg.ce_weight)
     params = dict(dataclasses.asdict(cfg), ce_weight=ce_weight)
-    return build_methods(names, MethodContext(params=params, teacher=teacher, num_classes=bundle.num_classes,
-                                              num_samples=len(bundle.train), train_labels=bundle.train.labels))
+    return build_methods(names, MethodContext(params=params, student=model, teacher=teacher,
+                                              num_classes=bundle.num_classes, num_samples=len(bundle.train),
+                                              train_labels=bundle.train.labels,
+                                              in_shape=(bundle.in_channels, bundle.image_size, bundle.image_size)))
 
 
 def _merge(run_dir: Path, stages: list[int], name: str) -> pd.DataFrame | None:
@@ -126,8 +129,10 @@ class _ExplainerRun:
         sdir = stage_dir(self.run_dir, stage)
         if not _stage_done(sdir):
             sdir.mkdir(parents=True, exist_ok=True)
-            task = ExplainerTask(build_model(), _methods(cfg, bundle, self.teacher), cfg, stage=stage,
-                                 teacher=self.teacher, teacher_meta=self.teacher_meta, class_names=bundle.class_names)
+            model = build_model()
+            task = ExplainerTask(model, _methods(cfg, bundle, self.teacher, model), cfg, stage=stage,
+                                 teacher=self.teacher, teacher_meta=self.teacher_meta, class_names=bundle.class_names,
+                                 probe_shape=(bundle.in_channels, bundle.image_size, bundle.image_size))
             Trainer(_stage_config(cfg, stage), task, bundle, sdir, runtime=self.rt,
                     label=f"explainer stage {stage} ({self.method})").fit()
         self.results["stages"][str(stage)] = json.loads((sdir / "results.json").read_text())

@@ -38,10 +38,11 @@ def explainer_stage1(epoch, base_lrs, cfg):
 
 
 class ExplainerTask(MethodTask):
-    """Train a :class:`KDExplainer` (stage 1 or 2) with registered logit methods (ce, ls, kd, ...)."""
+    """Train a :class:`KDExplainer` (stage 1 or 2) with registered methods: the logit ones (ce, ls,
+    kd, dkd) and the feature ones, which read the explainer's expert layers as its stages."""
 
     def __init__(self, model: KDExplainer, methods, cfg, stage: int, teacher=None, teacher_meta=None,
-                 class_names=None):
+                 class_names=None, probe_shape=None):
         super().__init__(model, methods, teacher=teacher, teacher_meta=teacher_meta)
         self.cfg = cfg
         self.stage = stage
@@ -52,6 +53,8 @@ class ExplainerTask(MethodTask):
             model.routing = "hard"
         else:
             model.routing = cfg.routing
+        if probe_shape is not None:  # feature methods build their connectors from the shapes
+            self.setup_methods(torch.zeros(2, *probe_shape))
 
     def param_groups(self, cfg) -> list[dict]:
         model: KDExplainer = self.model

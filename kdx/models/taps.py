@@ -13,6 +13,8 @@ A :class:`Tap` names one tensor of a forward pass: the output of the submodule `
 so that every feature method works with a new architecture that declares them, without an
 edit elsewhere. The defaults (:class:`kdx.models.base.ZooModel`) are the stage outputs, no
 stem, the final map through ``forward_features``, and every child module but the classifier.
+The explainer (:class:`kdx.models.routed.KDExplainer`) declares the same four: its stages are
+its expert layers, each read as the layer's expert outputs concatenated along channels.
 """
 
 from __future__ import annotations
@@ -31,17 +33,24 @@ FINAL = "forward_features"  # a Tap source: the model's final map (StepOutputs.f
 @dataclass(frozen=True)
 class Tap:
     """One feature: the output of module ``source`` (the final map when ``source == FINAL``),
-    followed by a ReLU when ``relu``."""
+    followed by a ReLU when ``relu``. ``experts``: the output is an explainer expert layer's
+    ``(E, N, c, h, w)`` stack, read as one map ``(N, E * c, h, w)`` (the experts' outputs
+    concatenated along channels, expert 0 first) [kdx]."""
 
     source: str
     relu: bool = False
+    experts: bool = False
 
     @property
     def label(self) -> str:
-        return f"relu({self.source})" if self.relu else self.source
+        name = f"experts({self.source})" if self.experts else self.source
+        return f"relu({name})" if self.relu else name
 
     def read(self, features: dict, final: Optional[Tensor]) -> Tensor:
         t = final if self.source == FINAL else features[self.source]
         if t is None:
             raise KdxError(f"feature {self.source} was not captured in this forward")
+        if self.experts:
+            e, n = t.shape[:2]
+            t = t.transpose(0, 1).reshape(n, e * t.shape[2], *t.shape[3:])
         return F.relu(t) if self.relu else t

@@ -53,6 +53,11 @@ class FSP(TapMethod):
     help = "flow of solution procedure: FSP matrices of consecutive stages, with a pre-training phase"
     paper = ("Yim, Joo, Bae, Kim. A Gift from Knowledge Distillation: Fast Optimization, Network Minimization "
              "and Transfer Learning. CVPR 2017")
+    # [kdx] not offered to the explainer: FSP compares (C_{i-1} x C_i) matrices of consecutive
+    # stages, stem included, element-wise, so it needs a stem and equal channel counts on both
+    # sides; the explainer's experts read the image (no stem at 32 px) and its concatenated
+    # expert layers have E x c channels, not the teacher's.
+    commands = frozenset({"student"})
     options = (
         Option("fsp_weight", float, 50.0, "Weight of the FSP loss in the main phase (authors' configs; "
                "used only with --fsp-main).", low=0, panel="Method"),

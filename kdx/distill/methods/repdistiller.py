@@ -118,6 +118,7 @@ class TapMethod(Method):
     needs_teacher = True
     uses_features = True
     reads = ("seed",)  # the connectors' stream
+    commands = frozenset({"student", "explainer"})  # the explainer declares its taps as zoo models do
 
     def __init__(self, ctx: MethodContext):
         super().__init__(ctx)

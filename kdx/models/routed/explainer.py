@@ -74,6 +74,7 @@ from torch import Tensor, nn
 
 from kdx.errors import KdxError
 from kdx.models.routed.routing import route, routing_mode
+from kdx.models.taps import Tap
 
 HEADS = ("ce", "nce")
 STEM_CHANNELS, STEM_KERNEL = 64, 7
@@ -324,6 +325,32 @@ class KDExplainer(nn.Module):
         mode = self.routing if mode is None else mode
         tau = self.tau if tau is None else tau
         return [route(r, tau, mode, training=self.training) for r in self.branches]
+
+    # ---------------------------------------------------------------- features (kdx.models.taps)
+    # [kdx] An explainer stage is one expert layer: its E experts' outputs (after the block's
+    # max-pool, what the next layer mixes) concatenated along channels, (N, E * c, h, w). The
+    # feature methods pair stage l with the teacher's stage l, as for a zoo student; where the
+    # sizes differ (each expert layer halves the map, a zoo stage may not) the methods pool the
+    # larger map to the smaller as RepDistiller's do, and FitNet's regressor adapts the stride.
+    @property
+    def stage_names(self) -> list[str]:
+        return [f"layers.{i}" for i in range(len(self.layers))]
+
+    @property
+    def stage_channels(self) -> list[int]:
+        return [layer.experts * layer.cout for layer in self.layers]
+
+    def feature_taps(self) -> tuple[Tap | None, list[Tap]]:
+        """``(stem, [expert layers])``: the stem output (inputs over 32 px) or None, then every expert layer."""
+        return (Tap("stem") if self.use_stem else None), [Tap(n, experts=True) for n in self.stage_names]
+
+    def final_tap(self) -> Tap:
+        """The last expert layer's outputs, concatenated (what the leaf heads read, before routing)."""
+        return Tap(self.stage_names[-1], experts=True)
+
+    def feat_modules(self) -> list[nn.Module]:
+        """The stem (when used) and the expert layers (not the routing, not the heads)."""
+        return ([self.stem] if self.use_stem else []) + list(self.layers)
 
     @staticmethod
     def per_expert(tensors: Sequence[Tensor]) -> Tensor:
