@@ -1,0 +1,127 @@
+"""Explainers of several KD methods side by side (issue 20): what each method does to the subtasks.
+
+Input: the per-run rows of ``summary.csv`` (one explainer each, with its method and seed) and
+each run's class partition per expert layer (``clusters/<run>/layer<L>.json``: the classes that
+share an expert under hard routing). Output:
+
+* ``methods.csv``, one row per method: the number of seeds, and mean and std over seeds of the
+  test accuracy, the attention entropy per layer (at the final tau and at tau 1), the shared
+  class pairs, the conflict rate and strength, and the tree distance to kd's and to ce's tree
+  per layer;
+* ``methods_paired.csv``, one row per (method, reference in {kd, ce}, quantity): the paired
+  per-seed difference ``method - reference`` (same seed: same data order and initialisation),
+  its mean, std, the seeds' values and whether it is claimed.
+
+Tree distance [kdx]: the adjusted Rand index (scikit-learn's ``adjusted_rand_score``) between
+two class partitions of one layer, per seed (method's tree of seed s against the reference's
+tree of seed s); 1 = the same partition, about 0 = no more alike than chance.
+
+Claim rule: a paired difference over n >= 2 seeds is claimed when ``|mean| > 2 std / sqrt(n)``
+(about a 95 % interval of the mean that excludes 0), as in the student grids.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pandas as pd
+
+REFERENCES = ("kd", "ce")
+_ENTROPY = re.compile(r"^attention_entropy(_tau1)?_l(\d+)$")
+
+
+def partition_labels(clusters: list[list[int]], num_classes: int) -> list[int]:
+    """``[[0, 3], [1, 2]]`` -> the cluster index of every class, ``[0, 1, 1, 0]``; a class in no
+    cluster gets a cluster of its own."""
+    labels = [-1] * num_classes
+    for k, members in enumerate(clusters):
+        for c in members:
+            labels[int(c)] = k
+    nxt = len(clusters)
+    for c in range(num_classes):
+        if labels[c] < 0:
+            labels[c], nxt = nxt, nxt + 1
+    return labels
+
+
+def tree_distance(a: list[int], b: list[int]) -> float:
+    """Adjusted Rand index of two partitions given as per-class labels (scikit-learn)."""
+    from sklearn.metrics import adjusted_rand_score
+
+    return float(adjusted_rand_score(a, b))
+
+
+def quantities(summary: pd.DataFrame) -> list[str]:
+    """The per-run columns the comparison reports, in reading order."""
+    cols = ["accuracy"]
+    cols += sorted((c for c in summary.columns if _ENTROPY.match(c)), key=lambda c: (bool(_ENTROPY.match(c).group(1)),
+                                                                                   int(_ENTROPY.match(c).group(2))))
+    cols += [c for c in ("shared_pairs_objective", "conflict_rate_objective", "weighted_conflict_objective")
+             if c in summary.columns]
+    return cols
+
+
+def with_tree_distances(summary: pd.DataFrame, partitions: dict[str, dict[int, list[int]]]) -> pd.DataFrame:
+    """``summary`` (columns run, method, seed, ...) plus ``tree_ari_<ref>_l<L>``: each run's
+    partition against the reference method's run of the same seed (NaN where there is none)."""
+    out = summary.copy()
+    layers = sorted({layer for p in partitions.values() for layer in p})
+    by_key = {(r.method, r.seed): r.run for r in summary.itertuples()}
+    for ref in REFERENCES:
+        for layer in layers:
+            vals = []
+            for r in summary.itertuples():
+                other = by_key.get((ref, r.seed))
+                a, b = partitions.get(r.run, {}).get(layer), partitions.get(other, {}).get(layer) if other else None
+                vals.append(tree_distance(a, b) if a is not None and b is not None else float("nan"))
+            out[f"tree_ari_{ref}_l{layer}"] = vals
+    return out
+
+
+def claimed(values: list[float]) -> bool:
+    n = len(values)
+    if n < 2:
+        return False
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return abs(mean) > 2 * std / math.sqrt(n)
+
+
+def method_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per method (in first-seen order): seeds, and ``<q>_mean`` / ``<q>_std`` of every quantity."""
+    qs = quantities(frame) + [c for c in frame.columns if c.startswith("tree_ari_")]
+    rows = []
+    for method, g in frame.groupby("method", sort=False):
+        row = {"method": method, "seeds": int(g["seed"].nunique())}
+        for q in qs:
+            vals = pd.to_numeric(g[q], errors="coerce").dropna()
+            row[f"{q}_mean"] = float(vals.mean()) if len(vals) else float("nan")
+            row[f"{q}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def paired_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Paired per-seed differences of every quantity, each method against kd and against ce."""
+    qs = quantities(frame)
+    rows = []
+    for ref in REFERENCES:
+        base = frame[frame["method"] == ref].set_index("seed")
+        if base.empty:
+            continue
+        for method, g in frame.groupby("method", sort=False):
+            if method == ref:
+                continue
+            g = g.set_index("seed")
+            seeds = sorted(set(g.index) & set(base.index))
+            for q in qs:
+                d = [float(g.at[s, q]) - float(base.at[s, q]) for s in seeds
+                     if pd.notna(g.at[s, q]) and pd.notna(base.at[s, q])]
+                if not d:
+                    continue
+                mean = sum(d) / len(d)
+                std = math.sqrt(sum((v - mean) ** 2 for v in d) / (len(d) - 1)) if len(d) > 1 else float("nan")
+                rows.append({"method": method, "reference": ref, "quantity": q, "seeds": len(d), "mean": mean,
+                             "std": std, "per_seed": " ".join(f"{v:+.4f}" for v in d), "claimed": claimed(d)})
+    return pd.DataFrame(rows, columns=["method", "reference", "quantity", "seeds", "mean", "std", "per_seed", "claimed"])

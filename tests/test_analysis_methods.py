@@ -1,0 +1,75 @@
+"""Issue 20: explainers of several methods side by side (kdx.analysis.methods)."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from kdx.analysis.methods import claimed, method_table, paired_table, partition_labels, tree_distance, with_tree_distances
+
+
+def _ari_by_hand(a: list[int], b: list[int]) -> float:
+    """Hubert and Arabie's adjusted Rand index from the contingency table (independent of scikit-learn)."""
+    comb = lambda n: n * (n - 1) / 2
+    n = len(a)
+    table: dict = {}
+    for x, y in zip(a, b):
+        table[(x, y)] = table.get((x, y), 0) + 1
+    rows = {x: sum(v for (i, _), v in table.items() if i == x) for x in set(a)}
+    cols = {y: sum(v for (_, j), v in table.items() if j == y) for y in set(b)}
+    index = sum(comb(v) for v in table.values())
+    ra, cb = sum(comb(v) for v in rows.values()), sum(comb(v) for v in cols.values())
+    expected = ra * cb / comb(n)
+    top = (ra + cb) / 2
+    return 1.0 if top == expected else (index - expected) / (top - expected)
+
+
+@pytest.mark.parametrize("a,b", [
+    ([[0, 1], [2, 3]], [[0, 1], [2, 3]]),          # identical: 1
+    ([[0, 1], [2, 3]], [[0, 2], [1, 3]]),          # crossed
+    ([[0, 1, 2], [3, 4], [5]], [[0, 1], [2, 3], [4, 5]]),
+    ([[0, 1, 2, 3, 4, 5]], [[0], [1], [2], [3], [4], [5]]),
+    ([[1, 4], [0]], [[0, 1, 2], [3, 4, 5]]),       # classes 2, 3, 5 in no cluster: singletons
+])
+def test_tree_distance_equals_the_adjusted_rand_index_on_hand_made_partitions(a, b):
+    la, lb = partition_labels(a, 6), partition_labels(b, 6)
+    assert math.isclose(tree_distance(la, lb), _ari_by_hand(la, lb), rel_tol=1e-12, abs_tol=1e-12)
+    assert math.isclose(tree_distance(la, la), 1.0)
+
+
+def test_partition_labels():
+    assert partition_labels([[0, 3], [1, 2]], 5) == [0, 1, 1, 0, 2]
+
+
+def _frame():
+    rows = []
+    for seed in (0, 1, 2):
+        for m, acc, h in (("ce", 0.80, 1.5), ("kd", 0.82, 1.6), ("at", 0.79 + 0.001 * seed, 1.2)):
+            rows.append({"run": f"{m}{seed}", "method": m, "seed": seed, "accuracy": acc + 0.01 * seed,
+                         "attention_entropy_l1": h, "attention_entropy_tau1_l1": h + 0.1,
+                         "conflict_rate_objective": 0.3})
+    return pd.DataFrame(rows)
+
+
+def test_method_and_paired_tables():
+    frame = _frame()
+    parts = {f"{m}{s}": {1: partition_labels([[0, 1], [2, 3]] if m != "at" else [[0, 2], [1, 3]], 4)}
+             for m in ("ce", "kd", "at") for s in (0, 1, 2)}
+    frame = with_tree_distances(frame, parts)
+    assert frame.loc[frame.run == "kd0", "tree_ari_ce_l1"].item() == 1.0
+    assert frame.loc[frame.run == "at1", "tree_ari_kd_l1"].item() < 0
+    table = method_table(frame)
+    assert list(table["method"]) == ["ce", "kd", "at"] and (table["seeds"] == 3).all()
+    assert math.isclose(table.set_index("method").at["kd", "accuracy_mean"], 0.83)
+    paired = paired_table(frame)
+    row = paired[(paired.method == "at") & (paired.reference == "kd") & (paired.quantity == "attention_entropy_l1")]
+    assert math.isclose(row["mean"].item(), -0.4) and row["claimed"].item()  # every seed -0.4: std 0
+    acc = paired[(paired.method == "at") & (paired.reference == "ce") & (paired.quantity == "accuracy")]
+    assert [round(float(v), 4) for v in acc["per_seed"].item().split()] == [-0.01, -0.009, -0.008]
+    assert set(paired["reference"]) == {"kd", "ce"}
+
+
+def test_claim_rule():
+    assert claimed([1.0, 1.1, 0.9]) and not claimed([1.0, -1.0, 0.5]) and not claimed([2.0])
