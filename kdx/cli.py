@@ -1,9 +1,11 @@
 """The ``kdx`` command line (Typer + rich).
 
-Each command only parses its options into a config and calls ``run()`` of its module in
-:mod:`kdx.commands`. The training commands' flags, help texts (defaults computed) and checks
-are derived from the config declarations of :mod:`kdx.config` and the methods' own options
-(:func:`training_command`); nothing about an option is typed here a second time.
+Each command only parses its options into a config and calls a function of its module in
+:mod:`kdx.commands` with it. Every command's arguments, flags, help texts (defaults computed),
+``--config FILE``, ``--print-config`` and value checks derive from one dataclass of declared
+options (:func:`declared_command`): the training commands' configs of :mod:`kdx.config` (with the
+methods' own options), the other commands' of :mod:`kdx.commandconfig`, the pipeline's
+:class:`kdx.commands.study.PipelineOptions`. Nothing about an option is typed here.
 """
 
 import enum
@@ -15,10 +17,12 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from typer.core import TyperArgument, TyperCommand
 
-from kdx.version import __version__
-from kdx.engine.progress import table_console
+from kdx import commandconfig as cc
+from kdx.commands.study import PipelineOptions
 from kdx.errors import KdxError
+from kdx.version import __version__
 
 app = typer.Typer(
     name="kdx",
@@ -74,23 +78,51 @@ def _root(version: bool = typer.Option(False, "--version", "-V", callback=_versi
     """kdx: explainable knowledge distillation."""
 
 
-# ------------------------------------------------------------------ training commands from declarations
+# ------------------------------------------------------------------ commands from declarations
 
-def _default_text(opt, command: str) -> str:
-    """``[default: 240; quick: 15]``: the declared default and where the command's presets differ."""
-    from kdx.config import PRESETS
+TRAINING_CONFIG_HELP = "JSON, TOML or YAML file (or a run directory) with options; flags override it."
+CONFIG_HELP = "JSON, TOML or YAML file with this command's options (as --print-config prints them); flags override it."
+
+
+def _default_text(opt, presets: dict) -> str:
+    """``[default: 240; quick: 15]``: the declared default and where the command's presets differ;
+    ``[required]`` for an option that must be given."""
     from kdx.options import coerce, show_default
 
+    if opt.required:
+        return "[required]"
     parts = [f"default: {show_default(opt)}"]
-    for name, values in PRESETS.get(command, {}).items():
+    for name, values in presets.items():
         if opt.name in values and values[opt.name] != opt.default:
             parts.append(f"{name}: {show_default(opt.replace(default=coerce(opt, values[opt.name])))}")
     return "[" + "; ".join(parts) + "]"
 
 
-def _param(opt, command: str) -> inspect.Parameter:
+def _completer(choices: tuple):
+    """Shell completion of a choice that the parser takes as a string (and :func:`coerce` checks)."""
+    def complete(incomplete: str) -> list[str]:
+        return [str(c) for c in choices if str(c).startswith(incomplete)]
+
+    return complete
+
+
+def _argument(opt) -> inspect.Parameter:
+    """A positional argument: ``RUN...`` for a list, required unless declared otherwise."""
+    is_list = typing.get_origin(opt.type) is list
+    annotation = List[str] if is_list else (str if opt.required else Optional[str])
+    info = typer.Argument(... if opt.required else None, help=opt.help, metavar=opt.metavar or opt.name.upper(),
+                          show_default=False)
+    return inspect.Parameter(opt.name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=info)
+
+
+def _param(opt, presets: dict, typed_choices: bool) -> inspect.Parameter:
+    """The typer parameter of one declared option. Every value arrives as a string (or a list of
+    strings) and is checked by :func:`kdx.options.coerce`; ``typed_choices`` lets the parser refuse
+    an invalid choice itself (the training commands' flags)."""
     from kdx.options import type_name
 
+    if opt.argument:
+        return _argument(opt)
     is_list = typing.get_origin(opt.type) is list
     decls = [opt.flag, *opt.flags]
     kw: dict = {}
@@ -100,44 +132,53 @@ def _param(opt, command: str) -> inspect.Parameter:
     elif is_list:
         annotation = Optional[List[str]]
         kw["metavar"] = opt.metavar or type_name(opt).upper().replace(" ", "_")
+    elif opt.choices and typed_choices:  # an Enum: the parser refuses other values and lists the valid ones
+        annotation = Optional[enum.Enum(f"{opt.name}_choice", {str(c): str(c) for c in opt.choices}, type=str)]
     else:
         annotation = Optional[str]
-        if opt.choices:  # an Enum: the parser refuses other values and lists the valid ones; completion
-            annotation = Optional[enum.Enum(f"{opt.name}_choice", {str(c): str(c) for c in opt.choices}, type=str)]
-        else:
-            kw["metavar"] = opt.metavar or type_name(opt).upper()
-    text = opt.help + (" Comma-separated or repeated." if is_list and "comma" not in opt.help.lower() else "")
-    help_text = f"{text} {_default_text(opt, command)}"
+        shown = f"<{'|'.join(map(str, opt.choices))}>" if opt.choices else type_name(opt).upper()
+        kw["metavar"] = opt.metavar or shown
+        if opt.choices:
+            kw["autocompletion"] = _completer(opt.choices)
+    text = opt.help
+    if is_list and "comma" not in text.lower() and "repeat" not in text.lower():
+        text += " Comma-separated or repeated." if opt.comma else " Repeatable."
     return inspect.Parameter(opt.name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
-                             default=typer.Option(None, *decls, help=help_text, rich_help_panel=opt.panel,
-                                                  show_default=False, **kw))
+                             default=typer.Option(None, *decls, help=f"{text} {_default_text(opt, presets)}",
+                                                  rich_help_panel=opt.panel, show_default=False, **kw))
 
 
-def _meta_params() -> list[inspect.Parameter]:
-    return [
-        inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path], default=typer.Option(
-            None, "--config", help="JSON, TOML or YAML file (or a run directory) with options; flags override it.",
-            rich_help_panel="Run", show_default=False, metavar="FILE")),
-        inspect.Parameter("print_config", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
-            False, "--print-config", help="Print the resolved config (defaults, preset, file, flags) as JSON and exit.",
-            rich_help_panel="Run")),
-    ]
+def _meta_params(declared: set, panel: str, config_help: str) -> list[inspect.Parameter]:
+    """``--config FILE`` and ``--print-config``, unless the command declares options of these names itself."""
+    params = []
+    if "config" not in declared:
+        params.append(inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
+                                        default=typer.Option(None, "--config", help=config_help, rich_help_panel=panel,
+                                                             show_default=False, metavar="FILE")))
+    if "print_config" not in declared:
+        params.append(inspect.Parameter("print_config", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                                        default=typer.Option(False, "--print-config", rich_help_panel=panel,
+                                                             help="Print the resolved config (defaults, preset, file, "
+                                                                  "flags) as JSON and exit.")))
+    return params
 
 
-def make_config(command: str, options: dict):
-    """Options of a training command -> its config (validated); ``--print-config`` prints it and exits."""
+def make_config(cls, options: dict):
+    """The parsed options of a command -> its config of declared options ``cls`` (every value
+    checked); ``--print-config`` prints it and exits; then the config's own checks (``validate``)."""
     import json
 
-    from kdx.config import build_config, config_class, config_to_dict
-    from kdx.engine.rundir import config_for_resume
+    from kdx.configfile import build_config, config_to_dict, options_of
 
-    cls = config_class(command)
+    own = options_of(cls)
     options = dict(options)
-    config_file = options.pop("config", None)
-    print_config = options.pop("print_config", False)
+    config_file = None if "config" in own else options.pop("config", None)
+    print_config = False if "print_config" in own else options.pop("print_config", False)
     cli = {k: (v.value if isinstance(v, enum.Enum) else str(v) if isinstance(v, Path) else v)
            for k, v in options.items() if v is not None}
-    if cli.get("resume"):
+    if cli.get("resume") and "resume" in own:
+        from kdx.engine.rundir import config_for_resume
+
         cfg = config_for_resume(cls, cli["resume"], cli)
     else:
         cfg = build_config(cls, config_file=str(config_file) if config_file else None, cli=cli)
@@ -148,23 +189,60 @@ def make_config(command: str, options: dict):
     return cfg
 
 
-def training_command(command: str, run_module: str, help_text: str):
-    """Register ``command``: its flags derive from the config declarations, its body runs ``run_module.run``."""
-    from kdx.config import config_class
+def declared_command(command: str, cls, target: str, help_text: str, *, typed_choices: bool = False,
+                     panel: str = "Options", config_help: str = CONFIG_HELP) -> None:
+    """Register ``command``: its arguments and flags derive from the declarations of ``cls``, its
+    body builds the config (:func:`make_config`) and calls ``target`` (``module:function`` of
+    :mod:`kdx.commands`) with it."""
     from kdx.options import field_options
 
-    opts = [o for o in field_options(config_class(command)) if o.cli]
+    opts = [o for o in field_options(cls) if o.cli]
+    presets = getattr(cls, "presets", {})
+    module, _, function = target.partition(":")
 
     def body(**kwargs):
         import importlib
 
-        cfg = make_config(command, kwargs)
-        importlib.import_module(f"kdx.commands.{run_module}").run(cfg)
+        cfg = make_config(cls, kwargs)
+        getattr(importlib.import_module(f"kdx.commands.{module}"), function)(cfg)
 
-    body.__signature__ = inspect.Signature([_param(o, command) for o in opts] + _meta_params())
+    params = [_param(o, presets, typed_choices) for o in opts]
+    body.__signature__ = inspect.Signature(params + _meta_params({o.name for o in opts}, panel, config_help))
     body.__doc__ = help_text
-    body.__name__ = run_module
-    app.command(command)(handle_errors(body))
+    body.__name__ = module if function == "run" else function
+    app.command(command, cls=KdxCommand)(handle_errors(body))
+
+
+def training_command(command: str, run_module: str, help_text: str) -> None:
+    """A training command: its config class (with the options of the methods it offers) from :mod:`kdx.config`."""
+    from kdx.config import config_class
+
+    declared_command(command, config_class(command), f"{run_module}:run", help_text, typed_choices=True, panel="Run",
+                     config_help=TRAINING_CONFIG_HELP)
+
+
+class PlainArgument(TyperArgument):
+    """A positional argument declared with a metavar, shown as click shows one: ``RUN...`` in the
+    usage line (typer writes ``{RUN}...``) and no Python type (``<list[str]>``) in the Arguments panel."""
+
+    def get_usage_pieces(self, ctx) -> list[str]:
+        if self.metavar is None:
+            return super().get_usage_pieces(ctx)
+        name = self.metavar + ("..." if self.nargs != 1 else "")
+        return [name if self.required else f"[{name}]"]
+
+    def display_type_rich(self, ctx):
+        return None if self.metavar is not None else super().display_type_rich(ctx)
+
+
+class KdxCommand(TyperCommand):
+    """The command class of every kdx command (``app.command(cls=...)``): its arguments are :class:`PlainArgument`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for p in self.params:
+            if type(p) is TyperArgument:
+                p.__class__ = PlainArgument
 
 
 training_command("train-teacher", "train_teacher",
@@ -193,204 +271,35 @@ training_command("train-vam-student", "train_vam_student",
     "variant of --compare-vam, plus ce, from the same seeds into RUN/seed<s>/<arm> and writes "
     "comparison.csv, comparison_summary.csv and a comparison plot.")
 
+declared_command("analyze-conflicts", cc.AnalyzeConflictsOptions, "analyze_conflicts:run",
+    "Subtask attention, entropy, sharing, gradient conflicts and class clusters of explainer runs.\n\n"
+    "Typically the same data trained with ce, ls and kd; writes CSVs, clusters/layer{L}.json "
+    "(for the VAM hierarchy guidance), plots and report.md to --out (docs/analyze-conflicts.md).")
 
-@app.command("analyze-conflicts")
-@handle_errors
-def analyze_conflicts(
-    runs: List[Path] = typer.Argument(..., help="Explainer runs (or VAM student runs / checkpoints) to compare, "
-                                      "one or more.", metavar="RUN"),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder to write the analysis to."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Dataset [the runs' own]."),
-    split: str = typer.Option("val", "--split", help="val (seeded like the run) | test."),
-    images: int = typer.Option(1024, "--images", "-n", help="Seeded subset of the split, the same for every run."),
-    label: Optional[List[str]] = typer.Option(None, "--label", "-l", metavar="NAMES", help="Name of each run, one per "
-                                              "run, comma-separated or repeated [its objective; duplicates get -2, -3...]."),
-    batch_size: int = typer.Option(256, "--batch-size", "-b", help="Images per forward/backward chunk."),
-    conflict_images: Optional[int] = typer.Option(None, "--conflict-images", help="Gradient conflicts on the first "
-                                                  "N of the images [all]."),
-    conflicts: bool = typer.Option(True, "--conflicts/--no-conflicts", help="Compute gradient conflicts."),
-    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset folder [the run's]."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N | mps"),
-    plot_format: str = typer.Option("png", "--plot-format", help="Figure format: png | pdf | svg (pdf/svg are written beside the PNGs the report embeds)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines and no summary table (errors and "
-                               "warnings still go to stderr)."),
-    log: str = typer.Option("csv", "--log", help="csv | tensorboard (also the heatmaps and summary numbers into OUT/tensorboard)."),
-):
-    """Subtask attention, entropy, sharing, gradient conflicts and class clusters of explainer runs.
+declared_command("pipeline", PipelineOptions, "pipeline:from_options",
+    "Run the whole study: teacher -> explainers (ce, ls, kd) per seed -> analyze-conflicts -> VAM students.\n\n"
+    "Every input is checked before the first step. Every step is an ordinary run directory under "
+    "the study folder; a rerun skips finished steps and resumes an interrupted one. Writes "
+    "study_report.md, study_summary.csv and explainer_differences.csv.")
 
-    Typically the same data trained with ce, ls and kd; writes CSVs, clusters/layer{L}.json
-    (for the VAM hierarchy guidance), plots and report.md to --out (docs/analyze-conflicts.md).
-    """
-    from kdx.analysis.plots import set_plot_format
-    from kdx.commands import analyze_conflicts as cmd
-    from kdx.options import split_list
+declared_command("evaluate", cc.EvaluateOptions, "evaluate:run",
+    "Top-1, top-5 and per-class accuracy of a checkpoint on a dataset split.")
 
-    set_plot_format(plot_format)
-    cmd.run(runs, dataset=dataset, split=split, images=images, labels=split_list(label) if label else None,
-            batch_size=batch_size, device=device, out=out, data_root=data_root, conflict_images=conflict_images,
-            conflicts=conflicts, quiet=quiet, log=log)
+declared_command("info", cc.InfoOptions, "info:run",
+    "Show a checkpoint's metadata (kind, arch, dataset, metrics...) as a table.")
 
+declared_command("import-checkpoint", cc.ImportCheckpointOptions, "import_checkpoint:run",
+    "Convert a foreign PyTorch checkpoint into a kdx safetensors checkpoint (no pickle code runs).")
 
-def run_option_help(name: str) -> str:
-    """The help of a run option as kdx/config.py declares it (for commands that type their flags by hand)."""
-    from kdx.config import RunConfig
-    from kdx.options import field_options
+declared_command("models", cc.ModelsOptions, "listing:models",
+    "List the architectures of the model zoo (kdx models 'resnet*': those matching a pattern).")
 
-    return next(o.help for o in field_options(RunConfig) if o.name == name)
+declared_command("datasets", cc.DatasetsOptions, "listing:datasets",
+    "List the datasets kdx knows (--dataset NAME).")
 
-
-@app.command("pipeline")
-@handle_errors
-def pipeline_cmd(
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Study folder [runs/study-<preset>]."),
-    config: Optional[Path] = typer.Option(None, "--config", help="Study TOML/JSON with [teacher], [explainer], "
-                                          "[analysis], [student] tables (or a study folder)."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="demo | evidence | fashion-mnist | cifar10-paper | "
-                                         "cifar100-paper | tiny-imagenet [demo]."),
-    print_config: bool = typer.Option(False, "--print-config", help="Print the effective study config and exit."),
-    teacher: Optional[Path] = typer.Option(None, "--teacher", "-t", help="Use this teacher run instead of training one."),
-    seeds: Optional[List[str]] = typer.Option(None, "--seeds", metavar="INTS", help="Train the explainers (and "
-                                              "analyse them) for each of these seeds, e.g. 0,1,2 (comma-separated or "
-                                              "repeated)."),
-    methods: Optional[List[str]] = typer.Option(None, "--methods", metavar="NAMES", help="Explainer methods, e.g. "
-                                                "ce,ls,kd (comma-separated or repeated) [the preset's]."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", metavar="STEP.KEY=VALUE", help="STEP.KEY=VALUE: any option of a step's command, "
-                                             "e.g. explainer.stage1_epochs=30 or teacher.arch=resnet32 "
-                                             "(repeatable; steps: teacher, explainer, analysis, student)."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Override the preset's dataset."),
-    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset folder."),
-    download: bool = typer.Option(False, "--download", help="Download the dataset if it is missing."),
-    device: Optional[str] = typer.Option(None, "--device", help=run_option_help("device")),
-    threads: Optional[int] = typer.Option(None, "--threads", help=run_option_help("threads")),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the study in --out (deletes its runs)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="One line per epoch instead of progress bars."),
-    plot_format: str = typer.Option("png", "--plot-format", help="Figure format: png | pdf | svg (pdf/svg are written beside the PNGs the report embeds)."),
-):
-    """Run the whole study: teacher -> explainers (ce, ls, kd) per seed -> analyze-conflicts -> VAM students.
-
-    Every input is checked before the first step. Every step is an ordinary run directory under
-    the study folder; a rerun skips finished steps and resumes an interrupted one. Writes
-    study_report.md, study_summary.csv and explainer_differences.csv.
-    """
-    from kdx.analysis.plots import set_plot_format
-    from kdx.commands import pipeline as cmd
-    from kdx.commands.study import merge_study, parse_sets
-    from kdx.options import split_list
-
-    set_plot_format(plot_format)
-    flags = {"teacher_run": str(teacher) if teacher else None, "dataset": dataset,
-             "data_root": str(data_root) if data_root else None, "device": device, "threads": threads,
-             "quiet": True if quiet else None,
-             "download": True if download else None, "methods": split_list(methods) if methods else None}
-    if seeds:
-        try:
-            flags["seeds"] = [int(v) for v in split_list(seeds)]
-        except ValueError:
-            raise KdxError(f"--seeds must be integers (comma-separated or repeated), got '{','.join(seeds)}'") from None
-    study = cmd.build_study(preset, str(config) if config else None, merge_study(parse_sets(set_ or []),
-                                                                           {k: v for k, v in flags.items() if v is not None}))
-    if print_config:
-        typer.echo(cmd.print_config(study))
-        return
-    cmd.run(study, out or Path("runs") / f"study-{study['preset']}", overwrite=overwrite)
-
-
-@app.command("evaluate")
-@handle_errors
-def evaluate_cmd(
-    checkpoint: Path = typer.Argument(..., help="A checkpoint file or a run directory.", metavar="CHECKPOINT"),
-    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Dataset [the checkpoint's]."),
-    split: str = typer.Option("test", "--split", help="test | val"),
-    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset folder."),
-    which: str = typer.Option("model", "--which", help="In a run directory: model (last epoch) or best."),
-    routing: Optional[str] = typer.Option(None, "--routing", help="Explainers/VAM: soft | hard | gumbel [from metadata]."),
-    tau: Optional[float] = typer.Option(None, "--tau", help="Explainers/VAM: routing temperature [from metadata]."),
-    per_class_csv: Optional[Path] = typer.Option(None, "--per-class-csv", help="Where to write per-class accuracy "
-                                                 "[RUN/eval_<dataset>_<split>[_best][_<routing>][_tau<tau>]"
-                                                 "[_<precision>].csv, or beside the file]."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | mps"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Evaluation batch size [the run's "
-                                             "eval batch size, or 256]."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="auto | fp32 | bf16 | fp16 autocast [the "
-                                            "run's, so the numbers agree with its results.json; fp32 if it records none]."),
-    val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Validation share [the run's, or 0.1]."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the validation split [the run's]."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object (top1, top5 as fractions) for scripts."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print no table (errors still go to stderr; --json "
-                               "still prints its object)."),
-):
-    """Top-1, top-5 and per-class accuracy of a checkpoint on a dataset split."""
-    from kdx.commands import evaluate as cmd
-
-    cmd.run(checkpoint, dataset=dataset, split=split, data_root=data_root, which=which, routing=routing, tau=tau,
-            per_class_csv=per_class_csv, device=device, batch_size=batch_size, val_fraction=val_fraction, seed=seed,
-            json_out=json_out, precision=precision, quiet=quiet)
-
-
-@app.command("info")
-@handle_errors
-def info_cmd(checkpoint: Path = typer.Argument(..., help="A checkpoint file or a run directory.", metavar="CHECKPOINT"),
-             json_out: bool = typer.Option(False, "--json", help="Print the metadata as JSON."),
-             which: str = typer.Option("model", "--which", help="In a run directory: model (last epoch) or best.")):
-    """Show a checkpoint's metadata (kind, arch, dataset, metrics...) as a table."""
-    from kdx.commands import info as cmd
-
-    cmd.run(checkpoint, json_out=json_out, which=which)
-
-
-@app.command("import-checkpoint")
-@handle_errors
-def import_checkpoint_cmd(
-    file: Path = typer.Argument(..., help="A .pth/.pt state dict (RepDistiller {'model': ...} or bare).", metavar="FILE"),
-    out: Path = typer.Option(..., "--out", "-o", help="The .safetensors file to write."),
-    kind: str = typer.Option("classifier", "--kind", help="classifier (zoo model) | explainer (official KDExplainer)."),
-    arch: Optional[str] = typer.Option(None, "--arch", "-a", help="Zoo architecture (kind classifier)."),
-    num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Number of classes [from the weights]."),
-    in_channels: Optional[int] = typer.Option(None, "--in-channels", help="Input channels [from the weights]."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Dataset the weights were trained on "
-                                          "(sets input shape and normalisation in the metadata)."),
-    force: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
-):
-    """Convert a foreign PyTorch checkpoint into a kdx safetensors checkpoint (no pickle code runs)."""
-    from kdx.commands import import_checkpoint as cmd
-
-    cmd.run(file, out=out, kind=kind, arch=arch, num_classes=num_classes, in_channels=in_channels, dataset=dataset,
-            force=force)
-
-
-@app.command("models")
-@handle_errors
-def models_cmd():
-    """List the architectures of the model zoo."""
-    from rich.table import Table
-
-    from kdx.models import get_model_meta, list_models
-
-    table = Table(title="kdx model zoo")
-    table.add_column("arch")
-    table.add_column("family")
-    table.add_column("description")
-    for name in list_models():
-        meta = get_model_meta(name)
-        table.add_row(name, str(meta.get("family", "")), str(meta.get("description", "")))
-    table_console().print(table)
-
-
-@app.command("datasets")
-@handle_errors
-def datasets_cmd():
-    """List the datasets kdx knows (--dataset NAME)."""
-    from rich.table import Table
-
-    from kdx.data.registry import all_datasets
-
-    table = Table(title="kdx datasets")
-    for col in ("name", "classes", "input", "description"):
-        table.add_column(col)
-    for spec in all_datasets().values():
-        shape = "x".join(map(str, spec.input_shape)) if spec.input_shape else "from the files"
-        table.add_row(spec.label, str(spec.num_classes or "from the files"), shape, spec.description)
-    table_console().print(table)
+declared_command("methods", cc.MethodsOptions, "listing:methods",
+    "List the training methods (--method NAME): paper, what each reads, its options with defaults, the "
+    "commands that offer it.")
 
 
 def _escape_help_texts() -> None:
@@ -408,29 +317,6 @@ def _escape_help_texts() -> None:
 
 
 _escape_help_texts()
-
-
-def _plain_argument_metavars() -> None:
-    """typer shows a positional argument as ``{runs}... <list[Path]>`` (its Python name and type);
-    an argument declared with a ``metavar`` is shown as click would: ``RUN...`` in the usage line
-    and in the Arguments panel, with no Python type. Arguments without a metavar are unchanged."""
-    from typer.core import TyperArgument
-
-    if getattr(TyperArgument, "_kdx_plain", False):
-        return
-    usage, shown, type_shown = (TyperArgument._usage_display_name, TyperArgument._rich_display_name,
-                                TyperArgument.display_type_rich)
-
-    def plain(self) -> str:
-        return self.metavar + ("..." if self.nargs != 1 else "")
-
-    TyperArgument._usage_display_name = lambda self: plain(self) if self.metavar else usage(self)
-    TyperArgument._rich_display_name = lambda self: plain(self) if self.metavar else shown(self)
-    TyperArgument.display_type_rich = lambda self, ctx: None if self.metavar else type_shown(self, ctx=ctx)
-    TyperArgument._kdx_plain = True
-
-
-_plain_argument_metavars()
 
 
 def main(argv: list[str] | None = None):  # console-script entry point

@@ -93,7 +93,9 @@ def build_config(cls, *, presets: dict[str, dict] | None = None, config_file: st
 
     ``presets`` defaults to the command's presets; ``recipe_for_dataset`` (dataset -> dict)
     to ``cls.recipe_preset`` (a preset name per dataset). Unknown keys and invalid values are refused with one line.
+    A class without ``presets`` (and none given) has none: its ``preset`` option, if any, is an ordinary value.
     """
+    has_presets = presets is not None or hasattr(cls, "presets")
     presets = getattr(cls, "presets", {}) if presets is None else presets
     cli = {k: v for k, v in (cli or {}).items() if v is not None}
     file_values = read_config_file(config_file) if config_file else {}
@@ -105,14 +107,14 @@ def build_config(cls, *, presets: dict[str, dict] | None = None, config_file: st
         unknown = sorted(set(values) - set(opts))
         if unknown:
             raise KdxError(f"unknown option(s) in {source}: {', '.join(unknown)}")
-    dataset = cli.get("dataset", file_values.get("dataset", opts["dataset"].default))
+    dataset = cli.get("dataset", file_values.get("dataset", opts["dataset"].default if "dataset" in opts else None))
     values: dict = {}
     if recipe_for_dataset is not None:
         values.update(recipe_for_dataset(dataset))
     else:
         recipe = getattr(cls, "recipe_preset", None)
         values.update(presets.get(recipe(dataset), {}) if recipe is not None else {})
-    preset = cli.get("preset", file_values.get("preset"))
+    preset = cli.get("preset", file_values.get("preset")) if has_presets else None
     if preset is not None:
         if preset not in presets:
             raise KdxError(f"unknown preset '{preset}'; valid presets: {', '.join(sorted(presets))}")

@@ -34,6 +34,12 @@ class Option:
     bound numbers (inclusive unless ``low_open``/``high_open``); ``choices`` lists the valid
     strings (for lists: of every item). ``panel`` groups the flag in ``--help``; ``flags`` adds
     short forms (``-o``); ``cli=False`` keeps an option out of the command line (config only).
+
+    ``argument``: a positional command-line argument (``RUN...`` for a list) instead of a flag;
+    ``required``: the value must be given (an argument on the command line; an option on the
+    command line or in a ``--config`` file, checked by :func:`check_required`); ``comma``
+    (lists): items may be comma-separated as well as repeated (False: repeated only, for values
+    that hold commas, such as paths or ``--set`` expressions).
     """
 
     name: str
@@ -50,6 +56,9 @@ class Option:
     flags: tuple = ()
     cli: bool = True
     metavar: Optional[str] = None
+    argument: bool = False
+    required: bool = False
+    comma: bool = True
 
     @property
     def flag(self) -> str:
@@ -192,7 +201,8 @@ def coerce(opt: Option, value):
         item_tp = typing.get_args(tp)[0]
         if isinstance(value, dict):
             raise _bad(opt, value, f"a {type_name(opt)}")
-        items = [_scalar(opt, item_tp, v) for v in split_list(value)]
+        given = split_list(value) if opt.comma else list(value) if isinstance(value, (list, tuple)) else [value]
+        items = [_scalar(opt, item_tp, v) for v in given]
         for v in items:
             _check_range(opt, v)
             _check_choice(opt, v)
@@ -203,6 +213,15 @@ def coerce(opt: Option, value):
     _check_range(opt, value)
     _check_choice(opt, value)
     return value
+
+
+def check_required(cfg) -> None:
+    """Refuse a config of declared options whose ``required`` ones are unset (one line naming the first)."""
+    for opt in field_options(type(cfg)):
+        if opt.required and getattr(cfg, opt.name) in (None, [], ""):
+            if opt.argument:
+                raise KdxError(f"missing argument {opt.metavar or opt.name.upper()}")
+            raise KdxError(f"{opt.flag} is required")
 
 
 def show_default(opt: Option) -> str:

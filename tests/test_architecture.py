@@ -189,7 +189,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("engine", ("kdx.engine",)),
     ("distill", ("kdx.distill",)),
     ("analysis", ("kdx.analysis",)),
-    ("config", ("kdx.config",)),
+    ("config", ("kdx.config", "kdx.commandconfig")),
     ("commands", ("kdx.commands",)),
     ("cli", ("kdx.cli", "kdx.__main__")),
     ("api", ("kdx",)),  # the package root: kdx.load and kdx.__version__, for users, imported by no kdx module

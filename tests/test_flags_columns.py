@@ -94,7 +94,7 @@ def test_pipeline_seeds_and_methods_comma_or_repeated(args):
 
 def test_pipeline_bad_seed_is_one_line():
     assert_one_line_error(invoke("pipeline", "--preset", "demo", "--seeds", "0", "--seeds", "x", "--print-config"),
-                          "--seeds must be integers")
+                          "--seeds must be an integer")
 
 
 # ------------------------------------------------------------------ item 9: one column name per concept

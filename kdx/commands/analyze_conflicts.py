@@ -282,24 +282,6 @@ def _make_out(out: Path) -> None:
         raise KdxError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
 
 
-def _check_numbers(runs, split, images, batch_size, conflict_images) -> None:
-    if not runs:
-        raise KdxError("give at least one run")
-    check_options(split=split, images=images, batch_size=batch_size, conflict_images=conflict_images)
-
-
-def check_options(split="val", images=1024, batch_size=256, conflict_images=None, **_) -> None:
-    """The analysis' own value checks (also run by ``kdx pipeline`` before a study's first step)."""
-    if split not in ("val", "test"):
-        raise KdxError(f"--split must be val or test, got '{split}'")
-    if images < 2:
-        raise KdxError("--images must be >= 2")
-    if batch_size < 1:
-        raise KdxError("--batch-size must be >= 1")
-    if conflict_images is not None and conflict_images < 1:
-        raise KdxError("--conflict-images must be >= 1")
-
-
 def _analyse_all(loaded, labels, bundle, batches, info, conflicts, names, quiet) -> list[dict]:
     """:func:`analyse_run` of every run, with the progress display."""
     results, shown = [], RunProgress(len(loaded), quiet=quiet)
@@ -389,33 +371,33 @@ def _run_plots(res: dict, names: list[str], pdir: Path) -> list[tuple[str, str]]
     return items
 
 
-def run(runs: list[Path], *, dataset=None, split="val", images=1024, labels=None, batch_size=256, device="cpu",
-        out: Path, data_root=None, conflict_images=None, conflicts=True, quiet=False, log="csv") -> dict:
-    """Analyse ``runs`` into ``out``. ``quiet``: no progress lines and no summary table (errors and
-    warnings still go to stderr)."""
+def run(opts) -> dict:
+    """Analyse ``opts.runs`` into ``opts.out`` (``opts``: :class:`kdx.commandconfig.AnalyzeConflictsOptions`,
+    whose declarations checked every value). ``opts.quiet``: no progress lines and no summary table
+    (errors and warnings still go to stderr)."""
     from kdx.engine.device import resolve_device
 
+    opts.validate()
+    out = Path(opts.out)
     check_out(out)
-    if log != "csv":  # fail before the analysis, not after it
-        from kdx.engine.metric_log import LOGGERS, summary_writer
+    if opts.log != "csv":  # fail before the analysis, not after it (the package may be missing)
+        from kdx.engine.metric_log import summary_writer
 
-        if log not in LOGGERS:
-            raise KdxError(f"--log must be one of {', '.join(LOGGERS)}; got '{log}'")
         summary_writer(None)
-    _check_numbers(runs, split, images, batch_size, conflict_images)
-    dev = resolve_device(device)
-    loaded = [load_run(Path(p)) for p in runs]
+    pl_mod.set_plot_format(opts.plot_format)
+    dev = resolve_device(opts.device)
+    loaded = [load_run(Path(p)) for p in opts.runs]
     _check_same_task(loaded)
-    names_ = _labels(loaded, labels)
+    names_ = _labels(loaded, opts.label)
     for r in loaded:
         r["model"].to(dev).eval()
-    bundle, batches, info = _load_images(loaded, dataset, split, images, batch_size, dev, data_root)
+    bundle, batches, info = _load_images(loaded, opts.dataset, opts.split, opts.images, opts.batch_size, dev,
+                                         opts.data_root)
     names = list(loaded[0]["meta"].get("class_names") or bundle.class_names)
-    info["conflict_images"] = min(conflict_images or info["images"], info["images"]) if conflicts else 0
-    out = Path(out)
+    info["conflict_images"] = min(opts.conflict_images or info["images"], info["images"]) if opts.conflicts else 0
     _make_out(out)
     (out / RESULTS_FILE).unlink(missing_ok=True)  # written last, when the analysis is complete
-    results = _analyse_all(loaded, names_, bundle, batches, info, conflicts, names, quiet)
+    results = _analyse_all(loaded, names_, bundle, batches, info, opts.conflicts, names, opts.quiet)
     tables = _tables(results, names, info["images"])
     for name, frame in tables.items():
         atomic_write_csv(out / f"{name}.csv", frame)
@@ -430,11 +412,11 @@ def run(runs: list[Path], *, dataset=None, split="val", images=1024, labels=None
     atomic_write_text(out / "report.md", write_report(info, tables["summary"], tables["subtasks"], plots, n_layers))
     from kdx.engine.metric_log import epoch_scalars, log_figures
 
-    log_figures(log, out, plots, {f"{r['run']}/{t.split('/', 1)[-1]}": v for r in tables["summary"].to_dict("records")
+    log_figures(opts.log, out, plots, {f"{r['run']}/{t.split('/', 1)[-1]}": v for r in tables["summary"].to_dict("records")
                                   for t, v in epoch_scalars({k: x for k, x in r.items() if k != "run"}).items()}
                 if "run" in tables["summary"].columns else {})
     mark_finished(out, ["summary.csv", "report.md"], kind="analysis", runs=[r["path"] for r in info["runs"]])
-    if not quiet:
+    if not opts.quiet:
         _print_summary(tables["summary"], n_layers, out)
     return {"out": str(out), "summary": tables["summary"]}
 

@@ -63,38 +63,41 @@ def _set_routing(model, meta: dict, file: Path, routing, tau) -> None:
         model.tau = float(tau)
 
 
-def run(checkpoint: Path, *, dataset=None, split="test", data_root=None, which="model", routing=None, tau=None,
-        per_class_csv=None, device="auto", batch_size=None, val_fraction=None, seed=None, json_out=False,
-        precision=None, quiet=False) -> dict:
-    """Evaluate and write the per-class CSV; print a table (nothing with ``quiet``; one JSON
-    object with ``json_out``, quiet or not)."""
-    from kdx.data import load_dataset, make_loader
-    from kdx.engine.trainer import to_channels_last
+def _load(opts):
+    """The model (routing set), its metadata, file, run config and the dataset bundle ``opts`` names."""
+    from kdx.data import load_dataset
 
-    if split not in ("test", "val"):
-        raise KdxError(f"--split must be test or val, got '{split}'")
-    if batch_size is not None and batch_size <= 0:
-        raise KdxError("--batch-size must be positive")
-    file = layout.checkpoint_file(checkpoint, which=which)
+    file = layout.checkpoint_file(opts.checkpoint, which=opts.which)
     model, meta = ckpt.load_model(file)
-    _set_routing(model, meta, file, routing, tau)
-    run_dir, run_cfg = layout.run_root(file), layout.run_config(file)
+    _set_routing(model, meta, file, opts.routing, opts.tau)
     spec = layout.split_spec(file, meta)
-    dataset = dataset or spec["dataset"]
+    dataset = opts.dataset or spec["dataset"]
     if not dataset:
         raise KdxError(f"{file} does not record its dataset; pass --dataset")
-    vf = val_fraction if val_fraction is not None else spec["val_fraction"]
-    sd = seed if seed is not None else spec["seed"]
-    bundle = load_dataset(dataset, root=str(data_root) if data_root else spec["data_root"], val_fraction=vf, seed=sd)
+    vf = opts.val_fraction if opts.val_fraction is not None else spec["val_fraction"]
+    seed = opts.seed if opts.seed is not None else spec["seed"]
+    bundle = load_dataset(dataset, root=str(opts.data_root) if opts.data_root else spec["data_root"], val_fraction=vf,
+                          seed=seed)
     check_compatible(meta, bundle, str(file))
-    data = bundle.test if split == "test" else bundle.val
-    if data is None:
+    if (bundle.test if opts.split == "test" else bundle.val) is None:
         raise KdxError(f"dataset '{dataset}' has no validation split with --val-fraction {vf}")
-    dev, prec, channels_last = eval_runtime(meta, run_cfg, device, precision)
+    return model, meta, file, layout.run_config(file), dataset, bundle
+
+
+def run(opts) -> dict:
+    """Evaluate and write the per-class CSV; print a table (nothing with ``opts.quiet``; one JSON
+    object with ``opts.json``, quiet or not). ``opts``: :class:`kdx.commandconfig.EvaluateOptions`."""
+    from kdx.data import make_loader
+    from kdx.engine.trainer import to_channels_last
+
+    opts.validate()
+    model, meta, file, run_cfg, dataset, bundle = _load(opts)
+    data = bundle.test if opts.split == "test" else bundle.val
+    dev, prec, channels_last = eval_runtime(meta, run_cfg, opts.device, opts.precision)
     model.to(dev).eval()
     if channels_last:
         to_channels_last(model)
-    bs = batch_size or int(run_cfg.get("eval_batch_size", 256))
+    bs = opts.batch_size or int(run_cfg.get("eval_batch_size", 256))
     loader = make_loader(data, bs, train=False, device=dev, mean=bundle.mean, std=bundle.std,
                          channels_last=channels_last)
     res = evaluate(model, loader, bundle.num_classes, prec, device=dev)
@@ -105,20 +108,22 @@ def run(checkpoint: Path, *, dataset=None, split="test", data_root=None, which="
         "total": res.per_class_total,
         "accuracy": res.per_class_accuracy,
     })
+    per_class_csv = Path(opts.per_class_csv) if opts.per_class_csv else None
     if per_class_csv is None:
+        run_dir = layout.run_root(file)
         base = run_dir if run_dir is not None else file.parent
-        per_class_csv = base / csv_name(dataset, split, which, routing, tau, precision)
+        per_class_csv = base / csv_name(dataset, opts.split, opts.which, opts.routing, opts.tau, opts.precision)
     atomic_write_csv(per_class_csv, per_class)
-    result = {"checkpoint": str(file), "dataset": dataset, "split": split, "top1": res.top1, "top5": res.top5,
+    result = {"checkpoint": str(file), "dataset": dataset, "split": opts.split, "top1": res.top1, "top5": res.top5,
               "loss": res.loss, "count": res.count, "precision": prec.name, "per_class_csv": str(per_class_csv)}
     if hasattr(model, "routing"):
         result["routing"] = model.routing
         result["tau"] = float(getattr(model, "tau", float("nan")))
-    if json_out:
+    if opts.json:
         print(json_dumps(with_reasons(result)))  # NaN (an empty split) becomes null with a reason
         return result
-    if not quiet:
-        _print_table(f"{file} on {dataset} ({split}, {res.count} images, {prec.name})", res, bundle.class_names,
+    if not opts.quiet:
+        _print_table(f"{file} on {dataset} ({opts.split}, {res.count} images, {prec.name})", res, bundle.class_names,
                      per_class_csv)
     return result
 

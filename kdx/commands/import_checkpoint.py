@@ -75,16 +75,18 @@ def _dataset_meta(dataset: str | None, num_classes: int, in_channels: int) -> di
     return meta
 
 
-def run(file: Path, *, out: Path, kind="classifier", arch=None, num_classes=None, in_channels=None, dataset=None,
-        force=False) -> dict:
-    out = Path(out)
+def run(opts) -> dict:
+    """Convert ``opts.file`` into ``opts.out`` (:class:`kdx.commandconfig.ImportCheckpointOptions`)."""
+    opts.validate()
+    file, out, kind, arch = Path(opts.file), Path(opts.out), opts.kind, opts.arch
+    num_classes, in_channels, dataset = opts.num_classes, opts.in_channels, opts.dataset
     if out.is_dir():
         raise KdxError(f"--out {out} is a directory; name the .safetensors file to write")
-    if out.exists() and not force:
+    if out.exists() and not opts.overwrite:
         raise KdxError(f"{out} exists; pass --overwrite to replace it")
     if out.suffix != ".safetensors":
         raise KdxError(f"--out must end in .safetensors, got {out.name}")
-    state = read_foreign_state_dict(Path(file))
+    state = read_foreign_state_dict(file)
     if kind == "explainer":
         from kdx.models.routed.kinds import import_official
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
 from rich.table import Table
 
 from kdx.engine.checkpoint import load_state, read_metadata
@@ -21,14 +19,16 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def run(checkpoint: Path, json_out: bool = False, which: str = "model") -> dict:
-    file = checkpoint_file(checkpoint, which)
+def run(opts) -> dict:
+    """Print the metadata of ``opts.checkpoint`` (:class:`kdx.commandconfig.InfoOptions`) as a table or JSON."""
+    opts.validate()
+    file = checkpoint_file(opts.checkpoint, opts.which)
     meta = read_metadata(file)
     state = load_state(file)
     n_params = sum(v.numel() for k, v in state.items() if v.is_floating_point() and "running_" not in k)
     root = run_root(file)
     where = {"file": str(file), "run_dir": str(root) if root else None, "run_stage": stage_of(file)}
-    if json_out:
+    if opts.json:
         print(json.dumps(dict(meta, **where, parameters=n_params), indent=2))
         return meta
     table = Table(title=str(file), show_header=True)

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from rich.markup import escape as esc
 
 from kdx.commands import study as study_mod
+from kdx.commandconfig import AnalyzeConflictsOptions
 from kdx.commands.study import (BASE_SEED, GLOBAL_KEYS, PIPELINE_PRESETS, STEP_COMMANDS,  # noqa: F401 (re-exported)
-                                layout, merge_study, step_options)
+                                layout, merge_study, parse_sets, step_options)
 from kdx.io import atomic_write_text
 from kdx.engine.progress import console
 from kdx.engine.rundir import claim_group_dir, finished, holds_run
@@ -60,28 +62,25 @@ def step_values(study: dict, places: dict) -> dict:
     return steps
 
 
-def analysis_args(study: dict, analysis: Path) -> dict:
-    """Keyword arguments of analyze_conflicts.run for one seed, each checked against its declaration."""
+def analysis_options(study: dict, runs: list[Path], analysis: Path):
+    """The analyze-conflicts options of one seed's analysis: the study's ``[analysis]`` table, each
+    value checked against its declaration (:class:`kdx.commandconfig.AnalyzeConflictsOptions`),
+    and what the pipeline sets (the runs, their labels, the folder, the study's data and device)."""
+    from kdx.config import build_config
+    from kdx.options import coerce
+
     params = step_options("analysis")
     table = dict(study.get("analysis") or {})
     for key, value in table.items():
-        default = params[key].default
-        if isinstance(default, bool):
-            ok = isinstance(value, bool)
-        elif isinstance(default, int) or (default is None and key.endswith(("images", "size"))):
-            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
-        else:
-            ok = isinstance(value, type(default)) or default is None
-        if not ok:
-            raise KdxError(f"[analysis] {key} = {value!r} is not valid (default: {default!r})")
-    from kdx.commands.analyze_conflicts import check_options
-
-    try:
-        check_options(**table)
-    except KdxError as exc:
-        raise KdxError(f"study table [analysis]: {exc}") from None
-    return dict(table, dataset=study.get("dataset"), device=study.get("device") or "auto", out=analysis,
-                data_root=study.get("data_root"))
+        try:
+            coerce(params[key], value)
+        except KdxError as exc:
+            raise KdxError(f"study table [analysis] {key} = {value!r} is not valid: {exc}") from None
+    values = dict(table, runs=[str(r) for r in runs], label=list(study["methods"]), out=str(analysis),
+                  dataset=study.get("dataset"), device=study.get("device"), data_root=study.get("data_root"))
+    opts = build_config(AnalyzeConflictsOptions, cli=values)
+    opts.validate()
+    return opts
 
 
 # ------------------------------------------------------------------ checks before the first step
@@ -118,7 +117,7 @@ def resolve(study: dict, out: Path) -> dict:
     configs = {key: build_step(key if isinstance(key, str) else key[0], values)
                for key, values in step_values(study, places).items()}
     for paths in places["seeds"].values():
-        analysis_args(study, paths["analysis"])
+        analysis_options(study, [paths[f"explainer-{m}"] for m in study["methods"]], paths["analysis"])
     return {"configs": configs, "places": places, "teacher_meta": None}
 
 
@@ -197,6 +196,7 @@ def _command(step: str):
 
 
 def _analyse(study: dict, runs: list[Path], analysis: Path, name: str, log: list) -> None:
+    from kdx.analysis import plots
     from kdx.commands import analyze_conflicts
 
     if finished(analysis):
@@ -205,7 +205,8 @@ def _analyse(study: dict, runs: list[Path], analysis: Path, name: str, log: list
         return
     t0 = time.perf_counter()
     console.print(f"[bold]{esc(name)}[/] -> {esc(str(analysis))}")
-    analyze_conflicts.run(runs, labels=list(study["methods"]), **analysis_args(study, analysis))
+    # the figures in the study's format (the module setting the pipeline's --plot-format made)
+    analyze_conflicts.run(replace(analysis_options(study, runs, analysis), plot_format=plots.PLOT_FORMAT))
     log.append({"step": name, "status": "ran", "seconds": time.perf_counter() - t0})
 
 
@@ -248,3 +249,20 @@ def run(study: dict, out: Path, overwrite: bool = False) -> dict:
 
 def print_config(study: dict) -> str:
     return json.dumps(study, indent=2)
+
+
+def from_options(opts) -> None:
+    """``kdx pipeline``: the study of preset < ``--config`` file < flags (``--set`` included);
+    ``--print-config`` prints it, else it runs in ``--out`` [runs/study-<preset>]."""
+    from kdx.analysis.plots import set_plot_format
+
+    set_plot_format(opts.plot_format)
+    flags = {"teacher_run": opts.teacher, "dataset": opts.dataset, "data_root": opts.data_root, "device": opts.device,
+             "threads": opts.threads, "quiet": opts.quiet, "download": opts.download, "methods": opts.methods or None,
+             "seeds": opts.seeds or None}
+    study = build_study(opts.preset, opts.config, merge_study(parse_sets(opts.set or []),
+                                                              {k: v for k, v in flags.items() if v is not None}))
+    if opts.print_config:
+        print(print_config(study))
+        return
+    run(study, Path(opts.out) if opts.out else Path("runs") / f"study-{study['preset']}", overwrite=opts.overwrite)

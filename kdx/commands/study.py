@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-import inspect
 import json
 import platform
 import shlex
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, Optional
 
-from kdx.version import __version__
+from kdx.commandconfig import PLOT_FORMATS, AnalyzeConflictsOptions, CommandOptions
+from kdx.config import RunConfig, options_of
 from kdx.errors import KdxError
+from kdx.options import option
+from kdx.version import __version__
 
 GLOBAL_KEYS = ("dataset", "data_root", "download", "device", "precision", "channels_last", "quiet", "val_fraction",
                "max_train_samples", "num_workers", "deterministic", "threads")
@@ -31,11 +35,12 @@ STEP_COMMANDS = {"teacher": "train-teacher", "explainer": "distill-explainer", "
 PIPELINE_SETS = {
     "teacher": {"out", "resume", "overwrite", "seed"},
     "explainer": {"out", "resume", "overwrite", "seed", "method", "teacher", "stage", "from_run"},
-    "analysis": {"runs", "out", "labels", "dataset", "device", "data_root"},
+    "analysis": {"runs", "out", "label", "dataset", "device", "data_root", "plot_format"},
     "student": {"out", "resume", "overwrite", "seed", "teacher", "compare", "hierarchy"},
 }
 EXPLAINER_METHODS = ("ce", "ls", "kd")
 BASE_SEED = 1029  # the official seed; study seed s trains with BASE_SEED + s
+DEFAULT_PRESET = "demo"
 
 PIPELINE_PRESETS: dict[str, dict] = {
     # the whole study on the embedded data set in about 5 minutes on 2 CPU cores: narrower and
@@ -103,19 +108,54 @@ PIPELINE_PRESETS: dict[str, dict] = {
 }
 
 
+# ------------------------------------------------------------------ the command's options
+
+
+_RUN_OPTIONS = options_of(RunConfig)  # the training steps' own declarations of --device and --threads
+
+
+@dataclass
+class PipelineOptions(CommandOptions):
+    """``kdx pipeline``: a flag left unset keeps the study's value (its file's, else its preset's)."""
+
+    command: ClassVar[str] = "pipeline"
+    out: Optional[str] = option(None, "Study folder [runs/study-<preset>].", flags=("-o",), metavar="DIR")
+    config: Optional[str] = option(None, "Study TOML/JSON with [teacher], [explainer], [analysis], [student] tables "
+                                   "(or a study folder).", metavar="FILE")
+    preset: Optional[str] = option(None, f"Study preset: {' | '.join(PIPELINE_PRESETS)} [the file's, else "
+                                   f"{DEFAULT_PRESET}].", metavar="NAME")
+    print_config: bool = option(False, "Print the effective study config and exit.")
+    teacher: Optional[str] = option(None, "Use this teacher run instead of training one.", flags=("-t",),
+                                    metavar="RUN")
+    seeds: Optional[list[int]] = option(None, "Train the explainers (and analyse them) for each of these seeds, "
+                                        "e.g. 0,1,2 (comma-separated or repeated).", low=0, metavar="INTS")
+    methods: Optional[list[str]] = option(None, "Explainer methods, e.g. ce,ls,kd (comma-separated or repeated) "
+                                          "[the preset's].", metavar="NAMES")
+    set: Optional[list[str]] = option(None, "STEP.KEY=VALUE: any option of a step's command, e.g. "
+                                      "explainer.stage1_epochs=30 or teacher.arch=resnet32 (repeatable; steps: "
+                                      "teacher, explainer, analysis, student).", comma=False,
+                                      metavar="STEP.KEY=VALUE")
+    dataset: Optional[str] = option(None, "Override the preset's dataset.", flags=("-d",), metavar="NAME")
+    data_root: Optional[str] = option(None, "Dataset folder.", metavar="DIR")
+    download: Optional[bool] = option(None, "Download the dataset if it is missing [the study's; off].")
+    device: Optional[str] = option(None, _RUN_OPTIONS["device"].help + " [the study's; auto]", metavar="DEVICE")
+    threads: Optional[int] = option(None, _RUN_OPTIONS["threads"].help + " [the study's]", low=1)
+    overwrite: bool = option(False, "Replace the study in --out (deletes its runs).")
+    quiet: Optional[bool] = option(None, "One line per epoch instead of progress bars [the study's; off].",
+                                   flags=("-q",))
+    plot_format: str = option("png", "Figure format (pdf/svg are written beside the PNGs the report embeds).",
+                              choices=PLOT_FORMATS)
+
+
 # ------------------------------------------------------------------ the steps' declarations
 
 
 def step_options(step: str) -> dict:
-    """Option name -> its declaration (kdx.options.Option), for the command that runs ``step``; for
-    the analysis, the keyword parameters of analyze_conflicts.run."""
+    """Option name -> its declaration (kdx.options.Option), for the command that runs ``step``."""
+    from kdx.config import config_class
+
     if step == "analysis":
-        from kdx.commands import analyze_conflicts
-
-        params = inspect.signature(analyze_conflicts.run).parameters.values()
-        return {p.name: p for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
-    from kdx.config import config_class, options_of
-
+        return options_of(AnalyzeConflictsOptions)
     return options_of(config_class(STEP_COMMANDS[step]))
 
 
@@ -212,7 +252,7 @@ def read_study_file(path: str | Path) -> dict:
 def build_study(preset: str | None, config_file: str | None, flags: dict) -> dict:
     """preset < study file < flags (``--set`` included); every key checked, nothing run."""
     file_values = read_study_file(config_file) if config_file else {}
-    preset = preset or file_values.get("preset") or "demo"
+    preset = preset or file_values.get("preset") or DEFAULT_PRESET
     if preset not in PIPELINE_PRESETS:
         raise KdxError(f"unknown preset '{preset}'; valid presets: {', '.join(PIPELINE_PRESETS)}")
     flags = _alias_methods({k: v for k, v in flags.items() if v is not None}, "--set")
