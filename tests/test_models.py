@@ -38,9 +38,11 @@ def _hooks_empty(model: nn.Module) -> bool:
 
 # ---------------------------------------------------------------- registry
 
-def test_list_models_is_exactly_the_tsv_archs():
+def test_the_26_repdistiller_archs_are_registered():
+    """The layout TSV holds RepDistiller's 26 architectures, and all are registered. Other
+    registered architectures (a new family) are not in it: tests/test_contracts.py covers them."""
     assert len(ARCHS) == 26
-    assert list_models() == ARCHS  # sorted, same names
+    assert set(ARCHS) <= set(list_models()) and list_models() == sorted(list_models())
 
 
 def test_unknown_arch_raises_kdx_error_listing_valid_names():
