@@ -73,3 +73,16 @@ def test_method_and_paired_tables():
 
 def test_claim_rule():
     assert claimed([1.0, 1.1, 0.9]) and not claimed([1.0, -1.0, 0.5]) and not claimed([2.0])
+
+
+def test_methods_figure_puts_the_methods_on_each_panel(tmp_path):
+    from kdx.analysis.plots import methods_figure, methods_plot
+
+    frame = _frame()
+    parts = {f"{m}{s}": {1: partition_labels([[0, 1], [2, 3]], 4)} for m in ("ce", "kd", "at") for s in (0, 1, 2)}
+    table = method_table(with_tree_distances(frame, parts))
+    fig = methods_figure(table)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[0] == "accuracy" and any(t.startswith("tree distance to kd") for t in titles)
+    assert all([t.get_text() for t in ax.get_xticklabels()] == ["ce", "kd", "at"] for ax in fig.axes)
+    assert methods_plot(table, tmp_path / "methods.png").stat().st_size > 1000

@@ -275,3 +275,46 @@ def _delta_panel(ax, summary: pd.DataFrame, baseline: str) -> None:
     ax.set_xticks(xs, labels, fontsize=8)
     ax.set_ylabel(f"difference vs {against} (points)")
     ax.set_title("paired per-seed difference (best-val epoch)", fontsize=9)
+
+
+def methods_plot(table: pd.DataFrame, path: Path, fmt: str | None = None) -> Path:
+    """analyze-conflicts over explainers of several methods: :func:`methods_figure` to ``path``."""
+    return _save(methods_figure(table), path, fmt)
+
+
+def methods_figure(table: pd.DataFrame) -> Figure:
+    """One row of panels, the methods on the x axis of each (``methods.csv``, mean ± std over seeds):
+    test accuracy (axis from 0), attention entropy per layer at tau 1, conflict rate, and the tree
+    distance (adjusted Rand index) to kd's tree per layer. A reader sees at a glance which method
+    moves which quantity; the paired differences are in methods_paired.csv and the report."""
+    methods = [str(m) for m in table["method"]]
+    layers = sorted(int(c.split("_l")[-1].split("_")[0]) for c in table.columns
+                    if c.startswith("attention_entropy_tau1_l") and c.endswith("_mean"))
+    panels = [("accuracy", ["accuracy"], "test accuracy (%)", 100.0)]
+    panels.append(("attention entropy at tau 1", [f"attention_entropy_tau1_l{layer}" for layer in layers], "nats", 1.0))
+    if "conflict_rate_objective_mean" in table:
+        panels.append(("conflict rate", ["conflict_rate_objective"], "share of subtask pairs", 1.0))
+    ari = [f"tree_ari_kd_l{layer}" for layer in layers if f"tree_ari_kd_l{layer}_mean" in table]
+    if ari:
+        panels.append(("tree distance to kd (ARI; 1 = same tree)", ari, "adjusted Rand index", 1.0))
+    fig = _figure((max(10.0, 1.1 * len(methods) * len(panels)), 4.2), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    x = np.arange(len(methods))
+    for ax, (title, cols, ylabel, scale) in zip(axes, panels):
+        width = 0.8 / len(cols)
+        for i, col in enumerate(cols):
+            mean = scale * pd.to_numeric(table[f"{col}_mean"], errors="coerce").to_numpy(float)
+            std = scale * pd.to_numeric(table[f"{col}_std"], errors="coerce").fillna(0.0).to_numpy(float)
+            label = f"layer {col.rsplit('_l', 1)[-1]}" if len(cols) > 1 else None
+            ax.bar(x - 0.4 + width * (i + 0.5), np.nan_to_num(mean), width, yerr=std, capsize=2, label=label,
+                   color=f"C{i}", error_kw={"elinewidth": 0.7})
+        if title == "accuracy":
+            ax.set_ylim(0, 100)
+        ax.axhline(0.0, color="0.3", lw=0.6)
+        ax.set_xticks(x, methods, fontsize=8, rotation=45 if len(methods) > 6 else 0)
+        ax.set_title(title, fontsize=9)
+        ax.set_ylabel(ylabel, fontsize=8)
+        if len(cols) > 1:
+            ax.legend(fontsize=7, frameon=False)
+    fig.suptitle("explainers by KD method (mean ± std over seeds)", fontsize=10)
+    return fig
