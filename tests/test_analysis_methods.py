@@ -86,3 +86,25 @@ def test_methods_figure_puts_the_methods_on_each_panel(tmp_path):
     assert titles[0] == "accuracy" and any(t.startswith("tree distance to kd") for t in titles)
     assert all([t.get_text() for t in ax.get_xticklabels()] == ["ce", "kd", "at"] for ax in fig.axes)
     assert methods_plot(table, tmp_path / "methods.png").stat().st_size > 1000
+
+
+def test_analyze_conflicts_compares_methods_side_by_side(tmp_path):
+    """Runs of several methods: methods.csv, methods_paired.csv, plots/methods.png and the report section."""
+    from fakes import fake_explainer_run
+    from typer.testing import CliRunner
+
+    from kdx.cli import app
+
+    runs = [fake_explainer_run(tmp_path, o, i) for i, o in enumerate(("ce", "ls", "kd"))]
+    out = tmp_path / "ana"
+    r = CliRunner().invoke(app, ["analyze-conflicts", *map(str, runs), "--images", "32", "--conflict-images", "16",
+                                 "--device", "cpu", "--quiet", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    table = pd.read_csv(out / "methods.csv")
+    assert list(table["method"]) == ["ce", "ls", "kd"] and "tree_ari_kd_l1_mean" in table
+    assert table.set_index("method").at["kd", "tree_ari_kd_l1_mean"] == 1.0
+    paired = pd.read_csv(out / "methods_paired.csv")
+    assert {"kd", "ce"} == set(paired["reference"]) and not paired["claimed"].any()  # one seed: nothing claimed
+    assert (out / "plots" / "methods.png").is_file()
+    report = (out / "report.md").read_text()
+    assert "## Methods side by side" in report and "tree_ari_kd_l1" in report

@@ -53,12 +53,22 @@ class Components:
     grads: list[list[torch.Tensor]]
 
 
-def loss_for(objective: str, params: dict | None):
-    """The training loss of ``objective`` (a method name of :mod:`kdx.distill.methods`, with its
-    recorded option values) as ``fn(logits, y, teacher_logits)``."""
+def loss_for(objective, params: dict | None):
+    """The training loss of ``objective`` (method names of :mod:`kdx.distill.methods`, a list or
+    ``"kd+at"``, with their recorded option values) as ``fn(logits, y, teacher_logits)``.
+
+    [kdx] Of a run distilled with feature methods, the signal is its logit part (``kd+at`` ->
+    ``kd``; ``at`` alone -> ``ce``): a feature loss does not split into per-class subtask losses.
+    ``fn.dropped`` names the methods left out."""
+    from kdx.distill.methods import all_methods
     from kdx.distill.task import logit_loss
 
-    return logit_loss(objective, params)
+    names = [n for n in (objective if isinstance(objective, (list, tuple)) else str(objective).split("+")) if n]
+    registry = all_methods()
+    logit = [n for n in names if n not in registry or not registry[n].uses_features]
+    fn = logit_loss("+".join(logit or ["ce"]), params)
+    fn.dropped = [n for n in names if n not in logit]
+    return fn
 
 
 def subtask_components(model, batches, losses: dict, total: int, progress=None) -> Components:

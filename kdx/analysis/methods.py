@@ -54,7 +54,7 @@ def tree_distance(a: list[int], b: list[int]) -> float:
 
 def quantities(summary: pd.DataFrame) -> list[str]:
     """The per-run columns the comparison reports, in reading order."""
-    cols = ["accuracy"]
+    cols = [c for c in ("test_top1", "accuracy") if c in summary.columns]
     cols += sorted((c for c in summary.columns if _ENTROPY.match(c)), key=lambda c: (bool(_ENTROPY.match(c).group(1)),
                                                                                    int(_ENTROPY.match(c).group(2))))
     cols += [c for c in ("shared_pairs_objective", "conflict_rate_objective", "weighted_conflict_objective")
@@ -125,3 +125,47 @@ def paired_table(frame: pd.DataFrame) -> pd.DataFrame:
                 rows.append({"method": method, "reference": ref, "quantity": q, "seeds": len(d), "mean": mean,
                              "std": std, "per_seed": " ".join(f"{v:+.4f}" for v in d), "claimed": claimed(d)})
     return pd.DataFrame(rows, columns=["method", "reference", "quantity", "seeds", "mean", "std", "per_seed", "claimed"])
+
+
+def run_frame(summary: pd.DataFrame, metas: dict[str, dict]) -> pd.DataFrame:
+    """summary.csv's rows with each run's ``method`` (its checkpoint's method label), ``seed`` and
+    ``test_top1`` (the analysed checkpoint's test top-1, from its metadata) by run label."""
+    out = summary.copy()
+    out["method"] = [str(metas[r].get("method") or metas[r].get("objective") or "?") for r in out["run"]]
+    out["seed"] = [metas[r].get("seed") for r in out["run"]]
+    out["test_top1"] = [(metas[r].get("metrics") or {}).get("test_top1") for r in out["run"]]
+    return out
+
+
+def comparison(summary: pd.DataFrame, metas: dict[str, dict], groups: dict[str, list]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(methods.csv, methods_paired.csv) of the analysed runs; ``groups``: per run label the
+    analysis' hard clusters per layer (``[(expert, classes), ...]`` each)."""
+    frame = run_frame(summary, metas)
+    num_classes = 1 + max(c for g in groups.values() for layer in g for _, members in layer for c in members)
+    parts = {run: {layer: partition_labels([m for _, m in g], num_classes) for layer, g in enumerate(layers, start=1)}
+             for run, layers in groups.items()}
+    frame = with_tree_distances(frame, parts)
+    return method_table(frame), paired_table(frame)
+
+
+def report_section(table: pd.DataFrame, paired: pd.DataFrame) -> str:
+    """The report's "Methods side by side" section: the table, then the claimed paired differences."""
+    shown = re.compile(r"^(test_top1|attention_entropy_tau1_l\d+|conflict_rate_objective|weighted_conflict_objective|"
+                       r"tree_ari_(kd|ce)_l\d+)$")
+    qs = [c[:-5] for c in table.columns if c.endswith("_mean") and shown.match(c[:-5])]
+    lines = ["", "## Methods side by side", "",
+             "Mean ± std over seeds per method (`methods.csv`); test_top1 is the analysed checkpoint's test "
+             "accuracy, accuracy that on the analysed images; tree_ari_<ref>_l<L> is the adjusted Rand index "
+             "between the method's class partition at layer L and the reference method's of the same seed "
+             "(1 = the same tree). The entropies at the runs' final tau, the shared pairs and the accuracy on the analysed "
+             "images are in the CSV too. Paired per-seed differences against kd and ce are in `methods_paired.csv`; "
+             "a difference is claimed when |mean| > 2 std / sqrt(n) over its n seeds.", "",
+             "| method | seeds | " + " | ".join(qs) + " |", "|" + "---|" * (len(qs) + 2)]
+    for _, r in table.iterrows():
+        cells = [f"{r[q + '_mean']:.4g}" + ("" if pd.isna(r[q + "_std"]) else f" ± {r[q + '_std']:.2g}") for q in qs]
+        lines.append(f"| {r['method']} | {r['seeds']} | " + " | ".join(cells) + " |")
+    claims = paired[paired["claimed"]] if len(paired) else paired
+    lines += ["", f"Claimed paired differences ({len(claims)} of {len(paired)}):", ""]
+    lines += [f"- {c.method} vs {c.reference}, {c.quantity}: {c.mean:+.4g} ± {c.std:.2g} (seeds: {c.per_seed})"
+              for c in claims.itertuples()] or ["- none"]
+    return "\n".join(lines) + "\n"

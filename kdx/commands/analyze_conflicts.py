@@ -233,6 +233,9 @@ def analyse_run(run, label, bundle, batches, conflict_images, do_conflicts, name
         teacher = None
         try:
             fn = cf_mod.loss_for(objective, meta.get("method_params") or meta.get("objective_params"))
+            if fn.dropped:
+                notes.append(f"objective signal: the logit part of {objective} ({', '.join(fn.dropped)}: feature "
+                             f"losses have no per-subtask split)")
             if fn.needs_teacher:
                 teacher, why = _teacher_logits(run, bundle, batches)
                 if teacher is None:
@@ -350,6 +353,21 @@ def _write_clusters(results: list[dict], names: list[str], out: Path) -> None:
                 atomic_write_text(d / f"layer{l}.json", json.dumps(doc, indent=1) + "\n")
 
 
+def _method_comparison(results: list[dict], summary: pd.DataFrame, out: Path) -> str:
+    """With runs of two or more methods: methods.csv, methods_paired.csv, plots/methods.png and the
+    report's section (kdx.analysis.methods); else nothing."""
+    from kdx.analysis import methods as mt_mod
+
+    metas = {res["label"]: res["meta"] for res in results}
+    if len({str(m.get("method") or m.get("objective")) for m in metas.values()}) < 2:
+        return ""
+    table, paired = mt_mod.comparison(summary, metas, {res["label"]: res["groups"] for res in results})
+    atomic_write_csv(out / "methods.csv", table)
+    atomic_write_csv(out / "methods_paired.csv", paired)
+    f = pl_mod.methods_plot(table, out / "plots" / "methods.png")
+    return mt_mod.report_section(table, paired) + f"\n![methods side by side](plots/{f.name})\n"
+
+
 def _run_plots(res: dict, names: list[str], pdir: Path) -> list[tuple[str, str]]:
     """One run's attention heatmaps, class tree and conflict matrices: [(caption, relative path)]."""
     lab = res["label"]
@@ -409,7 +427,9 @@ def run(opts) -> dict:
     info["runs"] = [{"label": res["label"], "path": res["path"], "objective": (res["meta"].get("method") or res["meta"].get("objective")),
                      "stage": res["meta"].get("stage"), "routing": res["mode"], "tau": res["tau"], "note": res["note"]}
                     for res in results]
-    atomic_write_text(out / "report.md", write_report(info, tables["summary"], tables["subtasks"], plots, n_layers))
+    report = write_report(info, tables["summary"], tables["subtasks"], plots, n_layers)
+    report += _method_comparison(results, tables["summary"], out)
+    atomic_write_text(out / "report.md", report)
     from kdx.engine.metric_log import epoch_scalars, log_figures
 
     log_figures(opts.log, out, plots, {f"{r['run']}/{t.split('/', 1)[-1]}": v for r in tables["summary"].to_dict("records")
