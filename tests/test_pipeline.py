@@ -204,8 +204,8 @@ def test_objectives_is_a_deprecated_alias_of_methods(capsys):
     study = pipeline.build_study("demo", None, {"objectives": ["ce", "kd"]})
     assert study["methods"] == ["ce", "kd"] and "objectives" not in study
     assert "deprecated" in capsys.readouterr().err
-    with pytest.raises(KdxError, match="methods must be among"):
-        pipeline.build_study("demo", None, {"methods": ["ce", "dkd"]})
+    with pytest.raises(KdxError, match="unknown explainer method 'nope'"):
+        pipeline.build_study("demo", None, {"methods": ["ce", "nope"]})
 
 
 def test_set_download_and_methods_flags(tmp_path):
@@ -328,3 +328,27 @@ def test_a_study_folder_in_use_is_refused(tmp_path):
     with pytest.raises(KdxError, match="in use by process"):
         pipeline.claim_folder(study, out, overwrite=True)
     assert not (out / "study.json").exists()
+
+
+def test_the_pipeline_takes_every_registered_explainer_method(tmp_path):
+    """issue 19 item 3 / issue 20 item 3: no method list in the commands; a teacher wherever a method
+    needs one; ``all``; combinations; the explain-methods preset (no students, one analysis of all)."""
+    from kdx.distill.methods import methods_for
+
+    study = pipeline.build_study("demo", None, {"methods": ["ce", "dkd", "at", "kd+at"]})
+    assert study["methods"] == ["ce", "dkd", "at", "kd+at"]
+    places = study_mod.layout(study, tmp_path)
+    steps = pipeline.step_values(study, places)
+    assert "teacher" not in steps[("explainer", 0, "ce")] and steps[("explainer", 0, "ce")]["method"] == ["ce"]
+    assert all(steps[("explainer", 0, m)]["teacher"] == str(places["teacher"]) for m in ("dkd", "at", "kd+at"))
+    assert steps[("explainer", 0, "kd+at")]["method"] == ["kd", "at"]
+    every = pipeline.build_study("explain-methods", None, {})
+    offered = methods_for("explainer")
+    assert every["methods"][:3] == ["ce", "ls", "kd"] and sorted(every["methods"]) == sorted(offered)
+    assert len(every["methods"]) == len(offered) == 14 and every["seeds"] == [0, 1, 2]
+    resolved = pipeline.resolve(every, tmp_path / "em")
+    assert "student" not in resolved["configs"] and resolved["places"]["methods"] == tmp_path / "em" / "analysis-methods"
+    runs, labels = pipeline.method_analysis_runs(every, resolved["places"])
+    assert len(runs) == 14 * 3 and labels[:2] == ["ce-s0", "ls-s0"]
+    r = runner.invoke(app, ["pipeline", "--preset", "explain-methods", "--print-config"])
+    assert r.exit_code == 0 and '"students": false' in r.output

@@ -1,7 +1,10 @@
 """`kdx pipeline`: the whole study in one command.
 
-teacher -> explainers (ce, ls, kd) for every study seed -> analyze-conflicts per seed ->
-train-vam-student --compare (with the hierarchy from the first seed's analysis). Every step is
+teacher -> explainers (the study's methods: any registered explainer method, ``all`` of them, or
+combinations such as ``kd+at``; a teacher for every method that needs one) for every study seed ->
+analyze-conflicts per seed (and, with several seeds and methods, one analysis of all of them that
+compares the methods side by side) -> train-vam-student --compare (with the hierarchy from the
+first seed's analysis; skipped when the study sets ``students = false``). Every step is
 an ordinary run directory under the study folder (layout: :func:`kdx.commands.study.layout`).
 Every input of every step is checked before the first step runs; a rerun skips finished steps
 (the run directory says so: :func:`kdx.engine.rundir.finished`) and resumes an interrupted one;
@@ -24,6 +27,7 @@ from kdx.commands.study import (BASE_SEED, GLOBAL_KEYS, PIPELINE_PRESETS, STEP_C
 from kdx.io import atomic_write_text
 from kdx.engine.progress import console
 from kdx.engine.rundir import claim_group_dir, finished, holds_run
+from kdx.distill.methods import all_methods
 from kdx.errors import KdxError
 
 # ------------------------------------------------------------------ the steps' configs
@@ -52,17 +56,28 @@ def step_values(study: dict, places: dict) -> dict:
     for s in seeds:
         for m in study["methods"]:
             v = dict(g, **study.get("explainer") or {}, seed=BASE_SEED + s, out=str(places["seeds"][s][f"explainer-{m}"]))
-            v["method"] = m
-            if m == "kd":
+            v["method"] = m.split("+")
+            if any(all_methods()[n].needs_teacher for n in v["method"]):  # a teacher wherever a method needs one
                 v["teacher"] = teacher
             steps[("explainer", s, m)] = v
-    hierarchy = places["seeds"][seeds[0]]["analysis"]
-    steps["student"] = dict(g, **study.get("student") or {}, seed=BASE_SEED + seeds[0], teacher=teacher,
-                            compare=True, hierarchy=[str(hierarchy)], out=str(places["students"]))
+    if study.get("students", True):
+        hierarchy = places["seeds"][seeds[0]]["analysis"]
+        steps["student"] = dict(g, **study.get("student") or {}, seed=BASE_SEED + seeds[0], teacher=teacher,
+                                compare=True, hierarchy=[str(hierarchy)], out=str(places["students"]))
     return steps
 
 
-def analysis_options(study: dict, runs: list[Path], analysis: Path):
+def method_analysis_runs(study: dict, places: dict) -> tuple[list[Path], list[str]]:
+    """The runs and labels of the study-wide analysis: every explainer of every seed (``kd-s0``, ...)."""
+    runs, labels = [], []
+    for s, paths in places["seeds"].items():
+        for m in study["methods"]:
+            runs.append(paths[f"explainer-{m}"])
+            labels.append(f"{m}-s{s}")
+    return runs, labels
+
+
+def analysis_options(study: dict, runs: list[Path], analysis: Path, labels: list[str] | None = None):
     """The analyze-conflicts options of one seed's analysis: the study's ``[analysis]`` table, each
     value checked against its declaration (:class:`kdx.commandconfig.AnalyzeConflictsOptions`),
     and what the pipeline sets (the runs, their labels, the folder, the study's data and device)."""
@@ -76,7 +91,7 @@ def analysis_options(study: dict, runs: list[Path], analysis: Path):
             coerce(params[key], value)
         except KdxError as exc:
             raise KdxError(f"study table [analysis] {key} = {value!r} is not valid: {exc}") from None
-    values = dict(table, runs=[str(r) for r in runs], label=list(study["methods"]), out=str(analysis),
+    values = dict(table, runs=[str(r) for r in runs], label=list(labels or study["methods"]), out=str(analysis),
                   dataset=study.get("dataset"), device=study.get("device"), data_root=study.get("data_root"))
     opts = build_config(AnalyzeConflictsOptions, cli=values)
     opts.validate()
@@ -118,6 +133,9 @@ def resolve(study: dict, out: Path) -> dict:
                for key, values in step_values(study, places).items()}
     for paths in places["seeds"].values():
         analysis_options(study, [paths[f"explainer-{m}"] for m in study["methods"]], paths["analysis"])
+    if places["methods"] is not None:
+        runs, labels = method_analysis_runs(study, places)
+        analysis_options(study, runs, places["methods"], labels)
     return {"configs": configs, "places": places, "teacher_meta": None}
 
 
@@ -195,7 +213,7 @@ def _command(step: str):
     return {"teacher": train_teacher, "explainer": distill_explainer, "student": train_vam_student}[step]
 
 
-def _analyse(study: dict, runs: list[Path], analysis: Path, name: str, log: list) -> None:
+def _analyse(study: dict, runs: list[Path], analysis: Path, name: str, log: list, labels=None) -> None:
     from kdx.analysis import plots
     from kdx.commands import analyze_conflicts
 
@@ -206,7 +224,7 @@ def _analyse(study: dict, runs: list[Path], analysis: Path, name: str, log: list
     t0 = time.perf_counter()
     console.print(f"[bold]{esc(name)}[/] -> {esc(str(analysis))}")
     # the figures in the study's format (the module setting the pipeline's --plot-format made)
-    analyze_conflicts.run(replace(analysis_options(study, runs, analysis), plot_format=plots.PLOT_FORMAT))
+    analyze_conflicts.run(replace(analysis_options(study, runs, analysis, labels), plot_format=plots.PLOT_FORMAT))
     log.append({"step": name, "status": "ran", "seconds": time.perf_counter() - t0})
 
 
@@ -243,7 +261,11 @@ def run(study: dict, out: Path, overwrite: bool = False) -> dict:
             _train("explainer", configs[("explainer", s, m)], paths[f"explainer-{m}"], f"[seed {s}] explainer {m}", log)
         _analyse(study, [paths[f"explainer-{m}"] for m in study["methods"]], paths["analysis"],
                  f"[seed {s}] analysis", log)
-    _students(configs["student"], places["students"], log)
+    if places["methods"] is not None:
+        runs, labels = method_analysis_runs(study, places)
+        _analyse(study, runs, places["methods"], "analysis of every method and seed", log, labels)
+    if "student" in configs:
+        _students(configs["student"], places["students"], log)
     return write_report(study, out, resolved, log, time.perf_counter() - t0)
 
 

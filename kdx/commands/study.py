@@ -28,7 +28,7 @@ from kdx.version import __version__
 GLOBAL_KEYS = ("dataset", "data_root", "download", "device", "precision", "channels_last", "quiet", "val_fraction",
                "max_train_samples", "num_workers", "deterministic", "threads")
 SECTIONS = ("teacher", "explainer", "analysis", "student")
-STUDY_KEYS = ("seeds", "methods", "notes", "preset", "teacher_run")
+STUDY_KEYS = ("seeds", "methods", "notes", "preset", "teacher_run", "students")
 STEP_COMMANDS = {"teacher": "train-teacher", "explainer": "distill-explainer", "analysis": "analyze-conflicts",
                  "student": "train-vam-student"}
 # options of each step that the pipeline sets itself (a study table may not)
@@ -38,7 +38,7 @@ PIPELINE_SETS = {
     "analysis": {"runs", "out", "label", "dataset", "device", "data_root", "plot_format"},
     "student": {"out", "resume", "overwrite", "seed", "teacher", "compare", "hierarchy"},
 }
-EXPLAINER_METHODS = ("ce", "ls", "kd")
+FIRST_METHODS = ("ce", "ls", "kd")  # the paper's three first, then every other method the explainer offers
 BASE_SEED = 1029  # the official seed; study seed s trains with BASE_SEED + s
 DEFAULT_PRESET = "demo"
 
@@ -66,6 +66,20 @@ PIPELINE_PRESETS: dict[str, dict] = {
                  "explainers' entropy and conflict findings with their seed spread, not for the paper's accuracies.",
         "teacher": {"arch": "resnet20", "preset": "quick", "epochs": 15},
         "explainer": {"preset": "quick", "tau0": 10.0, "stage1_epochs": 30, "stage2_epochs": 8},
+        "analysis": {"images": 600, "split": "val", "conflict_images": 256},
+        "student": {"arch": "resnet8", "preset": "quick", "epochs": 4, "seeds": [0]},
+    },
+    # issue 20: every method the explainer offers, each distilled from one teacher, 3 seeds; one
+    # analysis over all of them compares the methods side by side (no student step)
+    "explain-methods": {
+        "dataset": "fashion-mnist-mini", "seeds": [0, 1, 2], "methods": ["all"], "students": False,
+        "notes": "explain-methods preset: fashion-mnist-mini on CPU; teacher resnet20 for 15 quick epochs; one "
+                 "explainer per registered explainer method (the quick recipe, 8 + 10 epochs), 3 seeds; every "
+                 "explainer of every seed analysed together on 600 validation images, the methods compared side "
+                 "by side (methods.csv, paired differences against kd and ce). Several hours of a 2-core CPU; "
+                 "rerun the same command to continue.",
+        "teacher": {"arch": "resnet20", "preset": "quick", "epochs": 15},
+        "explainer": {"preset": "quick"},
         "analysis": {"images": 600, "split": "val", "conflict_images": 256},
         "student": {"arch": "resnet8", "preset": "quick", "epochs": 4, "seeds": [0]},
     },
@@ -249,6 +263,30 @@ def read_study_file(path: str | Path) -> dict:
     return data
 
 
+def explainer_methods(methods) -> list[str]:
+    """The study's explainer methods: registered names offered to the explainer, or ``name+name``
+    combinations of them, or ``all`` (every one offered, the paper's ce, ls, kd first)."""
+    from kdx.distill.methods import methods_for
+
+    offered = methods_for("explainer")
+    if isinstance(methods, str):
+        methods = [methods]
+    if not methods or not isinstance(methods, list) or not all(isinstance(m, str) and m for m in methods):
+        raise KdxError(f"methods must be a non-empty list of method names; got {methods!r}")
+    out: list[str] = []
+    for m in methods:
+        names = [n for n in FIRST_METHODS if n in offered] + sorted(set(offered) - set(FIRST_METHODS)) \
+            if m == "all" else [m]
+        for name in names:
+            bad = [n for n in name.split("+") if n not in offered]
+            if bad:
+                raise KdxError(f"unknown explainer method '{bad[0]}' in methods; valid: all, {', '.join(offered)} "
+                               f"(or a combination such as kd+at)")
+            if name not in out:
+                out.append(name)
+    return out
+
+
 def build_study(preset: str | None, config_file: str | None, flags: dict) -> dict:
     """preset < study file < flags (``--set`` included); every key checked, nothing run."""
     file_values = read_study_file(config_file) if config_file else {}
@@ -258,9 +296,9 @@ def build_study(preset: str | None, config_file: str | None, flags: dict) -> dic
     flags = _alias_methods({k: v for k, v in flags.items() if v is not None}, "--set")
     check_keys(flags, "the command line")
     study = merge_study(merge_study(merge_study(PIPELINE_PRESETS[preset], {"preset": preset}), file_values), flags)
-    bad = [m for m in study.get("methods") or [] if m not in EXPLAINER_METHODS]
-    if bad or not study.get("methods"):
-        raise KdxError(f"methods must be among {', '.join(EXPLAINER_METHODS)}; got {study.get('methods')}")
+    study["methods"] = explainer_methods(study.get("methods"))
+    if not isinstance(study.get("students", True), bool):
+        raise KdxError(f"students must be true or false; got {study.get('students')!r}")
     seeds = study.get("seeds")
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds) \
             or len(set(seeds)) != len(seeds):
@@ -282,7 +320,9 @@ def layout(study: dict, out: Path) -> dict:
         per_seed[s] = {**{f"explainer-{m}": root / f"explainer-{m}" for m in study["methods"]},
                        "analysis": root / "analysis"}
     teacher = Path(study["teacher_run"]) if study.get("teacher_run") else out / "teacher"
-    return {"teacher": teacher, "seeds": per_seed, "students": out / "students"}
+    # several seeds and methods: one more analysis of every explainer of every seed, the methods side by side
+    methods = out / "analysis-methods" if len(seeds) > 1 and len(study["methods"]) > 1 else None
+    return {"teacher": teacher, "seeds": per_seed, "students": out / "students", "methods": methods}
 
 
 # ------------------------------------------------------------------ description of a run

@@ -244,7 +244,9 @@ def describe(study: dict, resolved: dict) -> list[str]:
         teacher = f"{t.arch}, {t.epochs} epochs ({t.schedule}, lr {t.lr:g}, batch {t.batch_size})"
     e = next(v for k, v in cfgs.items() if isinstance(k, tuple))
     final_tau = e.tau0 / e.stage1_epochs
-    a, s = study.get("analysis") or {}, cfgs["student"]
+    a, s = study.get("analysis") or {}, cfgs.get("student")
+    students = (f"- students: {s.arch}, {s.epochs} epochs, student seeds {', '.join(map(str, s.seeds or [0]))}, "
+                f"hierarchy from seed {study['seeds'][0]}'s analysis") if s is not None else "- students: none (students = false)"
     return [f"- data: {study.get('dataset')}" + (f" (first {study['max_train_samples']} training images)"
                                                  if study.get("max_train_samples") else ""),
             f"- teacher: {teacher}",
@@ -252,8 +254,7 @@ def describe(study: dict, resolved: dict) -> list[str]:
             f"{e.stage1_epochs} epochs at tau0 {e.tau0:g} (final tau {final_tau:.3g}), stage 2 {e.stage2_epochs} epochs; "
             f"seeds {seeds} (seed s trains with seed {BASE_SEED} + s)",
             f"- analysis: {a.get('images', 1024)} {a.get('split', 'val')} images per seed",
-            f"- students: {s.arch}, {s.epochs} epochs, student seeds {', '.join(map(str, s.seeds or [0]))}, "
-            f"hierarchy from seed {study['seeds'][0]}'s analysis", ""]
+            students, ""]
 
 
 def _notes(study: dict) -> list[str]:
@@ -315,6 +316,19 @@ def students_section(stud: pd.DataFrame, students: Path, out: Path) -> list[str]
     return lines
 
 
+def methods_section(analysis: Path | None, out: Path) -> list[str]:
+    """The methods side by side, from the study-wide analysis (its report's section, figure linked)."""
+    if analysis is None or not (analysis / "report.md").is_file():
+        return []
+    text = (analysis / "report.md").read_text()
+    start = text.find("## Methods side by side")
+    if start < 0:
+        return []
+    section = text[start:].replace("](plots/", f"]({_rel(analysis, out)}/plots/")
+    return [section.replace("## Methods side by side", "## Explainers by method, every seed (issue 20)", 1),
+            f"Full analysis: [{_rel(analysis / 'report.md', out)}]({_rel(analysis / 'report.md', out)}).", ""]
+
+
 def write_report(study: dict, out: Path, resolved: dict, log: list, seconds: float) -> pd.DataFrame:
     places = resolved["places"]
     summary = int_frame(collect(study, resolved))
@@ -345,9 +359,11 @@ def write_report(study: dict, out: Path, resolved: dict, log: list, seconds: flo
     if report.is_file():
         lines += [f"Full analysis of seed {study['seeds'][0]}: [{_rel(report, out)}]({_rel(report, out)}).", ""]
     lines += _tree_and_plots(study, paths0, out)
-    lines += ["## Students: with and without VAM", "",
-              *students_section(summary[summary["component"] == "student"], places["students"], out),
-              "## Steps of this invocation", "", md_table(pd.DataFrame(log), floatfmt="{:.1f}")]
+    lines += methods_section(places.get("methods"), out)
+    if "student" in resolved["configs"]:
+        lines += ["## Students: with and without VAM", "",
+                  *students_section(summary[summary["component"] == "student"], places["students"], out)]
+    lines += ["## Steps of this invocation", "", md_table(pd.DataFrame(log), floatfmt="{:.1f}")]
     atomic_write_text(out / "study_report.md", "\n".join(lines) + "\n")
     from kdx.engine.progress import console
 
