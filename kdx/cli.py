@@ -8,6 +8,7 @@ methods' own options), the other commands' of :mod:`kdx.commandconfig`, the pipe
 :class:`kdx.commands.study.PipelineOptions`. Nothing about an option is typed here.
 """
 
+import dataclasses
 import enum
 import functools
 import inspect
@@ -17,17 +18,104 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from typer.core import TyperArgument, TyperCommand
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from kdx import commandconfig as cc
 from kdx.commands.study import PipelineOptions
 from kdx.errors import KdxError
 from kdx.version import __version__
 
+
+@dataclasses.dataclass
+class LazyCommand:
+    """A registered command: its help text now, its click command built on first use (the training
+    commands' options come from the method registry, which imports torch)."""
+
+    help: str
+    build: typing.Callable[[], typing.Any]
+    command: typing.Any = None
+
+    def get(self):
+        if self.command is None:
+            self.command = self.build()
+        return self.command
+
+    def stub(self, name: str):
+        """What the command list of ``kdx --help`` and completion of command names show: name and help."""
+        return self.command or TyperCommand(name=name, help=self.help, rich_markup_mode=app.rich_markup_mode)
+
+
+COMMANDS: dict[str, LazyCommand] = {}  # name -> command, in the order of registration
+
+
+class LazyCommands(dict):
+    """``group.commands``: looking a command up builds it; listing names (``in``, iteration, keys) does not."""
+
+    def __getitem__(self, name):
+        return COMMANDS[name].get()
+
+    def get(self, name, default=None):
+        return COMMANDS[name].get() if name in COMMANDS else default
+
+    def __contains__(self, name):
+        return name in COMMANDS
+
+    def __iter__(self):
+        return iter(COMMANDS)
+
+    def __len__(self):
+        return len(COMMANDS)
+
+    def keys(self):
+        return COMMANDS.keys()
+
+    def items(self):
+        return [(n, c.get()) for n, c in COMMANDS.items()]
+
+    def values(self):
+        return [c.get() for c in COMMANDS.values()]
+
+
+class LazyGroup(TyperGroup):
+    """The ``kdx`` group: ``kdx --help``, ``--version`` and completion of command names build no
+    command (nor import torch); running a command, its ``--help`` or completing its options builds it."""
+
+    listing = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for name, cmd in dict(self.commands).items():  # registered on ``app`` directly: built already
+            COMMANDS[name] = LazyCommand(cmd.help or "", lambda cmd=cmd: cmd, cmd)
+        self.commands = LazyCommands()
+
+    def list_commands(self, ctx) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx, cmd_name: str):
+        entry = COMMANDS.get(cmd_name)
+        if entry is None:
+            return None
+        return entry.stub(cmd_name) if self.listing else entry.get()
+
+    def _listing(self, method, *args):
+        self.listing = True
+        try:
+            return method(*args)
+        finally:
+            self.listing = False
+
+    def format_help(self, ctx, formatter):
+        return self._listing(super().format_help, ctx, formatter)
+
+    def shell_complete(self, ctx, incomplete: str):
+        return self._listing(super().shell_complete, ctx, incomplete)
+
+
 app = typer.Typer(
     name="kdx",
     help="Explainable knowledge distillation: train a teacher, distill it into KDExplainer, "
     "analyse subtask attention and conflicts, and train students with a virtual attention module.",
+    cls=LazyGroup,
     no_args_is_help=True,
     rich_markup_mode="rich",  # option panels; help texts are escaped where they are built
     pretty_exceptions_enable=False,
@@ -60,10 +148,46 @@ def handle_errors(fn):
             typer.echo(f"kdx: interrupted ({exc}); resume with {rundir.resume_hint(exc.run_dir)}", err=True)
             raise typer.Exit(exc.exit_code)
         except KeyboardInterrupt:
+            rundir.rollback()
             typer.echo("kdx: interrupted", err=True)
             raise typer.Exit(130)
+        except (typer.Exit, typer.Abort, click_exceptions()):
+            raise
+        except Exception as exc:  # the last line of defence: a bug or an unforeseen fault, never a traceback
+            rundir.rollback()  # what the command created is undone as for a KdxError
+            unexpected_error(exc)
 
     return wrapper
+
+
+def click_exceptions() -> tuple:
+    """click's own exceptions (usage errors), which click reports itself."""
+    return tuple(c for c in typer.BadParameter.__mro__ if c.__name__ in ("UsageError", "ClickException"))
+
+
+def unexpected_error(exc: BaseException, code: int = 1):
+    """One line naming the error and the file holding the full traceback, exit ``code`` (1: not a
+    user error but a fault kdx did not foresee). ``KDX_DEBUG=1`` prints the traceback too."""
+    import os
+    import tempfile
+    import time
+    import traceback
+
+    trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    name = f"kdx-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+    where = Path(tempfile.gettempdir()) / name
+    try:
+        with open(where, "x") as fh:
+            fh.write(f"kdx {__version__}: {' '.join(sys.argv)}\n{trace}")
+        told = f"full traceback in {where}"
+    except OSError as err:
+        told = f"the traceback could not be written ({err.strerror or err})"
+    if os.environ.get("KDX_DEBUG") == "1":
+        typer.echo(trace, err=True, nl=False)
+    detail = " ".join(str(exc).split())[:300]
+    typer.echo(f"kdx: error: unexpected {type(exc).__name__}{': ' + detail if detail else ''} ({told}; "
+               f"KDX_DEBUG=1 shows it; please report it)", err=True)
+    raise typer.Exit(code)
 
 
 def _version(value: bool):
@@ -191,11 +315,21 @@ def make_config(cls, options: dict):
 
 def declared_command(command: str, cls, target: str, help_text: str, *, typed_choices: bool = False,
                      panel: str = "Options", config_help: str = CONFIG_HELP) -> None:
-    """Register ``command``: its arguments and flags derive from the declarations of ``cls``, its
-    body builds the config (:func:`make_config`) and calls ``target`` (``module:function`` of
-    :mod:`kdx.commands`) with it."""
+    """Register ``command`` (built on first use, :class:`LazyCommand`): its arguments and flags derive
+    from the declarations of ``cls`` (a class, or a function returning it), its body builds the config
+    (:func:`make_config`) and calls ``target`` (``module:function`` of :mod:`kdx.commands`) with it."""
+    COMMANDS[command] = LazyCommand(help_text, functools.partial(
+        _build_command, command, cls, target, help_text, typed_choices, panel, config_help))
+
+
+def _build_command(command: str, cls, target: str, help_text: str, typed_choices: bool, panel: str,
+                   config_help: str):
+    """The click command of a :func:`declared_command`."""
+    from typer.models import CommandInfo
+
     from kdx.options import field_options
 
+    cls = cls if isinstance(cls, type) else cls()
     opts = [o for o in field_options(cls) if o.cli]
     presets = getattr(cls, "presets", {})
     module, _, function = target.partition(":")
@@ -210,14 +344,23 @@ def declared_command(command: str, cls, target: str, help_text: str, *, typed_ch
     body.__signature__ = inspect.Signature(params + _meta_params({o.name for o in opts}, panel, config_help))
     body.__doc__ = help_text
     body.__name__ = module if function == "run" else function
-    app.command(command, cls=KdxCommand)(handle_errors(body))
+    callback = handle_errors(body)
+    _escape_help(callback)
+    return typer.main.get_command_from_info(CommandInfo(name=command, cls=KdxCommand, callback=callback),
+                                            pretty_exceptions_short=app.pretty_exceptions_short,
+                                            rich_markup_mode=app.rich_markup_mode)
 
 
 def training_command(command: str, run_module: str, help_text: str) -> None:
-    """A training command: its config class (with the options of the methods it offers) from :mod:`kdx.config`."""
-    from kdx.config import config_class
+    """A training command: its config class (with the options of the methods it offers, so torch
+    comes in with the method registry) from :mod:`kdx.config`, looked up when the command is built."""
 
-    declared_command(command, config_class(command), f"{run_module}:run", help_text, typed_choices=True, panel="Run",
+    def config():
+        from kdx.config import config_class
+
+        return config_class(command)
+
+    declared_command(command, config, f"{run_module}:run", help_text, typed_choices=True, panel="Run",
                      config_help=TRAINING_CONFIG_HELP)
 
 
@@ -302,18 +445,23 @@ declared_command("methods", cc.MethodsOptions, "listing:methods",
     "commands that offer it.")
 
 
-def _escape_help_texts() -> None:
+def _escape_help(callback) -> None:
     """Help texts show ``[defaults]`` literally: escape them once for rich markup (which the option
-    panels need), for every command, whoever wrote it."""
+    panels need)."""
     from rich.markup import escape
     from typer.models import ParameterInfo
 
+    for p in inspect.signature(callback).parameters.values():
+        d = p.default
+        if isinstance(d, ParameterInfo) and d.help and not getattr(d, "_kdx_escaped", False):
+            d.help = escape(d.help)
+            d._kdx_escaped = True
+
+
+def _escape_help_texts() -> None:
+    """The same for commands registered on ``app`` directly (``@app.command``), whoever wrote them."""
     for info in app.registered_commands:
-        for p in inspect.signature(info.callback).parameters.values():
-            d = p.default
-            if isinstance(d, ParameterInfo) and d.help and not getattr(d, "_kdx_escaped", False):
-                d.help = escape(d.help)
-                d._kdx_escaped = True
+        _escape_help(info.callback)
 
 
 _escape_help_texts()
@@ -342,6 +490,14 @@ def main(argv: list[str] | None = None):  # console-script entry point
         sys.exit(130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
+    except Exception as exc:  # outside a command (parsing, a callback): the same last line of defence
+        from kdx.engine import rundir
+
+        rundir.rollback()
+        try:
+            unexpected_error(exc)
+        except typer.Exit as done:
+            sys.exit(done.exit_code)
     sys.exit(code if isinstance(code, int) else 0)
 
 

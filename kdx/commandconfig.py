@@ -20,10 +20,11 @@ from kdx.config import SEED_MAX
 from kdx.engine.metric_log import LOGGERS
 from kdx.engine.runs import CHECKPOINTS
 from kdx.errors import KdxError
-from kdx.models.routed.routing import MODES as ROUTING_MODES
 from kdx.options import check_required, option
 
 PLOT_FORMATS = ("png", "pdf", "svg")  # kdx.analysis.plots.PLOT_FORMATS (tests/test_declared_commands.py holds them equal)
+# kdx.models.routed.routing.MODES, not imported: that loads torch, and `kdx --help` must not (tests/test_startup.py)
+ROUTING_MODES = ("soft", "hard", "gumbel")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICE_HELP = "auto | cpu | cuda | cuda:N | mps."
 IMPORT_KINDS = ("classifier", "explainer")
