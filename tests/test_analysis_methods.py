@@ -108,3 +108,19 @@ def test_analyze_conflicts_compares_methods_side_by_side(tmp_path):
     assert (out / "plots" / "methods.png").is_file()
     report = (out / "report.md").read_text()
     assert "## Methods side by side" in report and "tree_ari_kd_l1" in report
+
+
+def test_methods_csv_columns_are_documented(tmp_path):
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[1] / "docs" / "analyze-conflicts.md").read_text()
+    assert "### `methods.csv`" in doc and "### `methods_paired.csv`" in doc
+    frame = _frame()
+    parts = {f"{m}{s}": {1: partition_labels([[0, 1], [2, 3]], 4)} for m in ("ce", "kd", "at") for s in (0, 1, 2)}
+    table = method_table(with_tree_distances(frame, parts))
+    q = r"(test_top1|accuracy|attention_entropy(_tau1)?_l\d+|shared_pairs_objective|conflict_rate_objective|" \
+        r"weighted_conflict_objective|tree_ari_(kd|ce)_l\d+)"
+    assert all(re.fullmatch(rf"method|seeds|{q}_(mean|std)", c) for c in table.columns), list(table.columns)
+    assert list(paired_table(with_tree_distances(frame, parts)).columns) == \
+        ["method", "reference", "quantity", "seeds", "mean", "std", "per_seed", "claimed"]
