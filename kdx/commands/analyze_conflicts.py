@@ -25,7 +25,7 @@ from kdx.analysis.routed import as_routed, check_routed, routing_matrices
 from kdx.engine import checkpoint as ckpt
 from kdx.engine import runs as layout
 from kdx.io import atomic_write_csv, atomic_write_text
-from kdx.engine.progress import table_console
+from kdx.engine.progress import HEARTBEAT_SECONDS, Heartbeat, table_console
 from kdx.engine.rundir import RESULTS_FILE, mark_finished
 from kdx.errors import KdxError
 
@@ -46,9 +46,11 @@ def _warn(msg: str) -> None:
 
 class RunProgress:
     """Progress of the analysis on stderr: on a terminal a live line (run, layer, chunk), updated as
-    the gradient components advance; otherwise (piped, a log file) one plain line per finished run."""
+    the gradient components advance; otherwise (piped, a log file) one plain line per finished run
+    and, while a run is at work, a line saying where it is at least every ``heartbeat`` seconds."""
 
-    def __init__(self, total: int, console: Console | None = None, quiet: bool = False):
+    def __init__(self, total: int, console: Console | None = None, quiet: bool = False,
+                 heartbeat: float = HEARTBEAT_SECONDS):
         from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
         self.total, self.console, self.quiet = total, console or Console(stderr=True), quiet
@@ -56,8 +58,14 @@ class RunProgress:
         self._bar = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), TextColumn("{task.fields[where]}"),
                              TimeElapsedColumn(), console=self.console, transient=True) if self.live else None
         self._task = None
+        self.beat = Heartbeat(self.console, heartbeat) if not (self.live or quiet) else None
+        self._run = ""
 
     def start(self, index: int, label: str) -> None:
+        self._run = f"analyze-conflicts: run {index}/{self.total} '{label}'"
+        if self.beat is not None:
+            self.beat.set(f"{self._run}: logits, attention and entropy")
+            self.beat.start()
         if self._bar is not None:
             if self._task is None:
                 self._bar.start()
@@ -65,6 +73,8 @@ class RunProgress:
             self._bar.update(self._task, description=f"run {index}/{self.total} '{label}'", where="logits")
 
     def update(self, where: str) -> None:
+        if self.beat is not None:
+            self.beat.set(f"{self._run}: gradient conflicts, {where}")
         if self._bar is not None and self._task is not None:
             self._bar.update(self._task, where=where)
 
@@ -76,8 +86,13 @@ class RunProgress:
             self._bar.console.print(line, highlight=False)
         else:
             self.console.print(line, highlight=False, soft_wrap=True)
+        if self.beat is not None:
+            self.beat.set("")  # between runs: nothing at work to report
+            self.beat.printed()
 
     def close(self) -> None:
+        if self.beat is not None:
+            self.beat.stop()
         if self._bar is not None:
             self._bar.stop()
 

@@ -256,13 +256,14 @@ class Trainer:
         acc = StepSums()
         t0 = time.perf_counter()
         images = 0
-        self.progress.start_epoch(f"{self.label} {st.epoch}/{cfg.epochs}", n_steps, st.step)
+        self.progress.start_epoch(f"{self.label} {st.epoch}/{cfg.epochs}", n_steps, st.step,
+                                  later_steps=(cfg.epochs - st.epoch) * n_steps)
         for x, y, index in self.train_loader.batches(st.epoch, st.step, with_index=True):
             self._step(st, acc, x, y, index)
             st.step += 1
             st.total_steps += 1
             images += y.numel()
-            if st.step % 10 == 0 or st.step == n_steps:
+            if self.progress.due(st.step == n_steps):  # by time, from the first step (a host sync each)
                 n = st.sums["n"] + acc.get("_n")
                 elapsed = max(time.perf_counter() - t0, 1e-9)
                 self.progress.update(st.step, (st.sums["loss"] + acc.get("_loss")) / max(n, 1),
