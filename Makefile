@@ -34,6 +34,7 @@ bench: install
 	$(BIN)/python benchmarks/analysis_time.py
 	$(BIN)/python benchmarks/vam_overhead.py
 	$(BIN)/python benchmarks/vam_variant_cost.py
+	$(BIN)/python benchmarks/explainer_method_step.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
