@@ -32,7 +32,9 @@ class DatasetSpec:
     records, known without reading files (None where only the files know, e.g. a folder).
     ``family``: datasets of one family share classes and image statistics, so a teacher of one
     serves a student of another (``fashion-mnist-mini`` is a part of ``fashion-mnist``); None:
-    the dataset is its own family.
+    the dataset is its own family. ``fake(root)``: writes a tiny copy of the dataset's files
+    under ``root`` (a few images per class) for the registry's contract tests; None for a
+    dataset that needs no files (or whose fake the tests know).
     """
 
     name: str
@@ -46,6 +48,7 @@ class DatasetSpec:
     class_names: Optional[tuple] = None
     takes_path: bool = False
     family: Optional[str] = None
+    fake: Optional[Callable] = None
 
     @property
     def label(self) -> str:
