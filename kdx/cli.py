@@ -151,7 +151,7 @@ def handle_errors(fn):
             rundir.rollback()
             typer.echo("kdx: interrupted", err=True)
             raise typer.Exit(130)
-        except (typer.Exit, typer.Abort, click_exceptions()):
+        except (typer.Exit, typer.Abort) + click_exceptions():
             raise
         except Exception as exc:  # the last line of defence: a bug or an unforeseen fault, never a traceback
             rundir.rollback()  # what the command created is undone as for a KdxError

@@ -34,39 +34,86 @@ def options_of(cls) -> dict:
     return {o.name: o for o in field_options(cls)}
 
 
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+MAX_NODES = 100_000  # values in a config file, aliases expanded (kdx's own config.json has ~100)
+MAX_ALIASES = 100
+MAX_DEPTH = 32
+RUN_PLACE_KEYS = ("resume", "out", "overwrite")
+"""Where a run is written or resumed: only ever from the command line, never from a config file."""
+
+
+def _yaml_load(text: str):
+    """``yaml.safe_load`` with alias expansion bounded: a document may use at most MAX_ALIASES
+    aliases (a "billion laughs" bomb uses a few per level and is refused before it expands)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        aliases = 0
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                Loader.aliases += 1
+                if Loader.aliases > MAX_ALIASES:
+                    raise ValueError(f"more than {MAX_ALIASES} YAML aliases (a bomb?)")
+            return super().compose_node(parent, index)
+
+    return yaml.load(text, Loader=Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def _check_size(data, path: Path) -> None:
+    """Count the values of ``data`` (shared ones once per use), iteratively: refuse more than
+    MAX_NODES or a nesting deeper than MAX_DEPTH (no recursion, whatever the input)."""
+    stack, nodes = [(data, 0)], 0
+    while stack:
+        value, depth = stack.pop()
+        nodes += 1
+        if nodes > MAX_NODES or depth > MAX_DEPTH:
+            raise KdxError(f"config file {path} is too large or too deeply nested "
+                           f"(limits: {MAX_NODES:,} values, {MAX_DEPTH} levels)")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+
+
 def load_table_file(path: str | Path, default_name: str = "config.json") -> dict:
-    """Parse a JSON, TOML or YAML file (or ``DIR/default_name``) into a dict, with one-line errors."""
+    """Parse a JSON, TOML or YAML file (or ``DIR/default_name``) into a dict, with one-line errors.
+    A FIFO or device is refused before it is opened; size, nesting and YAML aliases are bounded."""
+    from kdx.io import file_kind, read_text_checked
+
     path = Path(path)
     if path.is_dir():
         path = path / default_name
+    kind = file_kind(path)
+    if kind is not None:
+        raise KdxError(f"config file {path} is {kind}, not a regular file")
     if not path.is_file():
         raise KdxError(f"config file not found: {path}")
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise KdxError(f"cannot read config file {path}: {exc}") from None
+    text = read_text_checked(path, "config file", MAX_CONFIG_BYTES)
     suffix = path.suffix.lower()
     try:
         if suffix == ".toml":
             data = tomllib.loads(text)
         elif suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
+            data = _yaml_load(text)
         else:
             data = json.loads(text)
-    except Exception as exc:  # every parser's own error type: one line naming the file
+    except Exception as exc:  # every parser's own error type (RecursionError too): one line naming the file
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise KdxError(f"cannot parse config file {path}: {first}") from None
     if not isinstance(data, dict):
         raise KdxError(f"config file {path} must hold a table/mapping of options")
+    _check_size(data, path)
     return data
 
 
 def read_config_file(path: str | Path) -> dict:
     """Read a config file; tables/sections are flattened (``[optim] lr = 0.1`` -> ``lr``), and a key that
     two tables both set is refused."""
-    data = load_table_file(path)
+    return _flatten(load_table_file(path), path)
+
+
+def _flatten(data: dict, path) -> dict:
     flat: dict = {}
     where: dict = {}
 
@@ -87,6 +134,24 @@ def read_config_file(path: str | Path) -> dict:
     return flat
 
 
+def _file_values(cls, config_file) -> dict:
+    """The options of a ``--config`` file for ``cls``. Where the run goes (``resume``, ``out``,
+    ``overwrite``) never comes from a file: a config.json kdx wrote records them (dropped), any
+    other file that sets them is refused."""
+    data = load_table_file(config_file)
+    values = _flatten(data, config_file)
+    own = {f.name for f in dataclasses.fields(cls)}
+    for key in RUN_PLACE_KEYS:
+        if key not in own or key not in values:
+            continue
+        if isinstance(data.get("kdx"), dict) or values[key] in (None, False):
+            values.pop(key)
+        else:
+            raise KdxError(f"config file {config_file} sets '{key}'; where a run is written or resumed comes only "
+                           f"from the command line (--{key}), never from a file")
+    return values
+
+
 def build_config(cls, *, presets: dict[str, dict] | None = None, config_file: str | None = None,
                  cli: dict | None = None, recipe_for_dataset=None):
     """Build a config of dataclass ``cls`` from defaults < dataset recipe < preset < file < CLI.
@@ -98,7 +163,7 @@ def build_config(cls, *, presets: dict[str, dict] | None = None, config_file: st
     has_presets = presets is not None or hasattr(cls, "presets")
     presets = getattr(cls, "presets", {}) if presets is None else presets
     cli = {k: v for k, v in (cli or {}).items() if v is not None}
-    file_values = read_config_file(config_file) if config_file else {}
+    file_values = _file_values(cls, config_file) if config_file else {}
     upgrade = getattr(cls, "upgrade_values", None)
     if upgrade is not None:  # older config files, same meaning
         file_values, cli = upgrade(file_values), upgrade(cli)

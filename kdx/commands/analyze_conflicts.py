@@ -285,17 +285,28 @@ def analyse_run(run, label, bundle, batches, conflict_images, do_conflicts, name
 
 def check_out(out: Path) -> None:
     """``--out`` must be a folder or not exist yet, under folders (one-line error otherwise)."""
+    from kdx.engine.rundir import check_names, check_not_inside_run, check_owner
+
+    if not str(out).strip():
+        raise KdxError("--out '': name a folder")
     out = Path(out)
+    check_names(out)
     if out.exists() and not out.is_dir():
         raise KdxError(f"--out {out} exists and is not a directory")
     parent = next((p for p in out.parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
         raise KdxError(f"--out {out}: {parent} is not a directory")
+    check_owner(out, "analyze-conflicts")  # never a training run's folder (its results.json), even an explainer's
+    check_not_inside_run(out)
 
 
 def _make_out(out: Path) -> None:
+    from kdx.engine.rundir import KIND_ANALYSIS, acquire_lock, write_marker
+
     try:
         out.mkdir(parents=True, exist_ok=True)
+        acquire_lock(out)  # a second analysis into the same folder is refused
+        write_marker(out, "analyze-conflicts", KIND_ANALYSIS)
     except OSError as exc:
         raise KdxError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
 

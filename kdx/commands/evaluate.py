@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -23,6 +24,9 @@ def check_compatible(meta: dict, bundle, source: str) -> None:
     shape = meta.get("input_shape")
     if shape and int(shape[0]) != bundle.in_channels:
         raise KdxError(f"{source} expects {shape[0]}-channel input but dataset '{bundle.name}' has {bundle.in_channels}")
+    if shape and list(shape[1:]) != [bundle.image_size, bundle.image_size]:
+        raise KdxError(f"{source} was trained on {shape[1]}x{shape[2]} images but dataset '{bundle.name}' has "
+                       f"{bundle.image_size}x{bundle.image_size} images")
 
 
 def eval_runtime(meta: dict, run_cfg: dict, device: str, precision: str | None):
@@ -76,8 +80,9 @@ def _load(opts):
         raise KdxError(f"{file} does not record its dataset; pass --dataset")
     vf = opts.val_fraction if opts.val_fraction is not None else spec["val_fraction"]
     seed = opts.seed if opts.seed is not None else spec["seed"]
+    shape = meta.get("input_shape")
     bundle = load_dataset(dataset, root=str(opts.data_root) if opts.data_root else spec["data_root"], val_fraction=vf,
-                          seed=seed)
+                          seed=seed, image_size=int(shape[1]) if shape else None)  # folder images at the model's size
     check_compatible(meta, bundle, str(file))
     if (bundle.test if opts.split == "test" else bundle.val) is None:
         raise KdxError(f"dataset '{dataset}' has no validation split with --val-fraction {vf}")
@@ -90,7 +95,13 @@ def run(opts) -> dict:
     from kdx.data import make_loader
     from kdx.engine.trainer import to_channels_last
 
+    from kdx.engine.rundir import check_output_file
+
     opts.validate()
+    if opts.tau is not None and not math.isfinite(float(opts.tau)):
+        raise KdxError(f"--tau must be a finite number; got {opts.tau}")
+    if opts.per_class_csv is not None:  # checked before any work: never a device, FIFO or another run's file
+        check_output_file(opts.per_class_csv, "--per-class-csv", own=("eval_*.csv",))
     model, meta, file, run_cfg, dataset, bundle = _load(opts)
     data = bundle.test if opts.split == "test" else bundle.val
     dev, prec, channels_last = eval_runtime(meta, run_cfg, opts.device, opts.precision)
@@ -113,6 +124,7 @@ def run(opts) -> dict:
         run_dir = layout.run_root(file)
         base = run_dir if run_dir is not None else file.parent
         per_class_csv = base / csv_name(dataset, opts.split, opts.which, opts.routing, opts.tau, opts.precision)
+        check_output_file(per_class_csv, "the per-class CSV", own=("eval_*.csv",))
     atomic_write_csv(per_class_csv, per_class)
     result = {"checkpoint": str(file), "dataset": dataset, "split": opts.split, "top1": res.top1, "top5": res.top5,
               "loss": res.loss, "count": res.count, "precision": prec.name, "per_class_csv": str(per_class_csv)}

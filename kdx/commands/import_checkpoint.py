@@ -9,7 +9,9 @@ import torch
 
 from kdx.version import __version__
 from kdx.engine import checkpoint as ckpt
+from kdx.engine.rundir import acquire_lock, check_output_file
 from kdx.errors import KdxError, did_you_mean
+from kdx.io import check_regular_input
 
 
 def _load_error_detail(exc: Exception) -> str:
@@ -41,6 +43,9 @@ def read_foreign_state_dict(file: Path) -> dict:
                 break
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise KdxError(f"{file} does not hold a state dict of tensors (nor one under 'model'/'state_dict')")
+    bad = next((k for k in obj if not isinstance(k, str)), None)
+    if bad is not None:
+        raise KdxError(f"{file}: a state-dict key is not a string ({bad!r}); not a PyTorch state dict")
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
 
 
@@ -82,10 +87,13 @@ def run(opts) -> dict:
     num_classes, in_channels, dataset = opts.num_classes, opts.in_channels, opts.dataset
     if out.is_dir():
         raise KdxError(f"--out {out} is a directory; name the .safetensors file to write")
+    check_output_file(out, "--out")  # never a device, FIFO or another run's file; a writable folder
     if out.exists() and not opts.overwrite:
         raise KdxError(f"{out} exists; pass --overwrite to replace it")
     if out.suffix != ".safetensors":
         raise KdxError(f"--out must end in .safetensors, got {out.name}")
+    check_regular_input(file, "checkpoint")
+    acquire_lock(out.parent, f".{out.name}.kdx.lock")  # a second import into the same file is refused
     state = read_foreign_state_dict(file)
     if kind == "explainer":
         from kdx.models.routed.kinds import import_official

@@ -7,6 +7,8 @@ safetensors; everything else is JSON. Every write is atomic.
 from __future__ import annotations
 
 import json
+import math
+import os
 import random
 from pathlib import Path
 from typing import Callable
@@ -121,6 +123,9 @@ def load_state(path: str | Path, map_location="cpu") -> dict:
 def check_and_load_state_dict(model: torch.nn.Module, state: dict, source: str, arch: str) -> None:
     """Load ``state`` into ``model`` strictly, turning mismatches into one clear KdxError."""
     expected = model.state_dict()
+    bad_key = next((k for k in state if not isinstance(k, str)), None)
+    if bad_key is not None:
+        raise KdxError(f"{source} does not fit arch '{arch}': a state-dict key is not a string ({bad_key!r})")
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
@@ -135,19 +140,55 @@ def check_and_load_state_dict(model: torch.nn.Module, state: dict, source: str, 
                 f"{source} does not fit arch '{arch}': '{key}' has shape {tuple(state[key].shape)}, "
                 f"the model expects {tuple(value.shape)}"
             )
+        if (value.is_floating_point() != state[key].is_floating_point()
+                or (state[key].dtype == torch.bool) != (value.dtype == torch.bool)):
+            raise KdxError(f"{source} does not fit arch '{arch}': '{key}' holds {str(state[key].dtype)[6:]} values, "
+                           f"the model {str(value.dtype)[6:]} (kdx never casts weights silently)")
     model.load_state_dict(state, strict=True)
 
 
-def build_model(meta: dict) -> torch.nn.Module:
-    """The (untrained) model a checkpoint's metadata describes, built by its kind's builder."""
-    return kind_builder(meta.get("kind", "classifier"))(meta)
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover
+        return 64 * 1024 ** 3
+
+
+def _probe_size(builder, meta: dict) -> int | None:
+    """Bytes of the model ``meta`` describes, built on the meta device (no memory allocated);
+    None when the builder cannot run there (the real build then reports what is wrong)."""
+    try:
+        with torch.device("meta"):
+            probe = builder(meta)
+    except Exception:  # noqa: BLE001 - any failure here is re-raised by the real build below
+        return None
+    tensors = list(probe.parameters()) + list(probe.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def build_model(meta: dict, source: str = "checkpoint") -> torch.nn.Module:
+    """The (untrained) model a checkpoint's metadata describes, built by its kind's builder. Sized
+    against memory first (metadata is data: widths of 10^5 channels would need hundreds of GB), and
+    a builder's own error on hostile values becomes one line."""
+    builder = kind_builder(meta.get("kind", "classifier"))
+    size, limit = _probe_size(builder, meta), _memory_bytes() // 2
+    if size is not None and size > limit:
+        raise KdxError(f"{source}: the model its metadata describes needs {size / 1024 ** 3:.1f} GiB "
+                       f"(more than half of this machine's {2 * limit / 1024 ** 3:.0f} GiB); not a checkpoint kdx wrote")
+    try:
+        return builder(meta)
+    except KdxError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, RuntimeError, AttributeError, ZeroDivisionError) as exc:
+        raise KdxError(f"{source}: kdx metadata does not describe a model this kdx can build "
+                       f"({type(exc).__name__}: {' '.join(str(exc).split())[:150]})") from None
 
 
 def load_model(path: str | Path, map_location="cpu", which: str = "model"):
     """Load any kdx checkpoint (file or run dir) -> ``(model in eval mode, metadata)``."""
     file = resolve_checkpoint(path, which=which)
     meta = read_metadata(file)
-    model = build_model(meta)
+    model = build_model(meta, str(file))
     state = load_state(file, map_location="cpu")
     check_and_load_state_dict(model, state, str(file), meta.get("arch", meta.get("kind", "?")))
     model.to(map_location).eval()
@@ -243,24 +284,129 @@ def has_resume(run_dir: Path) -> bool:
     return (rdir / "state.json").is_file() and (rdir / "state.safetensors").is_file()
 
 
+def _bad_state(rdir: Path, why: str) -> KdxError:
+    return KdxError(f"cannot resume from {rdir}: state.json {why} (not what kdx writes; delete {rdir} to "
+                    f"restart the interrupted epoch from the last finished one's files, or --overwrite)")
+
+
+def _is_int(v, lo: int = 0, hi: int = 2**62) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def validate_resume_state(js, rdir: Path) -> dict:
+    """``resume/state.json`` checked like a flag: its structure, progress counters, optimizer
+    record and RNG states (one-line KdxError naming what is wrong)."""
+    if not isinstance(js, dict):
+        raise _bad_state(rdir, "is not a JSON object")
+    for key, kind in (("progress", dict), ("optimizer", dict), ("rng", dict)):
+        if not isinstance(js.get(key), kind):
+            raise _bad_state(rdir, f"lacks its '{key}' object")
+    validate_progress(js["progress"], rdir)
+    opt = js["optimizer"]
+    if not isinstance(opt.get("state"), dict) or not isinstance(opt.get("param_groups"), list) or not all(
+            isinstance(g, dict) and isinstance(g.get("params"), list) for g in opt["param_groups"]):
+        raise _bad_state(rdir, "has no valid optimizer record (state, param_groups)")
+    if not all(isinstance(k, str) and k.isdigit() and isinstance(v, dict) for k, v in opt["state"].items()):
+        raise _bad_state(rdir, "has an invalid optimizer state")
+    rng = js["rng"]
+    np_state = rng.get("numpy")
+    if not (isinstance(np_state, list) and len(np_state) == 5 and np_state[0] == "MT19937"
+            and isinstance(np_state[1], list) and len(np_state[1]) == 624
+            and all(_is_int(x, 0, 2**32 - 1) for x in np_state[1]) and _is_int(np_state[2], 0, 624)):
+        raise _bad_state(rdir, "has an invalid NumPy RNG state")
+    py = rng.get("python")
+    if not (isinstance(py, list) and len(py) == 3 and isinstance(py[1], list) and len(py[1]) == 625
+            and all(_is_int(x, 0, 2**32) for x in py[1])):
+        raise _bad_state(rdir, "has an invalid Python RNG state")
+    return js
+
+
+def validate_progress(progress: dict, rdir: Path) -> dict:
+    """The progress record: epoch >= 1, steps >= 0, finite sums, a best record."""
+    if not _is_int(progress.get("epoch"), 1, 10**7):
+        raise _bad_state(rdir, f"has epoch {progress.get('epoch')!r} (an integer >= 1 is needed)")
+    for key in ("step", "total_steps"):
+        if not _is_int(progress.get(key)):
+            raise _bad_state(rdir, f"has {key} {progress.get(key)!r} (an integer >= 0 is needed)")
+    if not _is_int(progress.get("bad_steps", 0)):
+        raise _bad_state(rdir, "has an invalid bad_steps count")
+    sums, best = progress.get("sums"), progress.get("best")
+    if not (isinstance(sums, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                           and math.isfinite(v) for v in sums.values())
+            and all(k in sums for k in ("n", "correct", "loss"))):
+        raise _bad_state(rdir, "has invalid running sums")
+    if not (isinstance(best, dict) and _is_int(best.get("epoch"), 0, 10**7)
+            and isinstance(best.get("val_top1"), (int, float)) and not isinstance(best.get("val_top1"), bool)):
+        raise _bad_state(rdir, "has an invalid best-epoch record")
+    records = progress.get("records", [])
+    if not (isinstance(records, list) and all(isinstance(r, str) and r.isidentifier() for r in records)):
+        raise _bad_state(rdir, "has invalid record names")
+    return progress
+
+
+def check_progress_fits(progress: dict, rdir: Path, epochs: int, steps_per_epoch: int) -> None:
+    """A resumed run's progress against its config: never more epochs done than the run has (an
+    edited epoch, or ``--epochs`` below what was trained), never more steps than an epoch has."""
+    done = progress["epoch"] - (0 if progress["step"] >= steps_per_epoch else 1)
+    if progress["epoch"] > epochs and progress["step"] < steps_per_epoch or done > epochs:
+        raise KdxError(f"--resume {Path(rdir).parent}: the run has trained {done} epoch(s) (epoch "
+                       f"{progress['epoch']}), more than --epochs {epochs}; --epochs may only grow")
+    if progress["step"] > steps_per_epoch:
+        raise _bad_state(rdir, f"has step {progress['step']} in an epoch of {steps_per_epoch} steps")
+
+
 def load_resume(run_dir: Path, *, model: torch.nn.Module, optimizer, scaler) -> dict:
-    """Restore model, optimizer, scaler and RNG; return the progress record."""
+    """Restore model, optimizer, scaler and RNG; return the (validated) progress record."""
+    from safetensors import safe_open
+
+    from kdx.io import read_text_checked
+
     rdir = Path(run_dir) / RESUME_DIR
     try:
-        js = json.loads((rdir / "state.json").read_text())
-        from safetensors import safe_open
-
+        js = json.loads(read_text_checked(rdir / "state.json", "resume state"))
         with safe_open(str(rdir / "state.safetensors"), framework="pt") as fh:
             token = (fh.metadata() or {}).get("token")
         tensors = load_file(str(rdir / "state.safetensors"))
-    except (OSError, ValueError, SafetensorError) as exc:
-        raise KdxError(f"cannot resume from {rdir}: {exc}") from None
+    except (OSError, ValueError, RecursionError, SafetensorError) as exc:
+        raise KdxError(f"cannot resume from {rdir}: {' '.join(str(exc).split())[:200]}") from None
+    validate_resume_state(js, rdir)
     if token != js.get("token"):
         raise KdxError(f"cannot resume from {rdir}: state.json and state.safetensors do not belong together")
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     check_and_load_state_dict(model, model_state, str(rdir), "this run's model")
-    optimizer.load_state_dict(_optimizer_from_safe(tensors, js["optimizer"], "optim"))
-    if scaler is not None and js.get("scaler"):
-        scaler.load_state_dict(js["scaler"])
-    _set_rng_state(tensors, js["rng"])
+    try:
+        optimizer.load_state_dict(_optimizer_from_safe(tensors, js["optimizer"], "optim"))
+        if scaler is not None and js.get("scaler"):
+            scaler.load_state_dict(js["scaler"])
+        _set_rng_state(tensors, js["rng"])
+    except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as exc:
+        raise _bad_state(rdir, f"does not fit this run's optimizer or RNG ({type(exc).__name__}: "
+                               f"{' '.join(str(exc).split())[:120]})") from None
     return js["progress"]
+
+
+def read_epoch_rows(path: Path, before_epoch: int) -> list[dict]:
+    """The rows of a per-epoch CSV a run wrote (metrics.csv, routing.csv, ...) with ``epoch`` below
+    ``before_epoch``; one-line KdxError for a file that is not one (not UTF-8, not CSV, no integer
+    ``epoch`` column). A missing file is no rows."""
+    import io
+
+    import pandas as pd
+
+    from kdx.io import file_kind, read_text_checked
+
+    path = Path(path)
+    if not path.exists() and file_kind(path) is None:
+        return []
+    text = read_text_checked(path, "run file")
+    try:
+        frame = pd.read_csv(io.StringIO(text)) if text.strip() else pd.DataFrame()
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise KdxError(f"cannot resume: {path} is not a CSV file ({' '.join(str(exc).split())[:120]})") from None
+    if len(frame) == 0:
+        return []
+    epochs = pd.to_numeric(frame["epoch"], errors="coerce") if "epoch" in frame.columns else None
+    if epochs is None or epochs.isna().any() or (epochs != epochs.round()).any() or (epochs < 1).any():
+        raise KdxError(f"cannot resume: {path} has no integer epoch column (edited or corrupt)")
+    frame["epoch"] = epochs.astype(int)
+    return frame[frame["epoch"] < before_epoch].to_dict("records")

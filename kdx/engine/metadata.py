@@ -85,6 +85,12 @@ def _opt_int(v):
     return None if v is None or _is_int(v) else "an integer or null"
 
 
+def _opt_int_in(lo, hi):
+    def check(v):
+        return None if v is None or _is_int(v) and lo <= v <= hi else f"an integer in [{lo}, {hi}] or null"
+    return check
+
+
 def _shape(v):
     ok = (isinstance(v, list) and len(v) == 3 and all(_is_int(x) for x in v)
           and 1 <= v[0] <= MAX_CHANNELS and all(1 <= x <= MAX_SIDE for x in v[1:]))
@@ -120,7 +126,7 @@ FIELDS = {
     "imported_from": _opt_text, "precision": _opt_text,
     "num_classes": _count(1, MAX_CLASSES), "input_shape": _shape, "class_names": _names,
     "mean": _finite_list(False), "std": _finite_list(True),
-    "epoch": _opt_int, "seed": _opt_int, "metrics": _scalars,
+    "epoch": _opt_int_in(0, 10**7), "seed": _opt_int_in(0, 2**32 - 1), "metrics": _scalars,
     "explainer": _object, "vam": _object, "tree": _opt_object, "teacher": _opt_object,
 }
 REQUIRED = {"classifier": ("arch", "num_classes"), "vam-student": ("arch", "num_classes", "vam"),

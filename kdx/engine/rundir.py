@@ -35,6 +35,16 @@ REPLACED_DIR = ".kdx-replaced"
 RESULTS_FILE = "results.json"
 
 
+def _read_json(path: Path, what: str = "file"):
+    """A small JSON file kdx wrote, or None when it is missing, not a regular file, not UTF-8 or not JSON."""
+    from kdx.io import read_text_checked
+
+    try:
+        return json.loads(read_text_checked(path, what, limit=16 * 1024 * 1024))
+    except (KdxError, ValueError, RecursionError):
+        return None
+
+
 def finished(path: str | Path) -> bool:
     """Whether the command that writes the directory ``path`` completed.
 
@@ -42,13 +52,14 @@ def finished(path: str | Path) -> bool:
     ``outputs`` (a list of files), else ``final_checkpoint`` (an explainer run), else the model.
     """
     path = Path(path)
-    try:
-        results = json.loads((path / RESULTS_FILE).read_text())
-    except (OSError, ValueError):
+    if not (path / RESULTS_FILE).is_file():
         return False
+    results = _read_json(path / RESULTS_FILE)
     if not isinstance(results, dict):
         return False
     needed = results.get("outputs") or [results.get("final_checkpoint") or MODEL_FILE]
+    if not isinstance(needed, list):
+        return False
     return all(isinstance(n, str) and (path / n).is_file() for n in needed)
 
 
@@ -60,17 +71,115 @@ def mark_finished(path: str | Path, outputs: list[str], **extra) -> None:
 
 
 def holds_run(path: Path) -> bool:
-    return (path / "config.json").is_file() or (path / MODEL_FILE).is_file() or has_resume(path)
+    return ((path / "config.json").is_file() or (path / MODEL_FILE).is_file() or has_resume(path)
+            or (path / MARKER_FILE).is_file() or (path / RESULTS_FILE).is_file())
+
+
+# ------------------------------------------------------------------ kdx folders: marker and owner
+
+MARKER_FILE = ".kdx-folder.json"
+KIND_RUN, KIND_GROUP, KIND_ANALYSIS = "run", "group", "analysis"
+"""A run (training), a group of runs (a study, a ``--compare`` folder) or an analysis folder."""
+
+
+def write_marker(path: Path, command: str, kind: str = KIND_RUN) -> None:
+    """``path/.kdx-folder.json``: the command that owns the folder and its kind (every command writes it)."""
+    from kdx.io import atomic_write_text
+
+    atomic_write_text(Path(path) / MARKER_FILE, json.dumps({"command": command, "kind": kind}) + "\n")
+
+
+def folder_owner(path: str | Path) -> tuple[str, str] | None:
+    """``(command, kind)`` of the kdx folder ``path``, None when it is no kdx folder. Read from the
+    marker, else (folders of older kdx versions) config.json's record, study.json, or results.json."""
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    marker = _read_json(path / MARKER_FILE) if (path / MARKER_FILE).is_file() else None
+    if isinstance(marker, dict) and isinstance(marker.get("command"), str):
+        return marker["command"], str(marker.get("kind") or KIND_RUN)
+    command = run_command(path)
+    if command is not None:
+        saved = _read_json(path / "config.json") or {}
+        group = isinstance(saved, dict) and bool(saved.get("compare") or saved.get("seeds"))
+        return command, KIND_GROUP if group else KIND_RUN
+    if (path / "study.json").is_file():
+        return "pipeline", KIND_GROUP
+    results = _read_json(path / RESULTS_FILE) if (path / RESULTS_FILE).is_file() else None
+    if isinstance(results, dict) and results.get("kind") == "analysis":
+        return "analyze-conflicts", KIND_ANALYSIS
+    if holds_run(path) or (path / MARKER_FILE).exists():
+        return "an unknown kdx command", KIND_RUN
+    return None
+
+
+def check_owner(out: Path, command: str, flag: str = "--out") -> None:
+    """Refuse a folder that another command wrote (``--overwrite`` included), naming that command."""
+    owner = folder_owner(out)
+    if owner is not None and owner[0] != command:
+        raise KdxError(f"{flag} {out} holds the {owner[1]} folder of 'kdx {owner[0]}', not of 'kdx {command}'; "
+                       f"kdx never replaces another command's folder (not even with --overwrite): choose another "
+                       f"{flag}")
+
+
+def check_not_inside_run(out: Path, flag: str = "--out") -> None:
+    """Refuse an output inside another kdx run or analysis (in its ``resume/``, a stage folder...);
+    inside a group of runs (a study, a ``--compare`` folder) is where their steps belong."""
+    out = Path(os.path.abspath(out))
+    for parent in out.parents:
+        owner = folder_owner(parent)
+        if owner is not None and owner[1] != KIND_GROUP:
+            raise KdxError(f"{flag} {out} is inside {parent}, the {owner[1]} folder of 'kdx {owner[0]}'; "
+                           f"write outside it")
+
+
+# names kdx reads back from its folders: never the target of another output
+RESERVED_NAMES = {"config.json", MODEL_FILE, "best.safetensors", "metrics.csv", RESULTS_FILE, "routing.csv",
+                  "tree.json", "study.json", "summary.csv", "report.md", "comparison.csv",
+                  "comparison_summary.csv", "state.json", "state.safetensors", MARKER_FILE}
+
+
+def check_output_file(path: str | Path, flag: str, own: tuple[str, ...] = ()) -> Path:
+    """Check a file output before any work: a regular file or a new name (never a directory,
+    device, FIFO or socket), in an existing, writable folder, and never another run's file: in a
+    kdx folder only a name matching ``own`` (fnmatch patterns) may be replaced, and no name kdx
+    reads back (config.json, the checkpoints, results.json, ...) may be created."""
+    import fnmatch
+
+    from kdx.io import file_kind
+
+    path = Path(path)
+    if not str(path) or str(path) in (".", ".."):
+        raise KdxError(f"{flag} '{path}': name a file")
+    check_names(path, flag)
+    kind = file_kind(path)
+    if kind is not None:
+        raise KdxError(f"{flag} {path} is {kind}; name a regular file to write")
+    parent = path.parent if str(path.parent) else Path(".")
+    _check_parent(parent, path, flag)
+    in_kdx = folder_owner(parent) is not None or any(folder_owner(p) and folder_owner(p)[1] != KIND_GROUP
+                                                   for p in Path(os.path.abspath(parent)).parents)
+    if in_kdx and not any(fnmatch.fnmatch(path.name, pat) for pat in own):
+        if path.exists() or path.name in RESERVED_NAMES or path.name.startswith(".kdx"):
+            raise KdxError(f"{flag} {path} is a file of the kdx folder {parent}; kdx will not replace another "
+                           f"run's file: choose another name")
+    return path
+
+
+def _check_parent(parent: Path, path: Path, flag: str) -> None:
+    if not parent.exists():
+        raise KdxError(f"{flag} {path}: the folder {parent} does not exist")
+    if not parent.is_dir():
+        raise KdxError(f"{flag} {path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise KdxError(f"{flag} {path}: the folder {parent} is not writable")
 
 
 # ------------------------------------------------------------------ which command owns a run
 
 def run_command(path: Path) -> str | None:
     """The command recorded in ``path/config.json`` (None: no config.json, or one without a record)."""
-    try:
-        data = json.loads((Path(path) / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
+    data = _read_json(Path(path) / "config.json") if (Path(path) / "config.json").is_file() else None
     meta = data.get("kdx") if isinstance(data, dict) else None
     return meta.get("command") if isinstance(meta, dict) and isinstance(meta.get("command"), str) else None
 
@@ -83,13 +192,42 @@ def check_command(path: Path, command: str, flag: str = "--resume") -> None:
                        f"use 'kdx {owner} --resume {path}' or another --out")
 
 
+NOT_OPTIONS = {"resume", "config", "print_config", "overwrite"}
+
+
+def _contradictions(cls, saved: dict, cli: dict, path: Path) -> None:
+    """Refuse flags given with ``--resume`` that would change the run (only RESUME_OVERRIDABLE may)."""
+    from kdx.configfile import options_of
+    from kdx.options import coerce
+
+    opts = options_of(cls)
+    if cli.get("out") is not None and Path(str(cli["out"])) != path:
+        raise KdxError(f"--resume {path} continues the run where it is; --out {cli['out']} cannot move it "
+                       f"(leave out --out)")
+    if cli.get("overwrite"):
+        raise KdxError(f"--resume {path} and --overwrite contradict each other: pick one")
+    for key, value in cli.items():
+        if value is None or key in RESUME_OVERRIDABLE or key in NOT_OPTIONS or key == "out" or key not in opts:
+            continue
+        given = coerce(opts[key], value)
+        if key not in saved or coerce(opts[key], saved[key]) != given:
+            raise KdxError(f"--resume {path}: {opts[key].flag} {value} differs from the run's "
+                           f"{saved.get(key)!r}; a resumed run keeps its options (only "
+                           f"{', '.join('--' + k.replace('_', '-') for k in sorted(RESUME_OVERRIDABLE))} may change; "
+                           f"--epochs may only grow)")
+
+
 def config_for_resume(cls, run_dir: str, cli: dict):
-    """The saved config of ``run_dir``, with the few options that may change on resume."""
+    """The saved config of ``run_dir``, with the few options that may change on resume; every saved
+    value is checked like a flag, and a flag that contradicts the run is refused."""
     path = Path(run_dir)
+    if not str(run_dir).strip():
+        raise KdxError("--resume '': name a run directory")
     if not (path / "config.json").is_file():
         raise KdxError(f"--resume {run_dir}: no config.json there, so there is no kdx run to resume")
     check_command(path, command_of(cls))
     saved = read_config_file(path / "config.json")
+    _contradictions(cls, saved, cli, path)
     names = {f.name for f in dataclasses.fields(cls)}
     values = {k: v for k, v in saved.items() if k in names}
     values["max_steps"] = None  # a stop request of the earlier session, not part of the run
@@ -118,54 +256,101 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _read_lock(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
+    data = _read_json(path, "lock") if path.is_file() else None
+    return data if isinstance(data, dict) else {}
 
 
 _HELD: set[Path] = set()
 
 
-def acquire_lock(run_dir: Path) -> None:
-    """Take ``run_dir/.kdx.lock`` for this process; refuse while another live process holds it."""
-    lock = Path(run_dir) / LOCK_FILE
-    me = {"pid": os.getpid(), "host": socket.gethostname()}
-    for _ in range(3):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            held = _read_lock(lock)
-            pid, host = held.get("pid"), held.get("host")
-            if pid == me["pid"] and host == me["host"]:
-                _HELD.add(lock)
-                return  # this process already holds it
-            if isinstance(pid, int) and (host != me["host"] or _pid_alive(pid)):
-                where = f"process {pid}" + ("" if host == me["host"] else f" on {host}")
-                raise KdxError(f"{run_dir} is in use by {where} (lock {lock}); wait for it to finish, "
-                               f"or delete the lock if that process is gone")
-            try:  # the holder is dead (or the lock unreadable): take it over
-                lock.unlink()
-            except FileNotFoundError:
-                pass
-            continue
+def _publish(lock: Path, content: dict) -> bool:
+    """Create ``lock`` atomically with ``content`` already in it: written to a temporary file, then
+    hard-linked to the lock's name (which fails if it exists). No reader ever sees an empty lock.
+    False: the lock exists."""
+    tmp = lock.with_name(f"{lock.name}.{os.getpid()}.{content['token']}.tmp")
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    try:
         with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(me) + "\n")
-        _HELD.add(lock)
+            fh.write(json.dumps(content) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, lock)
+        except FileExistsError:
+            return False
+        except OSError:  # a file system without hard links: exclusive create, then write
+            try:
+                fd2 = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd2, "w") as fh:
+                fh.write(json.dumps(content) + "\n")
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _live_holder(held: dict, me: dict) -> bool:
+    pid, host = held.get("pid"), held.get("host")
+    return isinstance(pid, int) and not isinstance(pid, bool) and (host != me["host"] or _pid_alive(pid))
+
+
+def _take_over(lock: Path, seen: dict, me: dict) -> None:
+    """Remove the dead holder's lock ``seen``, under a guard (``.kdx.lock.takeover``, itself a
+    published lock) so that two processes taking over at once cannot remove each other's new lock."""
+    guard = lock.with_name(lock.name + ".takeover")
+    if not _publish(guard, me):
+        if not _live_holder(_read_lock(guard), me):
+            guard.unlink(missing_ok=True)  # a guard left by a process that died in these few lines
         return
+    try:
+        if _read_lock(lock) == seen:  # still the dead holder's: nobody took it meanwhile
+            lock.unlink(missing_ok=True)
+    finally:
+        guard.unlink(missing_ok=True)
+
+
+def acquire_lock(run_dir: Path, name: str = LOCK_FILE) -> None:
+    """Take ``run_dir/.kdx.lock`` (or ``run_dir/name``) for this process; refuse while another live
+    process holds it."""
+    import secrets
+
+    lock = Path(run_dir) / name
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "token": secrets.token_hex(8)}
+    for _ in range(20):
+        if _publish(lock, me):
+            _HELD.add(lock)
+            return
+        held = _read_lock(lock)
+        if held.get("pid") == me["pid"] and held.get("host") == me["host"]:
+            _HELD.add(lock)
+            return  # this process already holds it
+        if _live_holder(held, me):
+            pid, host = held["pid"], held.get("host")
+            where = f"process {pid}" + ("" if host == me["host"] else f" on {host}")
+            raise KdxError(f"{run_dir} is in use by {where} (lock {lock}); wait for it to finish, "
+                           f"or delete the lock if that process is gone")
+        _take_over(lock, held, me)  # the holder is dead (or the lock unreadable)
     raise KdxError(f"{run_dir}: cannot take the lock {lock} (another process keeps taking it)")
 
 
-def claim_group_dir(out: Path, wipe) -> Path:
+def claim_group_dir(out: Path, wipe, command: str | None = None) -> Path:
     """Open a folder that holds several runs (a ``--compare`` group, a study) for this process.
 
-    A file in the way is refused; an existing folder is locked against a second writer before
-    anything changes; ``wipe(out)`` (which may raise a refusal) says whether to empty it first
-    (its lock kept); then it is created and locked."""
+    A file in the way is refused, and so is a folder inside another run and a run or analysis
+    folder of another command (``command``; None: any single run or analysis); an existing folder is
+    locked against a second writer before anything changes; ``wipe(out)`` (which may raise a refusal)
+    says whether to empty it first (its lock kept); then it is created and locked."""
     out = Path(out)
+    if not str(out):
+        raise KdxError("--out '': name a folder")
+    check_names(out)
     if out.exists() and not out.is_dir():
         raise KdxError(f"--out {out} exists and is not a directory")
+    check_not_inside_run(out)
+    owner = folder_owner(out)
+    if owner is not None and owner[1] != KIND_GROUP and owner[0] != command:
+        check_owner(out, command or "pipeline")
     if out.is_dir():
         acquire_lock(out)
         if wipe(out):
@@ -272,12 +457,14 @@ def _missing_parents(out: Path) -> list[Path]:
     return missing[::-1]
 
 
-def _check_names(out: Path) -> None:
+def check_names(out: Path, flag: str = "--out") -> None:
     limit = 255
-    for part in out.parts:
+    for part in Path(out).parts:
         if len(os.fsencode(part)) > limit:
-            raise KdxError(f"--out {out}: the name '{part[:40]}...' has {len(os.fsencode(part))} bytes; "
+            raise KdxError(f"{flag} {out}: the name '{part[:40]}...' has {len(os.fsencode(part))} bytes; "
                            f"file names may have at most {limit}")
+    if len(os.fsencode(str(os.path.abspath(out)))) > 4000:
+        raise KdxError(f"{flag} {str(out)[:40]}...: the path is longer than 4000 bytes")
 
 
 def _move_aside(out: Path) -> Path:
@@ -292,24 +479,36 @@ def _move_aside(out: Path) -> Path:
     return trash
 
 
-def prepare_run_dir(cfg, main_process: bool = True) -> Path:
-    """Create (or check) ``cfg.out``; lock it; save ``config.json``. Returns the run directory."""
-    out = Path(cfg.resume or cfg.out)
-    command = command_of(type(cfg))
-    if not main_process:  # rank 0 checks and writes; the others wait at a barrier
-        return out
-    _check_names(out)
+def _check_out(out: Path, command: str, cfg) -> None:
+    """The checks of ``--out``/``--resume`` before anything is written."""
+    check_names(out)
     if cfg.resume:
         if not (out / "config.json").is_file():
             raise KdxError(f"--resume {out}: no kdx run there (config.json is missing)")
         check_command(out, command)
+        check_owner(out, command, "--resume")
         # the trainer continues from resume/ state where there is one (every stage of a
         # multi-stage run has its own) and starts a stage afresh where there is none
-    elif out.exists():
+    elif out.exists() or out.is_symlink():
         if not out.is_dir():
             raise KdxError(f"--out {out} exists and is not a directory")
+        check_owner(out, command)
         if holds_run(out) and not cfg.overwrite:
             raise KdxError(f"--out {out} already holds a run; use --resume {out} to continue it or --overwrite to replace it")
+    check_not_inside_run(out, "--resume" if cfg.resume else "--out")
+
+
+def prepare_run_dir(cfg, main_process: bool = True) -> Path:
+    """Check ``cfg.out`` (or ``cfg.resume``), create it, lock it, write its marker and ``config.json``.
+    Returns the run directory."""
+    for flag, value in (("--out", cfg.out), ("--resume", cfg.resume)):
+        if value is not None and not str(value).strip():
+            raise KdxError(f"{flag} '': name a run directory")
+    out = Path(cfg.resume or cfg.out)
+    command = command_of(type(cfg))
+    if not main_process:  # rank 0 checks and writes; the others wait at a barrier
+        return out
+    _check_out(out, command, cfg)
     created = _missing_parents(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -326,6 +525,7 @@ def prepare_run_dir(cfg, main_process: bool = True) -> Path:
         elif not created and holds_run(out):
             txn.replaced = _move_aside(out)
         txn.before = {p.name for p in out.iterdir()} - {LOCK_FILE}
+        write_marker(out, command, KIND_RUN)
         save_config(cfg, out / "config.json")
     except OSError as exc:
         if out not in _OPEN and created:
@@ -334,3 +534,23 @@ def prepare_run_dir(cfg, main_process: bool = True) -> Path:
         raise KdxError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
     register_root(out, f"kdx {command} --resume {out}")
     return out
+
+
+# ------------------------------------------------------------------ a run that vanishes mid-run
+
+def check_intact(run_dir: Path, files: tuple[str, ...] = ()) -> None:
+    """Fail loudly (a one-line KdxError) when the run directory, a lock this process holds on it
+    (or on a folder above it) or one of ``files`` (written by earlier epochs) vanished while the
+    run trained: a run missing its files is never marked finished."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise KdxError(f"the run directory {run_dir} vanished while training; nothing more is written there")
+    for lock in _HELD:
+        if lock.parent == run_dir or lock.parent in run_dir.parents:
+            held = _read_lock(lock)
+            if held.get("pid") != os.getpid():
+                raise KdxError(f"the lock {lock} was removed or taken by another process while training; stopped")
+    for name in files:
+        if not (run_dir / name).is_file():
+            raise KdxError(f"{run_dir / name} vanished while training; stopped (resume with --resume after "
+                           f"checking the folder)")

@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 
 from kdx.errors import KdxError
+from kdx.io import check_regular_input, read_text_checked
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
@@ -70,7 +71,7 @@ def checkpoint_file(path: str | Path, which: str = "model") -> Path:
         return home / name
     if not path.exists():
         raise KdxError(f"checkpoint not found: {path}")
-    return path
+    return check_regular_input(path, "checkpoint")  # a FIFO would block the reader forever
 
 
 def run_root(file: str | Path) -> Path | None:
@@ -96,12 +97,22 @@ def run_config(file: str | Path) -> dict:
     if root is None:
         return {}
     try:
-        cfg = json.loads((root / CONFIG_FILE).read_text())
-    except (OSError, ValueError):
+        cfg = json.loads(read_text_checked(root / CONFIG_FILE, "run config", 16 * 1024 * 1024))
+    except (ValueError, RecursionError):
         raise KdxError(f"{root / CONFIG_FILE}: not valid JSON") from None
     if not isinstance(cfg, dict):
         raise KdxError(f"{root / CONFIG_FILE}: not a JSON object")
     return cfg
+
+
+SEED_LIMIT = 2**32 - 1  # kdx.config.SEED_MAX (the layer above); tests/test_nothing_lost.py holds them equal
+
+
+def _spec_value(cfg: dict, key: str, ok, want: str, source):
+    value = cfg.get(key)
+    if value is not None and not ok(value):
+        raise KdxError(f"{source}: '{key}' must be {want}, got {json.dumps(value)[:40]}")
+    return value
 
 
 def split_spec(file: str | Path, meta: dict | None = None) -> dict:
@@ -110,9 +121,20 @@ def split_spec(file: str | Path, meta: dict | None = None) -> dict:
     From the run's config.json, else the checkpoint metadata (dataset, seed), else the defaults
     (val_fraction 0.1, seed 0) for a checkpoint that records none."""
     cfg, meta = run_config(file), meta or {}
-    seed = cfg.get("seed", meta.get("seed"))
-    vf = cfg.get("val_fraction")
-    return {"dataset": meta.get("dataset") or cfg.get("dataset"), "data_root": cfg.get("data_root"),
+    root = run_root(file) if not Path(file).is_dir() else Path(file)
+    source = (root / CONFIG_FILE) if root is not None else file
+    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+    seed = _spec_value(cfg, "seed", lambda v: is_int(v) and 0 <= v <= SEED_LIMIT, f"an integer in [0, {SEED_LIMIT}]",
+                       source)
+    if seed is None:
+        seed = _spec_value(meta, "seed", lambda v: is_int(v) and 0 <= v <= SEED_LIMIT,
+                           f"an integer in [0, {SEED_LIMIT}]", f"{file} (metadata)")
+    vf = _spec_value(cfg, "val_fraction", lambda v: (is_int(v) or isinstance(v, float)) and 0 <= v < 1,
+                     "a number in [0, 1)", source)
+    text = lambda v: isinstance(v, str) and 0 < len(v) <= 4096  # noqa: E731
+    data_root = _spec_value(cfg, "data_root", text, "a folder name (a string)", source)
+    dataset = meta.get("dataset") or _spec_value(cfg, "dataset", text, "a dataset name (a string)", source)
+    return {"dataset": dataset, "data_root": data_root,
             "seed": int(seed) if seed is not None else 0, "val_fraction": float(vf) if vf is not None else 0.1}
 
 

@@ -218,16 +218,14 @@ class Trainer:
         """The loop state of an interrupted run (model, optimiser, scaler and RNG are restored in place)."""
         out, n_steps = self.run_dir, len(self.train_loader)
         progress = ckpt.load_resume(out, model=self.task, optimizer=self.optimizer, scaler=self.scaler)
+        ckpt.check_progress_fits(progress, out / ckpt.RESUME_DIR, self.cfg.epochs, n_steps)
         st = LoopState(epoch=progress["epoch"], step=progress["step"], total_steps=progress["total_steps"],
                        sums=progress["sums"], best=progress["best"], bad_steps=progress.get("bad_steps", 0))
         if st.step >= n_steps:  # the epoch had finished
             st.epoch, st.step, st.sums = st.epoch + 1, 0, new_sums()
-        if (out / "metrics.csv").is_file():
-            st.rows = [r for r in pd.read_csv(out / "metrics.csv").to_dict("records") if r["epoch"] < st.epoch]
+        st.rows = ckpt.read_epoch_rows(out / "metrics.csv", st.epoch)  # checked: UTF-8, CSV, integer epochs
         for name in progress.get("records", []):
-            if (out / f"{name}.csv").is_file():
-                frame = pd.read_csv(out / f"{name}.csv")
-                st.records[name] = frame[frame["epoch"] < st.epoch].to_dict("records")
+            st.records[name] = ckpt.read_epoch_rows(out / f"{name}.csv", st.epoch)
         self.progress.log(f"resuming {out} at epoch {st.epoch}, step {st.step}")
         return st
 
@@ -340,6 +338,8 @@ class Trainer:
     def _write_epoch(self, st: "LoopState", row: dict) -> None:
         """Bookkeeping of a finished epoch: best epoch, metrics.csv, records, checkpoints, resume state."""
         cfg, out, epoch, task = self.cfg, self.run_dir, st.epoch, self.task
+        if self.is_main:  # the folder or an earlier epoch's metrics.csv deleted mid-run: stop, never "finish"
+            rundir.check_intact(out, ("metrics.csv",) if st.rows else ())
         st.rows.append(row)
         val_score = row.get("val_top1", None)
         improved = val_score is None or val_score > st.best["val_top1"]
@@ -407,6 +407,7 @@ class Trainer:
         results.update({"test_top1_best": test_best.top1, "test_top5_best": test_best.top5,
                         "val_top1_best": best["val_top1"] if val_loader is not None else None})
         if self.is_main:
+            rundir.check_intact(out, ("metrics.csv",) if rows else ())
             self._write_final(rows, last_epoch, test_last, test_best)
             atomic_write_text(out / "results.json", json_dumps(with_reasons(results), indent=2) + "\n")
         barrier(rt.dist)
