@@ -8,6 +8,8 @@ frozen, hard), every other weight re-initialised, SGD with the ``halving`` sched
 
 from __future__ import annotations
 
+import types
+
 import torch
 
 from kdx.distill.task import MethodTask
@@ -37,6 +39,24 @@ def explainer_stage1(epoch, base_lrs, cfg):
     return [lr * factors[min(i, 1)] for i, lr in enumerate(base_lrs)]
 
 
+def routing_epochs(stage1_epochs: int, routing_lr: float) -> list[int]:
+    """The stage-1 epochs in which the routing's learning rate is above 0 (asked of the schedule)."""
+    cfg = types.SimpleNamespace(epochs=stage1_epochs)
+    return [e for e in range(1, stage1_epochs + 1) if explainer_stage1(e, [1.0, routing_lr], cfg)[1] > 0]
+
+
+def untrained_routing_warning(stage1_epochs: int, routing_lr: float) -> str:
+    """Why the routing of this stage 1 never changes, and the flag that fixes it."""
+    if routing_lr <= 0:
+        return ("--routing-lr 0: the routing logits never change in stage 1, so the class tree, its clusters and "
+                "their analysis are those of the initialisation; give --routing-lr > 0")
+    first = next(e for e in range(1, 10_000) if explainer_stage1(e, [1.0, 1.0], types.SimpleNamespace(epochs=e))[1] > 0)
+    return (f"stage 1 has {stage1_epochs} epoch{'s' if stage1_epochs != 1 else ''} and the official schedule keeps the "
+            f"routing's learning rate at 0 in stage-1 epochs 1-{first - 1}: the routing logits never change, so the "
+            f"class tree, its clusters and their analysis are those of the initialisation; use --stage1-epochs "
+            f"{first} or more (the routing trains from epoch {first} on)")
+
+
 class ExplainerTask(MethodTask):
     """Train a :class:`KDExplainer` (stage 1 or 2) with registered methods: the logit ones (ce, ls,
     kd, dkd) and the feature ones, which read the explainer's expert layers as its stages."""
@@ -64,6 +84,12 @@ class ExplainerTask(MethodTask):
                 self.method_param_group(cfg.lr)
         return [{"params": model.non_routing_parameters(), "lr": cfg.lr, "name": "experts"}] + \
             self.method_param_group(cfg.lr)
+
+    def warnings(self) -> list[str]:
+        found = super().warnings()
+        if self.stage == 1 and not routing_epochs(self.cfg.stage1_epochs, self.cfg.routing_lr):
+            found.append(untrained_routing_warning(self.cfg.stage1_epochs, self.cfg.routing_lr))
+        return found
 
     def on_epoch_start(self, epoch: int) -> None:
         super().on_epoch_start(epoch)

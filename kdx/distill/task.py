@@ -42,6 +42,27 @@ def load_teacher(path: str | Path, bundle) -> tuple[nn.Module, dict]:
     return model, meta
 
 
+WEAK_TEACHER = 0.5  # of the way from chance to 100%: below it a teacher likely teaches worse than CE alone
+
+
+def weak_teacher_warning(meta: dict) -> str | None:
+    """The rule for a teacher that is likely worse than the student would be: its recorded top-1
+    (validation, else test, of the checkpoint's epoch) below ``chance + WEAK_TEACHER * (1 - chance)``
+    (55% for 10 classes, 50.5% for 100). None when it passes or records no accuracy."""
+    metrics, n = meta.get("metrics") or {}, int(meta.get("num_classes") or 0)
+    split, top1 = next(((s, metrics[f"{s}_top1"]) for s in ("val", "test") if metrics.get(f"{s}_top1") is not None),
+                       (None, None))
+    if top1 is None or n < 2:
+        return None
+    bound = 1 / n + WEAK_TEACHER * (1 - 1 / n)
+    if float(top1) >= bound:
+        return None
+    where = f" ({meta['_path']})" if meta.get("_path") else ""
+    return (f"the teacher{where} reaches {float(top1):.1%} {split} top-1 at its epoch {meta.get('epoch', '?')}, below "
+            f"{bound:.1%} (chance {1 / n:.1%} plus half the way to 100%): a student distilled from it likely learns "
+            f"less than with cross-entropy alone; train the teacher longer (train-teacher --epochs)")
+
+
 def method_names(chosen: list[str], command: str, ce_weight) -> tuple[list[str], float]:
     """The methods to build, in order (``ce`` first unless its weight is 0), and the CE weight."""
     for name in chosen:
@@ -254,6 +275,9 @@ class MethodTask(TrainTask):
 
     def method_records(self) -> list[dict]:
         return [m.record() for m in self.methods]
+
+    def warnings(self) -> list[str]:
+        return [w for w in [weak_teacher_warning(self.teacher_meta)] if w] if self.teacher is not None else []
 
     def teacher_record(self) -> dict | None:
         if self.teacher is None:

@@ -15,6 +15,7 @@ import time
 from typing import Callable, Optional
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 console = Console(stderr=True)
@@ -104,6 +105,11 @@ class EpochProgress:
     def log(self, message: str):
         if self.enabled:
             self.console.print(message, highlight=False, soft_wrap=True)
+
+    def warn(self, message: str):
+        """``kdx: warning: ...`` on stderr (``--quiet`` too)."""
+        if self.enabled:
+            self.console.print(f"[yellow]kdx: warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
 
     def close(self):
         if self._progress is not None:

@@ -66,6 +66,11 @@ class TrainTask(nn.Module):
         """Extra columns for this epoch's metrics.csv row (e.g. tau, routing entropy)."""
         return {}
 
+    def warnings(self) -> list[str]:
+        """What makes this run meaningless or doubtful, one sentence each (the engine prints them as
+        ``kdx: warning:`` lines before the first step): e.g. a schedule that never trains a part."""
+        return []
+
     def epoch_records(self, epoch: int) -> dict[str, list[dict]]:
         """Long-format rows to append to ``<name>.csv`` in the run directory after every epoch
         (e.g. ``{"routing": [...]}``); the engine keeps them consistent across resumes."""

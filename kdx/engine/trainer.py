@@ -200,6 +200,8 @@ class Trainer:
         self._build()
         st = self._resume() if ckpt.has_resume(self.run_dir) else LoopState()
         self.progress.log(f"{self.label}: {self.rt.describe()}, {len(self.train_loader)} steps/epoch, {self.cfg.epochs} epochs")
+        for message in self.task.warnings() + few_steps_warnings(self.cfg, len(self.train_loader)):
+            self.progress.warn(message)
         self.logger = open_logger(self.cfg, self.run_dir, self.is_main)
         rundir.commit(self.run_dir)  # from here on a failure leaves a resumable run, not a rollback
         self._install_signal_handlers()
@@ -424,6 +426,21 @@ class Trainer:
             best_meta["metrics"].update({"test_top1": test_best.top1, "test_top5": test_best.top5})
             state = ckpt.load_state(out / ckpt.BEST_FILE)
             ckpt.save_checkpoint(out / ckpt.BEST_FILE, state, best_meta)
+
+
+MIN_STEPS_PER_EPOCH = 3  # fewer batches an epoch: the schedule, the statistics and the epoch lines mean little
+
+
+def few_steps_warnings(cfg, steps_per_epoch: int) -> list[str]:
+    """A training split of fewer than MIN_STEPS_PER_EPOCH batches (``--max-train-samples`` below
+    the batch size times 3, or a tiny dataset), named with the flag that fixes it."""
+    if steps_per_epoch >= MIN_STEPS_PER_EPOCH:
+        return []
+    cause = (f"--max-train-samples {cfg.max_train_samples} with --batch-size {cfg.batch_size}"
+             if getattr(cfg, "max_train_samples", None) else f"the training split with --batch-size {cfg.batch_size}")
+    return [f"{cause} gives {steps_per_epoch} step{'s' if steps_per_epoch != 1 else ''} per epoch: the learning-rate "
+            f"schedule, batch statistics and epoch results mean little; give --max-train-samples at least "
+            f"{MIN_STEPS_PER_EPOCH * cfg.batch_size} (or a smaller --batch-size)"]
 
 
 def new_sums() -> dict:
