@@ -82,3 +82,16 @@ def test_feature_method_distils_an_explainer_and_resumes_identically(method, tea
         a = load_file(full / f"stage{stage}" / "model.safetensors")
         b = load_file(part / f"stage{stage}" / "model.safetensors")
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"stage {stage} differs"
+
+
+def test_the_method_list_is_structured_in_metadata_and_old_strings_still_read():
+    """issue 19 item 3: metadata records ``method`` as a list; the joined strings of older
+    checkpoints (and ``objective``) read the same."""
+    from kdx.engine.metadata import method_label, method_names, validate_metadata
+
+    assert method_names({"method": ["kd", "at"]}) == ["kd", "at"] == method_names({"method": "kd+at"})
+    assert method_names({"objective": "ls"}) == ["ls"] and method_names({}) == []
+    assert method_label({"method": ["kd", "at"]}) == "kd+at" and method_label({"kind": "explainer"}) == "explainer"
+    validate_metadata({"kind": "classifier", "arch": "resnet8", "num_classes": 10, "method": ["kd"]}, "x")
+    with pytest.raises(Exception, match="list of method names"):
+        validate_metadata({"kind": "classifier", "arch": "resnet8", "num_classes": 10, "method": [1]}, "x")

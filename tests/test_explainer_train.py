@@ -109,7 +109,7 @@ def test_distill_explainer_kd_both_stages(teacher, tmp_path):
     assert routing_keys and all(torch.equal(a[k], b[k]) for k in routing_keys)
     model, meta = kdx.load(out)
     assert meta["kind"] == "explainer" and meta["stage"] == 2 and model.routing == "hard"
-    assert meta["method"] == "kd" and meta["teacher"]["arch"] == "resnet8"
+    assert meta["method"] == ["kd"] and meta["teacher"]["arch"] == "resnet8"
     tree = json.loads((out / "tree.json").read_text())
     leaf_parent = tree["layers"][-1]["parent_of_child"]
     assert leaf_parent == model.routing_logits()[-1].argmax(1).tolist()

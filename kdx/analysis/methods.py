@@ -27,6 +27,8 @@ import re
 
 import pandas as pd
 
+from kdx.engine.metadata import method_label
+
 REFERENCES = ("kd", "ce")
 _ENTROPY = re.compile(r"^attention_entropy(_tau1)?_l(\d+)$")
 
@@ -131,7 +133,7 @@ def run_frame(summary: pd.DataFrame, metas: dict[str, dict]) -> pd.DataFrame:
     """summary.csv's rows with each run's ``method`` (its checkpoint's method label), ``seed`` and
     ``test_top1`` (the analysed checkpoint's test top-1, from its metadata) by run label."""
     out = summary.copy()
-    out["method"] = [str(metas[r].get("method") or metas[r].get("objective") or "?") for r in out["run"]]
+    out["method"] = [method_label(metas[r]) for r in out["run"]]
     out["seed"] = [metas[r].get("seed") for r in out["run"]]
     out["test_top1"] = [(metas[r].get("metrics") or {}).get("test_top1") for r in out["run"]]
     return out

@@ -26,6 +26,7 @@ from kdx.engine import checkpoint as ckpt
 from kdx.engine import runs as layout
 from kdx.io import atomic_write_csv, atomic_write_text
 from kdx.engine.progress import HEARTBEAT_SECONDS, Heartbeat, table_console
+from kdx.engine.metadata import method_label, method_names
 from kdx.engine.rundir import RESULTS_FILE, mark_finished
 from kdx.errors import KdxError
 
@@ -115,7 +116,7 @@ def _labels(runs: list[dict], labels: list[str] | None) -> list[str]:
             raise KdxError(f"--label given {len(labels)} times for {len(runs)} runs; give one per run")
         base = list(labels)
     else:
-        base = [str(r["meta"].get("method") or r["meta"].get("objective") or r["meta"].get("kind")) for r in runs]
+        base = [method_label(r["meta"]) for r in runs]
     out, seen = [], {}
     for b in base:
         seen[b] = seen.get(b, 0) + 1
@@ -243,11 +244,11 @@ def analyse_run(run, label, bundle, batches, conflict_images, do_conflicts, name
     if do_conflicts and not hasattr(model, "expert_param_groups"):
         _warn(f"{label}: model has no expert_param_groups(); no gradient conflicts")
     elif do_conflicts:
-        objective = str(meta.get("method") or meta.get("objective") or "ce")
+        objective = method_label(meta) if method_names(meta) else "ce"
         losses, notes = {}, []
         teacher = None
         try:
-            fn = cf_mod.loss_for(objective, meta.get("method_params") or meta.get("objective_params"))
+            fn = cf_mod.loss_for(method_names(meta) or ["ce"], meta.get("method_params") or meta.get("objective_params"))
             if fn.dropped:
                 notes.append(f"objective signal: the logit part of {objective} ({', '.join(fn.dropped)}: feature "
                              f"losses have no per-subtask split)")
@@ -328,7 +329,7 @@ def _analyse_all(loaded, labels, bundle, batches, info, conflicts, names, quiet)
 
 def _summary_row(res: dict, images: int) -> dict:
     """One row of summary.csv: the run, its accuracy, entropies, conflict statistics and clusters."""
-    row = {"run": res["label"], "path": res["path"], "objective": (res["meta"].get("method") or res["meta"].get("objective")),
+    row = {"run": res["label"], "path": res["path"], "objective": method_label(res["meta"]),
            "kind": res["meta"].get("kind"), "stage": res["meta"].get("stage"), "routing": res["mode"],
            "tau": res["tau"], "images": images, "accuracy": res["accuracy"]}
     row.update(att_mod.entropy_summary(res["attention"]["soft"], res["attention"]["tau1"]))
@@ -367,7 +368,7 @@ def _tables(results: list[dict], names: list[str], images: int) -> dict[str, pd.
 
 def _write_clusters(results: list[dict], names: list[str], out: Path) -> None:
     """clusters/*.json: per run under clusters/<label>/, the kd run's (or the first) at clusters/."""
-    objs = [(res["meta"].get("method") or res["meta"].get("objective")) for res in results]
+    objs = [method_label(res["meta"]) for res in results]
     main = results[objs.index("kd")] if "kd" in objs else results[0]
     for res in results:
         targets = [out / "clusters" / res["label"]] if len(results) > 1 else []
@@ -385,7 +386,7 @@ def _method_comparison(results: list[dict], summary: pd.DataFrame, out: Path) ->
     from kdx.analysis import methods as mt_mod
 
     metas = {res["label"]: res["meta"] for res in results}
-    if len({str(m.get("method") or m.get("objective")) for m in metas.values()}) < 2:
+    if len({method_label(m) for m in metas.values()}) < 2:
         return ""
     table, paired = mt_mod.comparison(summary, metas, {res["label"]: res["groups"] for res in results})
     atomic_write_csv(out / "methods.csv", table)
@@ -450,7 +451,7 @@ def run(opts) -> dict:
     plots = {res["label"]: _run_plots(res, names, out / "plots") for res in results}
     f = pl_mod.entropy_bars(tables["summary"], n_layers, out / "plots" / "entropy.png")
     plots[""] = [("attention entropy per layer, all runs", f"plots/{f.name}")]
-    info["runs"] = [{"label": res["label"], "path": res["path"], "objective": (res["meta"].get("method") or res["meta"].get("objective")),
+    info["runs"] = [{"label": res["label"], "path": res["path"], "objective": method_label(res["meta"]),
                      "stage": res["meta"].get("stage"), "routing": res["mode"], "tau": res["tau"], "note": res["note"]}
                     for res in results]
     report = write_report(info, tables["summary"], tables["subtasks"], plots, n_layers)

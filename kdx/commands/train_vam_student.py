@@ -175,7 +175,7 @@ def build_task(cfg, bundle, shared: StudentShared, cache: TeacherCache | None = 
                                                                  bundle.image_size))
     methods = build_methods(names, ctx)
     variant = cfg.vam_variant()[0]
-    metadata: dict = {"method": "+".join(cfg.method), "hierarchy": None,
+    metadata: dict = {"method": list(cfg.method), "hierarchy": None,
                       "vam_variant": {"variant": variant, "head": cfg.vam_head if cfg.trains_head() else None}}
     if replaces_classifier(cfg):
         metadata["vam"] = {"tau0": cfg.vam_tau0, "tau_rule": "tau0 / epoch", "train_routing": "soft",

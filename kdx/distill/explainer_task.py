@@ -131,7 +131,7 @@ class ExplainerTask(MethodTask):
             "arch": "kdexplainer",
             "explainer": model.config_dict(),
             "stage": self.stage,
-            "method": "+".join(cfg.method),
+            "method": list(cfg.method),
             "method_params": {k: v for r in self.method_records() for k, v in r["params"].items()},
             "methods": self.method_records(),
             "teacher": self.teacher_record(),

@@ -121,13 +121,32 @@ def _scalars(v):
     return None if ok else "an object of numbers and strings"
 
 
+def _method(v):
+    ok = isinstance(v, str) or (isinstance(v, list) and len(v) > 0 and all(isinstance(x, str) and x for x in v))
+    return None if ok else "a list of method names"
+
+
+def method_names(meta: dict) -> list[str]:
+    """The training methods a checkpoint records: the list ``method``, or what older kdx versions
+    wrote (the joined string ``"kd+at"``, or ``objective``); [] when it records none."""
+    v = meta.get("method") or meta.get("objective")
+    if isinstance(v, list):
+        return [str(x) for x in v]
+    return [n for n in str(v).split("+") if n] if v else []
+
+
+def method_label(meta: dict) -> str:
+    """The recorded methods as one display label (``kd+at``); the checkpoint kind when none."""
+    return "+".join(method_names(meta)) or str(meta.get("kind") or "classifier")
+
+
 FIELDS = {
     "kind": _text, "arch": _text, "dataset": _text, "kdx_version": _text, "torch_version": _text,
     "imported_from": _opt_text, "precision": _opt_text,
     "num_classes": _count(1, MAX_CLASSES), "input_shape": _shape, "class_names": _names,
     "mean": _finite_list(False), "std": _finite_list(True),
     "epoch": _opt_int_in(0, 10**7), "seed": _opt_int_in(0, 2**32 - 1), "metrics": _scalars,
-    "explainer": _object, "vam": _object, "tree": _opt_object, "teacher": _opt_object,
+    "explainer": _object, "vam": _object, "tree": _opt_object, "teacher": _opt_object, "method": _method,
 }
 REQUIRED = {"classifier": ("arch", "num_classes"), "vam-student": ("arch", "num_classes", "vam"),
             "explainer": ("explainer",)}
