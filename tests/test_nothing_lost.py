@@ -349,45 +349,13 @@ def test_weights_are_never_cast_and_keys_are_strings(tmp_path, capsys):
 # ------------------------------------------------------------------ locks
 
 
-RACE = """
-import os, sys, time
-from pathlib import Path
-from kdx.engine import rundir
-from kdx.errors import KdxError
-folder, sync, n = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
-(sync / f"ready.{os.getpid()}").touch()
-while len(list(sync.glob("ready.*"))) < n:  # a barrier: every process has imported kdx
-    time.sleep(0.001)
-try:
-    rundir.acquire_lock(folder)
-    result = "OWNER"
-except KdxError:
-    result = "REFUSED"
-(sync / f"done.{os.getpid()}").touch()
-if result == "OWNER":  # held until every process has tried
-    deadline = time.time() + 60
-    while len(list(sync.glob("done.*"))) < n and time.time() < deadline:
-        time.sleep(0.005)
-print(result, flush=True)
-"""
-
-
-def lock_race(folder: Path, processes: int = 4) -> int:
-    """``processes`` processes take the lock of ``folder`` at the same instant (after a barrier);
-    returns how many got it."""
-    folder.mkdir(parents=True, exist_ok=True)
-    sync = folder.parent / (folder.name + ".sync")
-    sync.mkdir()
-    procs = [subprocess.Popen([sys.executable, "-c", RACE, str(folder), str(sync), str(processes)],
-                              stdout=subprocess.PIPE, text=True, cwd=REPO) for _ in range(processes)]
-    outs = [p.communicate(timeout=300)[0] for p in procs]
-    assert all(o.strip() in ("OWNER", "REFUSED") for o in outs), outs
-    return sum(o.strip() == "OWNER" for o in outs)
-
-
-def test_the_lock_has_exactly_one_owner_when_taken_at_once(tmp_path):
-    for i in range(2):  # scripts/lock_race.py runs 300 rounds
-        assert lock_race(tmp_path / f"r{i}") == 1
+def test_the_lock_has_exactly_one_owner_when_taken_at_once():
+    """scripts/lock_race.py: 4 processes take one folder's lock behind a barrier (half of the rounds
+    over a dead process's lock); 300 rounds in the script (0 double owners; the lock of before this
+    issue had 2), 40 here."""
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "lock_race.py"), "--rounds", "40"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "0 with two or more owners, 0 with none" in done.stdout, done.stdout + done.stderr
 
 
 def test_a_lock_is_never_seen_half_written(tmp_path):
