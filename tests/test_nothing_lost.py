@@ -444,3 +444,15 @@ def test_runs_seed_limit_matches_the_config():
     from kdx.engine.runs import SEED_LIMIT
 
     assert SEED_LIMIT == SEED_MAX
+
+
+def test_a_deep_cluster_file_is_one_line(tmp_path):
+    from kdx.distill.hierarchy import read_cluster_file
+
+    deep = tmp_path / "layer1.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(KdxError, match="nested 100000 levels deep"):
+        read_cluster_file(deep, 3)
+    deep.write_bytes(b'{"merged_classes": [[0], [1], [2]], "x": "\xff"}')
+    with pytest.raises(KdxError, match="not UTF-8"):
+        read_cluster_file(deep, 3)

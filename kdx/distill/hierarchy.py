@@ -67,12 +67,16 @@ def parse_clusters(data, num_classes: int, source: str = "clusters") -> list[lis
 
 
 def read_cluster_file(path: str | Path, num_classes: int) -> list[list[int]]:
+    from kdx.engine.metadata import json_depth
+    from kdx.io import read_text_checked
+
     path = Path(path)
+    text = read_text_checked(path, "cluster file")  # a FIFO, a device, non-UTF-8 bytes: one line
+    if json_depth(text) > 8:  # a cluster file is 2-3 levels deep; json's recursion never meets 100,000
+        raise KdxError(f"cluster file {path} is nested {json_depth(text)} levels deep; not a cluster file")
     try:
-        data = json.loads(path.read_text())
-    except OSError as exc:
-        raise KdxError(f"cannot read cluster file {path}: {exc.strerror}") from None
-    except ValueError as exc:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
         raise KdxError(f"{path} is not valid JSON: {exc}") from None
     return parse_clusters(data, num_classes, str(path))
 
