@@ -82,8 +82,13 @@ class RunConfig:
                                       panel=RUNTIME, low=1)
     max_bad_steps: int = option(0, "Non-finite losses tolerated (steps skipped) before the run stops.",
                                 panel=RUNTIME, low=0)
-    log: str = option("csv", "Per-epoch scalars beside metrics.csv: csv (metrics.csv only) or tensorboard "
-                      "(RUN/tensorboard; pip install 'kdx[tensorboard]').", panel=RUNTIME, choices=("csv", "tensorboard"))
+    log: str = option("csv", "Per-epoch scalars beside metrics.csv: csv (metrics.csv only), tensorboard "
+                      "(RUN/tensorboard; pip install 'kdx[tensorboard]') or mlflow (params = the resolved config; "
+                      "--mlflow-uri; pip install 'kdx[mlflow]').", panel=RUNTIME,
+                      choices=("csv", "tensorboard", "mlflow"))
+    mlflow_uri: Optional[str] = option(None, "MLflow tracking URI of --log mlflow (sqlite:///mlflow.db, "
+                                       "http://host:5000, ...) [$MLFLOW_TRACKING_URI, else sqlite:///RUN/mlflow.db].",
+                                       panel=RUNTIME, metavar="URI")
 
     def validate(self) -> None:
         """Cross-field checks (each value was checked on its own when the config was built)."""

@@ -15,7 +15,7 @@ except ModuleNotFoundError:  # Python < 3.11
 ROOT = Path(__file__).resolve().parents[1]
 # import name -> distribution name, where they differ (and the distribution may not be installed)
 DIST_OF = {"PIL": "pillow", "yaml": "pyyaml", "sklearn": "scikit-learn", "cv2": "opencv-python",
-           "tensorboard": "tensorboard", "torch": "torch"}
+           "tensorboard": "tensorboard", "torch": "torch", "mlflow": "mlflow-skinny"}
 
 
 def _norm(name: str) -> str:

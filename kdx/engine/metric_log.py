@@ -1,6 +1,8 @@
 """Per-epoch scalar logging beside metrics.csv (``--log``): ``csv`` (metrics.csv only, the
-default) or ``tensorboard`` (event files in ``RUN/tensorboard``; the optional extra
-``pip install 'kdx[tensorboard]'``).
+default), ``tensorboard`` (event files in ``RUN/tensorboard``; the optional extra
+``pip install 'kdx[tensorboard]'``) or ``mlflow`` (an MLflow run: params = the resolved config,
+metrics per epoch; ``--mlflow-uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///RUN/mlflow.db``;
+``pip install 'kdx[mlflow]'``).
 
 The scalars are the engine's metrics row of each epoch (losses, accuracies, lr, tau, routing
 entropy, ...), written under tags grouped by prefix: ``train/loss_kd``, ``val/top1``, ``lr/lr``,
@@ -9,12 +11,18 @@ entropy, ...), written under tags grouped by prefix: ``train/loss_kd``, ``val/to
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import time
 from pathlib import Path
 
 from kdx.errors import KdxError
 
-LOGGERS = ("csv", "tensorboard")
+LOGGERS = ("csv", "tensorboard")  # analyze-conflicts' --log
+TRAINING_LOGGERS = LOGGERS + ("mlflow",)  # the training commands' --log
+MLFLOW_EXPERIMENT = "kdx"
+MLFLOW_RECORD = "mlflow.json"  # RUN/mlflow.json: the MLflow run a resumed run goes on logging into
 _SKIP = {"epoch", "seconds", "images_per_s"}
 
 
@@ -61,14 +69,70 @@ class TensorBoardLogger:
         self.writer.close()
 
 
+class MLflowLogger:
+    """The run as an MLflow run: params = the resolved config (``config.json``'s values), the
+    metrics of every epoch by tag and step (as TensorBoard's). The run id is kept in
+    ``RUN/mlflow.json``, so a resumed run logs on into the same MLflow run."""
+
+    def __init__(self, run_dir: Path, cfg):
+        try:
+            from mlflow.entities import Param
+            from mlflow.tracking import MlflowClient
+        except ImportError:
+            raise KdxError("--log mlflow needs the mlflow package: pip install 'kdx[mlflow]'") from None
+        run_dir = Path(run_dir)
+        self.uri = mlflow_uri(cfg, run_dir)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        record = run_dir / MLFLOW_RECORD
+        known = json.loads(record.read_text()) if record.is_file() else {}
+        if known.get("tracking_uri") == self.uri:
+            self.run_id = known["run_id"]
+            self.client.update_run(self.run_id, status="RUNNING")
+            return
+        exp = self.client.get_experiment_by_name(MLFLOW_EXPERIMENT)
+        exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(MLFLOW_EXPERIMENT)
+        self.run_id = self.client.create_run(exp_id, run_name=run_dir.name,
+                                             tags={"kdx.run_dir": str(run_dir.resolve())}).info.run_id
+        params = [Param(k, str(v)[:6000]) for k, v in sorted(mlflow_params(cfg).items())]
+        for i in range(0, len(params), 100):  # MLflow takes at most 100 params a batch
+            self.client.log_batch(self.run_id, params=params[i:i + 100])
+        from kdx.io import atomic_write_text
+
+        atomic_write_text(record, json.dumps({"tracking_uri": self.uri, "run_id": self.run_id}, indent=2) + "\n")
+
+    def log_epoch(self, row: dict) -> None:
+        from mlflow.entities import Metric
+
+        step, now = int(row["epoch"]), int(time.time() * 1000)
+        metrics = [Metric(tag, value, now, step) for tag, value in epoch_scalars(row).items()]
+        if metrics:
+            self.client.log_batch(self.run_id, metrics=metrics)
+
+    def close(self) -> None:
+        self.client.set_terminated(self.run_id)
+
+
+def mlflow_uri(cfg, run_dir: Path) -> str:
+    """``--mlflow-uri``, else ``$MLFLOW_TRACKING_URI``, else an SQLite store in the run folder."""
+    return (getattr(cfg, "mlflow_uri", None) or os.environ.get("MLFLOW_TRACKING_URI")
+            or f"sqlite:///{(Path(run_dir) / 'mlflow.db').resolve()}")
+
+
+def mlflow_params(cfg) -> dict:
+    """The resolved config as MLflow params (``config.json``'s values, None as an empty string)."""
+    from kdx.configfile import config_to_dict
+
+    return {k: ("" if v is None else v) for k, v in config_to_dict(cfg).items()}
+
+
 def open_logger(cfg, run_dir: Path, is_main: bool = True):
     """The logger ``cfg.log`` asks for (None for ``csv``: metrics.csv is always written)."""
     kind = getattr(cfg, "log", "csv") or "csv"
-    if kind not in LOGGERS:
-        raise KdxError(f"--log must be one of {', '.join(LOGGERS)}; got '{kind}'")
+    if kind not in TRAINING_LOGGERS:
+        raise KdxError(f"--log must be one of {', '.join(TRAINING_LOGGERS)}; got '{kind}'")
     if kind == "csv" or not is_main:
         return None
-    return TensorBoardLogger(run_dir)
+    return MLflowLogger(run_dir, cfg) if kind == "mlflow" else TensorBoardLogger(run_dir)
 
 
 def summary_writer(log_dir: Path | None = None):
