@@ -303,6 +303,9 @@ def make_config(cls, options: dict):
     if cli.get("resume") and "resume" in own:
         from kdx.engine.rundir import config_for_resume
 
+        if config_file:  # the run's own config.json is the config of a resumed run
+            raise KdxError(f"--resume takes the run's own config ({cli['resume']}/config.json); drop --config "
+                           f"{config_file}, or start a new run with --config and --out")
         cfg = config_for_resume(cls, cli["resume"], cli)
     else:
         cfg = build_config(cls, config_file=str(config_file) if config_file else None, cli=cli)

@@ -456,3 +456,15 @@ def test_a_deep_cluster_file_is_one_line(tmp_path):
     deep.write_bytes(b'{"merged_classes": [[0], [1], [2]], "x": "\xff"}')
     with pytest.raises(KdxError, match="not UTF-8"):
         read_cluster_file(deep, 3)
+
+
+def test_resume_with_a_config_file_is_refused(tmp_path):
+    """issue 23: --resume takes the run's own config.json; a --config beside it was silently ignored."""
+    from typer.testing import CliRunner
+
+    from kdx.cli import app
+
+    cfg = tmp_path / "c.json"
+    cfg.write_text('{"lr": 0.5}')
+    r = CliRunner().invoke(app, ["train-teacher", "--resume", str(tmp_path / "run"), "--config", str(cfg)])
+    assert r.exit_code != 0 and "drop --config" in r.output and "Traceback" not in r.output

@@ -449,3 +449,23 @@ def test_one_seed_cells_carry_no_nan_std():
     assert pct_pm(0.245, float("nan")) == "24.50%"
     assert pct_pm(0.245, 0.01) == "24.50% ± 1.00"
     assert pct_pm(float("nan")) == "-"
+
+
+def test_a_hierarchy_of_another_dataset_is_refused(tmp_path):
+    """issue 23: cluster files record the class names they were computed on; those of another
+    dataset with as many classes are refused in one line (the official format has no names: taken)."""
+    import json
+
+    from kdx.distill.hierarchy import check_class_names, load_hierarchy
+    from kdx.errors import KdxError
+
+    names = [str(i) for i in range(10)]
+    good = {"merged_classes": [list(range(5)), list(range(5, 10))], "class_names": names}
+    (tmp_path / "layer1.json").write_text(json.dumps(good))
+    h = load_hierarchy([tmp_path], 10)
+    check_class_names(h, names)
+    (tmp_path / "layer1.json").write_text(json.dumps(dict(good, class_names=[f"c{i}" for i in range(10)])))
+    with pytest.raises(KdxError, match="another dataset"):
+        check_class_names(load_hierarchy([tmp_path], 10), names)
+    (tmp_path / "layer1.json").write_text(json.dumps({"merged_classes": good["merged_classes"]}))
+    check_class_names(load_hierarchy([tmp_path], 10), names)  # official format: no names to check

@@ -152,6 +152,9 @@ def resolve_hierarchy(cfg, folder: Path, class_names):
                               json.dumps(cluster_json(groups, layer, list(class_names), str(src))) + "\n")
         _log(cfg, f"class tree of explainer {src} (hard routing) written to {out}")
         sources.append(str(out))
+    from kdx.distill.hierarchy import check_class_names, load_hierarchy
+
+    check_class_names(load_hierarchy(sources, len(class_names)), class_names)
     return dataclasses.replace(cfg, hierarchy=sources)
 
 

@@ -81,6 +81,21 @@ def read_cluster_file(path: str | Path, num_classes: int) -> list[list[int]]:
     return parse_clusters(data, num_classes, str(path))
 
 
+def check_class_names(hierarchy: dict[int, dict], class_names) -> None:
+    """Refuse cluster files written for another dataset: kdx's files record the ``class_names``
+    they were computed on (the official format does not; such files are taken as they are)."""
+    for layer in hierarchy.values():
+        try:
+            data = json.loads(Path(layer["file"]).read_text())
+        except (OSError, ValueError):
+            continue
+        names = data.get("class_names") if isinstance(data, dict) else None
+        if isinstance(names, list) and list(names) != list(class_names):
+            raise KdxError(f"--hierarchy {layer['file']}: its clusters are of classes {', '.join(map(str, names[:4]))}, "
+                           f"... but the data's are {', '.join(map(str, list(class_names)[:4]))}, ...: a tree of "
+                           f"another dataset")
+
+
 def load_hierarchy(sources, num_classes: int) -> dict[int, dict]:
     """Analysis dirs (``DIR/clusters/layer{L}.json`` or ``DIR/layer{L}.json``) or explicit json
     files -> ``{layer: {"file": path, "clusters": [[...], ...]}}`` sorted by layer.
