@@ -26,7 +26,7 @@ from kdx.commands.study import (BASE_SEED, GLOBAL_KEYS, PIPELINE_PRESETS, STEP_C
                                 layout, merge_study, parse_sets, step_options)
 from kdx.io import atomic_write_text
 from kdx.engine.progress import console
-from kdx.engine.rundir import claim_group_dir, finished, holds_run
+from kdx.engine.rundir import KIND_GROUP, claim_group_dir, finished, holds_run, write_marker
 from kdx.distill.methods import all_methods
 from kdx.errors import KdxError
 
@@ -177,7 +177,8 @@ def claim_folder(study: dict, out: Path, overwrite: bool) -> None:
                            f"rerun with --config {saved}, add --overwrite to replace it, or choose another --out")
         return overwrite
 
-    claim_group_dir(out, wipe)
+    claim_group_dir(out, wipe, command="pipeline")
+    write_marker(out, "pipeline", KIND_GROUP)  # a study folder says so (issue 23), not only through study.json
     atomic_write_text(saved, json.dumps(study, indent=2) + "\n")
 
 
