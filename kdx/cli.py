@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from typer.core import TyperArgument, TyperCommand, TyperGroup
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from kdx import commandconfig as cc
 from kdx.commands.study import PipelineOptions
@@ -90,6 +90,11 @@ class LazyGroup(TyperGroup):
 
     def list_commands(self, ctx) -> list[str]:
         return list(COMMANDS)
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        plain_flags(params)  # --version, --help: no <bool> beside them
+        return params
 
     def get_command(self, ctx, cmd_name: str):
         entry = COMMANDS.get(cmd_name)
@@ -381,14 +386,35 @@ class PlainArgument(TyperArgument):
         return None if self.metavar is not None else super().display_type_rich(ctx)
 
 
+class PlainFlag(TyperOption):
+    """A flag (``--json/--no-json``, ``--help``): it takes no value, so the help shows no ``<bool>``
+    type beside it, as options with values show ``INT`` or ``<a|b>`` (issue 21 item 5)."""
+
+    def display_type_rich(self, ctx):
+        return None
+
+
+def plain_flags(params) -> None:
+    for p in params:
+        if type(p) is TyperOption and p.is_flag:
+            p.__class__ = PlainFlag
+
+
 class KdxCommand(TyperCommand):
-    """The command class of every kdx command (``app.command(cls=...)``): its arguments are :class:`PlainArgument`."""
+    """The command class of every kdx command (``app.command(cls=...)``): its arguments are
+    :class:`PlainArgument`, its flags :class:`PlainFlag`."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         for p in self.params:
             if type(p) is TyperArgument:
                 p.__class__ = PlainArgument
+        plain_flags(self.params)
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)  # --help is added here
+        plain_flags(params)
+        return params
 
 
 training_command("train-teacher", "train_teacher",

@@ -58,7 +58,8 @@ class AnalyzeConflictsOptions(CommandOptions):
                              argument=True, required=True, comma=False, metavar="RUN")
     out: Optional[str] = option(None, "Folder to write the analysis to.", flags=("-o",), required=True, metavar="DIR")
     dataset: Optional[str] = option(None, "Dataset [the runs' own].", flags=("-d",), metavar="NAME")
-    split: str = option("val", "Split to analyse: val (seeded like the run) or test.", choices=("val", "test"))
+    split: str = option("val", "Split to analyse: val (seeded like the run; the default, because the class tree "
+                        "read here guides students, so it is not read off the test set) or test.", choices=("val", "test"))
     images: int = option(1024, "Seeded subset of the split, the same for every run.", flags=("-n",), low=2,
                          metavar="N")
     label: Optional[list[str]] = option(None, "Name of each run, one per run, comma-separated or repeated [its "
@@ -85,8 +86,8 @@ class EvaluateOptions(CommandOptions):
     checkpoint: Optional[str] = option(None, "A checkpoint file or a run directory.", argument=True, required=True,
                                        metavar="CHECKPOINT")
     dataset: Optional[str] = option(None, "Dataset [the checkpoint's].", flags=("-d",), metavar="NAME")
-    split: str = option("test", "Split to evaluate: test, or val (the run's own validation split).",
-                        choices=("test", "val"))
+    split: str = option("test", "Split to evaluate: test (the default: the number a run reports), or val (the "
+                        "run's own validation split; analyze-conflicts defaults to it).", choices=("test", "val"))
     data_root: Optional[str] = option(None, "Dataset folder [the run's].", metavar="DIR")
     which: str = option("model", "In a run directory: model (last epoch) or best (on validation).",
                         choices=tuple(CHECKPOINTS))

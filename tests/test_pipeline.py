@@ -110,8 +110,11 @@ def test_tiny_study_two_seeds_end_to_end_and_rerun_skips(tmp_path, capsys):
     text = (out / "study_summary.csv").read_text().splitlines()
     header = text[0].split(",")
     student = next(line.split(",") for line in text if ",student," in line)
-    assert "." not in student[header.index("params")] and student[header.index("student_seed")] == "0"
+    assert "." not in student[header.index("params")] and student[header.index("seed")] == "0"
+    assert "student_seed" not in header  # one seed column (issue 21 item 5)
     stud_table = report.split("## Students")[1]
+    # the names of comparison_summary.csv, not best_mean/best_std (issue 21 item 5)
+    assert "| test_top1_best_mean |" in stud_table and "| best_mean |" not in stud_table
     assert "± 0.00" not in stud_table and "| - |" not in stud_table
 
 

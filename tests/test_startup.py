@@ -81,3 +81,13 @@ def test_routing_modes_are_the_models():
     from kdx.models.routed.routing import MODES
 
     assert cc.ROUTING_MODES == MODES
+
+
+@pytest.mark.parametrize("command", [None, "train-teacher", "train-vam-student", "evaluate", "info", "analyze-conflicts",
+                                     "pipeline", "models"])
+def test_help_metavars_are_one_style(command):
+    """issue 21 item 5: values show ``INT``/``N``/``<a|b>``; flags (no value) show no ``<bool>``; no ``<str>``."""
+    args = [command, "--help"] if command else ["--help"]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"})
+    assert result.exit_code == 0, result.output
+    assert "<bool>" not in result.output and "<str>" not in result.output and "TEXT" not in result.output

@@ -184,6 +184,15 @@ def compare_run(tmp_path_factory):
     return out, teacher, ana, result.output
 
 
+def test_compare_lines_name_their_arm(compare_run):
+    """issue 21 item 5: the per-arm lines of a grid ('hierarchy guidance: ...') say whose they are."""
+    text = compare_run[3]
+    lines = [ln for ln in text.splitlines() if "hierarchy guidance:" in ln]
+    assert len(lines) == 2  # kd+tree and kd+tree+head
+    assert lines[0].startswith("seed 1029 ") and "tree" in lines[0].split(":")[0]
+    assert lines[0].split(":")[0] != lines[1].split(":")[0]
+
+
 def test_compare_end_to_end(compare_run):
     out, teacher, ana, text = compare_run
     assert "arms: ce, kd, kd+tree, kd+head, kd+tree+head" in text

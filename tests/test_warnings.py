@@ -66,3 +66,22 @@ def test_the_commands_print_the_warnings(tmp_path):
     text = " ".join(r.output.split())
     assert "kdx: warning: stage 1 has 2 epochs" in text and "--stage1-epochs 3 or more" in text
     assert "kdx: warning: the teacher" in text and "below 55.0%" in text
+
+
+def test_crd_records_the_negatives_it_uses_and_warns():
+    """issue 21 item 5: crd_nce_k 16384 on a split of 100 samples trains with 99 negatives: the
+    checkpoint's method record says 99 (and what was asked), and a warning says so."""
+    import torch
+
+    from kdx.distill.methods import MethodContext, get_method
+
+    cls = get_method("crd")
+    params = {o.name: o.default for o in cls.options} | {"crd_mode": "uniform"}
+    assert params["crd_nce_k"] == 16384
+    crd = cls(MethodContext(params=params, num_classes=10, num_samples=100, train_labels=torch.zeros(100).long()))
+    rec = crd.record()
+    assert rec["params"]["crd_nce_k"] == 99 == rec["negatives"] and rec["params"]["crd_nce_k_asked"] == 16384
+    (text,) = crd.warnings()
+    assert "--crd-nce-k 16384" in text and "99 negatives" in text
+    small = cls(MethodContext(params=params | {"crd_nce_k": 50}, num_classes=10, num_samples=100))
+    assert small.warnings() == [] and small.record()["params"]["crd_nce_k"] == 50

@@ -166,7 +166,7 @@ def entropy_bars(summary: pd.DataFrame, layers: int, path: Path, fmt: str | None
     ax.set_xticklabels([f"layer {l}" for l in range(1, layers + 1)])
     ax.set_ylim(0, 1.25)  # head-room above the value labels for the legend
     ax.set_ylabel("mean normalised entropy\n(soft attention, final tau)")
-    ax.set_title("Subtask attention entropy per layer (0 = one expert, 1 = uniform)", fontsize=10)
+    ax.set_title("Subtask attention entropy per layer\n(0 = one expert, 1 = uniform)", fontsize=10)  # fits 5 in
     ax.legend(fontsize=8, loc="upper center", ncol=len(runs), frameon=False)
     return _save(fig, path, fmt)
 

@@ -157,8 +157,8 @@ def collect(study: dict, resolved: dict) -> list[dict]:
     comp = places["students"] / "comparison.csv"
     if comp.is_file():
         for rec in pd.read_csv(comp).to_dict("records"):
-            rows.append({"seed": None, "component": "student", "name": rec.get("method"),
-                         "student_seed": rec.get("seed"), "test_top1_best": rec.get("test_top1_best"),
+            rows.append({"seed": rec.get("seed"), "component": "student", "name": rec.get("method"),
+                         "test_top1_best": rec.get("test_top1_best"),
                          "test_top1_last": rec.get("test_top1_last"), "best_epoch": rec.get("best_epoch"),
                          "params": rec.get("params"), "macs": rec.get("macs")})
     return rows
@@ -299,17 +299,20 @@ def _tree_and_plots(study: dict, paths0: dict, out: Path) -> list[str]:
 def students_section(stud: pd.DataFrame, students: Path, out: Path) -> list[str]:
     if stud.empty:
         return ["_(none)_", ""]
-    agg = stud.groupby("name", sort=False).agg(
-        runs=("test_top1_best", "size"), best_mean=("test_top1_best", "mean"), best_std=("test_top1_best", "std"),
-        last_mean=("test_top1_last", "mean"), last_std=("test_top1_last", "std")).reset_index()
-    paired = stud.assign(method=stud["name"], seed=stud["student_seed"])
+    agg = stud.groupby("name", sort=False).agg(  # the names of comparison_summary.csv
+        seeds=("test_top1_best", "size"), test_top1_best_mean=("test_top1_best", "mean"),
+        test_top1_best_std=("test_top1_best", "std"), test_top1_last_mean=("test_top1_last", "mean"),
+        test_top1_last_std=("test_top1_last", "std")).reset_index()
+    paired = stud.assign(method=stud["name"])
     deltas = [paired_delta(paired, m, "kd", "test_top1_best") for m in agg["name"]]
-    agg["best_vs_kd"] = ["" if m == "kd" or not len(d) else format_delta(d.mean(), d.std(ddof=1) if len(d) > 1 else None)
-                         for m, d in zip(agg["name"], deltas)]
+    agg["test_top1_best_vs_kd"] = ["" if m == "kd" or not len(d) else
+                                   format_delta(d.mean(), d.std(ddof=1) if len(d) > 1 else None)
+                                   for m, d in zip(agg["name"], deltas)]
     lines = [md_table(agg.rename(columns={"name": "method"})),
-             "best = test top-1 at the epoch with the best validation accuracy; last = final epoch; mean over "
-             "student seeds, std in points (empty with one seed); best_vs_kd = the paired per-seed difference "
-             "against kd in points (mean ± std): a gap smaller than its std is seed noise.\n"]
+             "test_top1_best = test top-1 at the epoch with the best validation accuracy; test_top1_last = final "
+             "epoch; mean over student seeds, std in points (empty with one seed); test_top1_best_vs_kd = the paired "
+             "per-seed difference against kd in points (mean ± std): a gap smaller than its std is seed noise. The "
+             "columns are those of comparison_summary.csv.\n"]
     png = students / "comparison.png"
     if png.is_file():
         lines += [f"![comparison]({_rel(png, out)})", ""]

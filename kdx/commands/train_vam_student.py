@@ -158,7 +158,8 @@ def resolve_hierarchy(cfg, folder: Path, class_names):
     return dataclasses.replace(cfg, hierarchy=sources)
 
 
-def build_task(cfg, bundle, shared: StudentShared, cache: TeacherCache | None = None) -> StudentTask:
+def build_task(cfg, bundle, shared: StudentShared, cache: TeacherCache | None = None, arm: str = "") -> StudentTask:
+    """``arm``: the prefix of its lines in a group (``seed 0 kd+tree: ``), so repeated lines say whose they are."""
     from kdx.models import create_model, list_models
 
     if cfg.arch not in list_models():
@@ -188,7 +189,7 @@ def build_task(cfg, bundle, shared: StudentShared, cache: TeacherCache | None = 
             metadata["hierarchy"] = m.describe()
             text = ", ".join(f"{s} <-> layer {layer} ({len(m.clusters[layer]['clusters'])} clusters)"
                              for s, layer in m.mapping)
-            _log(cfg, f"hierarchy guidance: student stage <-> explainer layer: {text}")
+            _log(cfg, f"{arm}hierarchy guidance: student stage <-> explainer layer: {text}")
     return StudentTask(model, methods, teacher=teacher, teacher_meta=teacher_meta, class_names=bundle.class_names,
                        tau0=cfg.vam_tau0, teacher_cache=cache, metadata=metadata, probe_shape=ctx.in_shape)
 
@@ -221,11 +222,12 @@ def train_one(cfg, shared: StudentShared, label: str, cache: TeacherCache | None
         barrier(rt.dist)
         if not group:
             cfg = resolve_hierarchy(cfg, run_dir, bundle.class_names)
-        task = build_task(cfg, bundle, shared, cache)
+        arm = f"{label}: " if group else ""
+        task = build_task(cfg, bundle, shared, cache, arm=arm)
         cost = write_cost(cfg, bundle, run_dir) if rt.dist.is_main else None
         if cost is not None and replaces_classifier(cfg):
             o = cost.iloc[2]
-            _log(cfg, f"VAM on {cfg.arch} (D={int(o['D'])}, K={int(o['K'])}): params {int(cost.iloc[0]['params']):,} -> "
+            _log(cfg, f"{arm}VAM on {cfg.arch} (D={int(o['D'])}, K={int(o['K'])}): params {int(cost.iloc[0]['params']):,} -> "
                       f"{int(cost.iloc[1]['params']):,} ({o['params_pct']:+.3f}%), MACs {int(cost.iloc[0]['macs']):,} -> "
                       f"{int(cost.iloc[1]['macs']):,} ({o['macs_pct']:+.4f}%)")
         t0 = time.perf_counter()

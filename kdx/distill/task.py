@@ -277,7 +277,9 @@ class MethodTask(TrainTask):
         return [m.record() for m in self.methods]
 
     def warnings(self) -> list[str]:
-        return [w for w in [weak_teacher_warning(self.teacher_meta)] if w] if self.teacher is not None else []
+        found = [w for m in self.methods for w in m.warnings()]
+        weak = weak_teacher_warning(self.teacher_meta) if self.teacher is not None else None
+        return found + ([weak] if weak else [])
 
     def teacher_record(self) -> dict | None:
         if self.teacher is None:

@@ -129,6 +129,11 @@ class Method(nn.Module):
         """What the checkpoint metadata records of this method: its name and option values."""
         return {"name": self.name, "params": dict(self.params)}
 
+    def warnings(self) -> list[str]:
+        """What this method changed of what was asked or what makes its loss meaningless (printed
+        as ``kdx: warning:`` lines before the first step); e.g. an option clamped to the data."""
+        return []
+
 
 # ---------------------------------------------------------------------- registry
 

@@ -209,4 +209,16 @@ class CRD(TapMethod):
         return loss
 
     def record(self) -> dict:
-        return super().record() | {"negatives": self.k, "n_data": self.n_data, "mode": self.mode}
+        """``params.crd_nce_k`` is the number of negatives used (clamped to the split), ``crd_nce_k_asked``
+        the option's value (config.json keeps what was asked)."""
+        rec = super().record() | {"negatives": self.k, "n_data": self.n_data, "mode": self.mode}
+        rec["params"] = dict(rec["params"], crd_nce_k=self.k, crd_nce_k_asked=int(self.params["crd_nce_k"]))
+        return rec
+
+    def warnings(self) -> list[str]:
+        asked = int(self.params["crd_nce_k"])
+        if asked <= self.k:
+            return []
+        return [f"--crd-nce-k {asked} is more than the training split allows ({self.n_data} samples): crd uses "
+                f"{self.k} negatives per sample (recorded as crd_nce_k in the checkpoint's methods; config.json "
+                f"keeps {asked})"]

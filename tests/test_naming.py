@@ -1,0 +1,42 @@
+"""One name per concept (issue 21, item 5): the decisions that are not a rename are held here."""
+
+from typer.testing import CliRunner
+
+from kdx import commandconfig as cc
+from kdx.cli import app
+
+
+def test_split_defaults_differ_on_purpose_and_say_why():
+    """evaluate reports test accuracy; analyze-conflicts reads its tree off val (it guides students)."""
+    from kdx.options import field_options
+
+    split = {cls.command: next(o for o in field_options(cls) if o.name == "split")
+             for cls in (cc.EvaluateOptions, cc.AnalyzeConflictsOptions)}
+    assert split["evaluate"].default == "test" and split["analyze-conflicts"].default == "val"
+    assert "analyze-conflicts defaults to it" in split["evaluate"].help
+    assert "not read off the test set" in split["analyze-conflicts"].help
+    result = CliRunner().invoke(app, ["analyze-conflicts", "--help"], env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"})
+    assert "not read off the test set" in " ".join(result.output.replace("│", " ").split())
+
+
+def test_entropy_title_fits_with_one_run(tmp_path, monkeypatch):
+    """issue 21 item 5: with one run the figure is 5 inches wide; its title was cut ('1 = unifor')."""
+    import pandas as pd
+
+    from kdx.analysis import plots
+
+    figures = []
+    real_save = plots._save
+
+    def keep(fig, path, fmt=None, **kw):
+        figures.append(fig)
+        return real_save(fig, path, fmt, **kw)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    summary = pd.DataFrame([{"run": "kd", **{f"norm_attention_entropy_l{l}": 0.5 for l in (1, 2, 3)}}])
+    plots.entropy_bars(summary, 3, tmp_path / "entropy.png")
+    (fig,) = figures
+    fig.canvas.draw()
+    title = fig.axes[0].title
+    box, width = title.get_window_extent(), fig.bbox.width
+    assert "1 = uniform)" in title.get_text() and box.x0 >= 0 and box.x1 <= width, (box, width)
