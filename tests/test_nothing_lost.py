@@ -468,3 +468,28 @@ def test_resume_with_a_config_file_is_refused(tmp_path):
     cfg.write_text('{"lr": 0.5}')
     r = CliRunner().invoke(app, ["train-teacher", "--resume", str(tmp_path / "run"), "--config", str(cfg)])
     assert r.exit_code != 0 and "drop --config" in r.output and "Traceback" not in r.output
+
+
+def test_a_tiny_first_image_does_not_shrink_a_folder_dataset(tmp_path):
+    """issue 23: the side of a folder dataset came from its first training image alone: a 1x1 first
+    image resized every image to 1 px. Now the most common side of the first images is taken, and a
+    side under 8 px is refused in one line."""
+    from PIL import Image
+
+    from kdx.data import load_dataset
+    from kdx.errors import KdxError
+
+    root = tmp_path / "imgs"
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            for k in range(3):
+                Image.new("RGB", (16, 16), (k * 40, 10, 10)).save(root / split / c / f"{k}.png")
+    Image.new("RGB", (1, 1)).save(root / "train" / "a" / "0.png")  # the first training image
+    b = load_dataset(f"folder:{root}", val_fraction=0.0)
+    assert b.image_size == 16
+    for c in ("a", "b"):
+        for k in range(3):
+            Image.new("RGB", (2, 2)).save(root / "train" / c / f"{k}.png")
+    with pytest.raises(KdxError, match="at least 8 px"):
+        load_dataset(f"folder:{root}", val_fraction=0.0)

@@ -17,6 +17,31 @@ def _class_dirs(d: Path) -> list[str]:
     return sorted(p.name for p in d.iterdir() if p.is_dir()) if d.is_dir() else []
 
 
+MIN_SIDE = 8  # smaller than this cannot be a training image of a zoo model (and would shrink every image to it)
+
+
+def _common_side(files) -> int:
+    """The side images are read at: the most common side among the first training images when they
+    are square (else 32); refused below ``MIN_SIDE`` rather than resizing a whole folder to 1 px."""
+    from collections import Counter
+
+    from PIL import Image
+
+    sides = []
+    for f in files:
+        try:
+            with Image.open(f) as img:
+                w, h = img.size
+        except OSError as e:
+            raise KdxError(f"cannot read image {f}: {e}") from None
+        sides.append(w if w == h else 32)
+    side = Counter(sides).most_common(1)[0][0]
+    if side < MIN_SIDE:
+        raise KdxError(f"folder dataset: its first training images are {side}x{side} px (e.g. {files[0]}); images "
+                       f"must be at least {MIN_SIDE} px, since every image is read at that side")
+    return side
+
+
 def load_folder(root, download, image_size, path):
     """Resized to ``image_size`` (default: the first training image's side if it is square, else 32)."""
     path = Path(path)
@@ -41,14 +66,7 @@ def load_folder(root, download, image_size, path):
 
     (tr_files, tr_labels), (te_files, te_labels) = collect(train_dir), collect(val_dir)
     if image_size is None:
-        from PIL import Image
-
-        try:
-            with Image.open(tr_files[0]) as img:
-                w, h = img.size
-        except OSError as e:
-            raise KdxError(f"cannot read image {tr_files[0]}: {e}") from None
-        image_size = w if w == h else 32
+        image_size = _common_side(tr_files[:16])
     return FolderSplit(tr_files, tr_labels, image_size), FolderSplit(te_files, te_labels, image_size), classes
 
 
