@@ -20,7 +20,6 @@ a discarded warm-up); a cold cache makes the eager start-up far slower still (13
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import statistics
 import subprocess
@@ -28,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from common import write_csv  # benchmarks/common.py
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE_REV = "1077165"  # kdx before the lazy CLI (issue 21): every command built at import
@@ -91,10 +91,7 @@ def main() -> None:
     for r in rows:
         print(f"{r['case']:38s} {r['lazy_s']:8.2f} {r['eager_s']:8.2f} {r['ratio_eager_over_lazy']:5.1f}x")
     if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+        write_csv(args.csv, rows)
 
 
 if __name__ == "__main__":

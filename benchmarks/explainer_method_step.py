@@ -30,6 +30,7 @@ from kdx.distill.methods.base import MethodContext
 from kdx.distill.task import build_methods, method_names
 from kdx.models import create_model
 from kdx.models.routed import KDExplainer
+from common import write_csv  # benchmarks/common.py
 
 CFG = SimpleNamespace(routing="soft", tau0=4.0, lr=0.01, routing_lr=0.05)
 NUM_SAMPLES = 50_000
@@ -91,12 +92,7 @@ def main() -> None:
     for row in rows:
         print(f"{row['explainer']:<10} {row['cpu_s']:7.3f} s  {row['ratio_vs_kd']:5.2f} x kd")
     if args.csv:
-        import csv
-
-        with open(args.csv, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+        write_csv(args.csv, rows)
 
 
 if __name__ == "__main__":

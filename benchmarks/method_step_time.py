@@ -32,6 +32,7 @@ from kdx.distill.methods.base import MethodContext
 from kdx.distill.student import StudentTask
 from kdx.distill.task import build_methods, method_names
 from kdx.models import create_model
+from common import write_csv  # benchmarks/common.py
 
 NUM_SAMPLES = 50_000  # CIFAR-100's training split: the size of CRD's memory bank
 
@@ -104,12 +105,7 @@ def main() -> None:
         print(f"{row['method']:<8} {row['cpu_s']:7.2f} {row['ratio_vs_kd']:6.2f} {row['wall_s']:7.2f} "
               f"{row['wall_ratio_vs_kd']:6.2f}")
     if args.csv:
-        import csv
-
-        with open(args.csv, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+        write_csv(args.csv, rows)
 
 
 if __name__ == "__main__":
