@@ -182,6 +182,9 @@ def test_end_to_end(tmp_path):
             assert summary[f"{n}attention_entropy_l{l}"].tolist() == \
                 pytest.approx(summary[f"{n}attention_entropy_tau1_l{l}"].tolist(), abs=1e-6)
     assert list(summary["run"]) == ["ce", "ls", "kd"]
+    # issue 21 item 5: the names of the other files (method, top1), not objective/accuracy
+    assert list(summary["method"]) == ["ce", "ls", "kd"] and summary["top1"].between(0, 1).all()
+    assert "objective" not in summary.columns and "accuracy" not in summary.columns
     assert summary.loc[2, "images"] == 64
     conf = pd.read_csv(out / "conflicts.csv")
     assert set(conf[conf["run"] == "ls"]["signal"]) == {"objective", "ce"}

@@ -40,3 +40,17 @@ def test_entropy_title_fits_with_one_run(tmp_path, monkeypatch):
     title = fig.axes[0].title
     box, width = title.get_window_extent(), fig.bbox.width
     assert "1 = uniform)" in title.get_text() and box.x0 >= 0 and box.x1 <= width, (box, width)
+
+
+def test_summary_readers_take_the_new_and_the_old_names():
+    """summary.csv says method/top1 now; summaries written before (objective/accuracy) still read."""
+    import pandas as pd
+
+    from kdx.analysis.methods import quantities
+    from kdx.analysis.report import comparisons
+
+    new = pd.DataFrame([{"run": "kd", "method": "kd", "top1": 0.8, "norm_attention_entropy_l1": 0.5},
+                        {"run": "ce", "method": "ce", "top1": 0.7, "norm_attention_entropy_l1": 0.6}])
+    old = new.rename(columns={"method": "objective", "top1": "accuracy"})
+    assert quantities(new)[0] == "top1" and quantities(old)[0] == "accuracy"
+    assert comparisons(new, 1) == comparisons(old, 1) != []

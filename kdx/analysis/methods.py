@@ -56,7 +56,7 @@ def tree_distance(a: list[int], b: list[int]) -> float:
 
 def quantities(summary: pd.DataFrame) -> list[str]:
     """The per-run columns the comparison reports, in reading order."""
-    cols = [c for c in ("test_top1", "accuracy") if c in summary.columns]
+    cols = [c for c in ("test_top1", "top1", "accuracy") if c in summary.columns]  # accuracy: summary.csv before issue 21
     cols += sorted((c for c in summary.columns if _ENTROPY.match(c)), key=lambda c: (bool(_ENTROPY.match(c).group(1)),
                                                                                    int(_ENTROPY.match(c).group(2))))
     cols += [c for c in ("shared_pairs_objective", "conflict_rate_objective", "weighted_conflict_objective")
@@ -157,7 +157,7 @@ def report_section(table: pd.DataFrame, paired: pd.DataFrame) -> str:
     qs = [c[:-5] for c in table.columns if c.endswith("_mean") and shown.match(c[:-5])]
     lines = ["", "## Methods side by side", "",
              "Mean ± std over seeds per method (`methods.csv`); test_top1 is the analysed checkpoint's test "
-             "accuracy, accuracy that on the analysed images; tree_ari_<ref>_l<L> is the adjusted Rand index "
+             "accuracy, top1 that on the analysed images; tree_ari_<ref>_l<L> is the adjusted Rand index "
              "between the method's class partition at layer L and the reference method's of the same seed "
              "(1 = the same tree). The entropies at the runs' final tau, the shared pairs and the accuracy on the analysed "
              "images are in the CSV too. Paired per-seed differences against kd and ce are in `methods_paired.csv`; "

@@ -290,7 +290,8 @@ def methods_figure(table: pd.DataFrame) -> Figure:
     methods = [str(m) for m in table["method"]]
     layers = sorted(int(c.split("_l")[-1].split("_")[0]) for c in table.columns
                     if c.startswith("attention_entropy_tau1_l") and c.endswith("_mean"))
-    panels = [("accuracy", ["accuracy"], "test accuracy (%)", 100.0)]
+    top1 = "top1" if "top1_mean" in table else "accuracy"  # accuracy: methods.csv of summaries before issue 21
+    panels = [("accuracy", [top1], "test accuracy (%)", 100.0)]
     panels.append(("attention entropy at tau 1", [f"attention_entropy_tau1_l{layer}" for layer in layers], "nats", 1.0))
     if "conflict_rate_objective_mean" in table:
         panels.append(("conflict rate", ["conflict_rate_objective"], "share of subtask pairs", 1.0))

@@ -30,7 +30,7 @@ def comparisons(summary: pd.DataFrame, layers: int) -> list[str]:
     (or the first run) against every other run."""
     if len(summary) < 2:
         return []
-    objs = list(summary["objective"])
+    objs = list(summary["method"] if "method" in summary else summary["objective"])  # objective: before issue 21
     ref = summary.iloc[objs.index("kd")] if "kd" in objs else summary.iloc[0]
     out = []
     for _, other in summary.iterrows():
@@ -61,10 +61,10 @@ def write_report(info: dict, summary: pd.DataFrame, subtasks: pd.DataFrame, plot
               "distribution softmax(R / 0.5) (`norm_attention_entropy_tau1_l<l>`, comparable across runs)",
               "- runs:"]
     for r in info["runs"]:
-        lines.append(f"  - **{r['label']}**: `{r['path']}` (objective {r['objective']}, stage {r['stage']}, "
+        lines.append(f"  - **{r['label']}**: `{r['path']}` (method {r['method']}, stage {r['stage']}, "
                      f"routing {r['routing']}, tau {r['tau']:.4g}){' — ' + r['note'] if r.get('note') else ''}")
     lines += ["", "## Summary", ""]
-    cols = ["run", "objective", "accuracy"] + [entropy_column(l, True) for l in range(1, layers + 1)] + \
+    cols = ["run", "method", "top1"] + [entropy_column(l, True) for l in range(1, layers + 1)] + \
         [entropy_column(l, True, True) for l in range(1, layers + 1)] + \
         ["conflict_rate_objective", "conflict_rate_ce", "weighted_conflict_objective", "weighted_conflict_ce"] + \
         [f"clusters_l{l}" for l in range(1, layers + 1)]
@@ -76,7 +76,7 @@ def write_report(info: dict, summary: pd.DataFrame, subtasks: pd.DataFrame, plot
         for c in cols:
             v = row[c]
             if isinstance(v, float):
-                cells.append(_fmt(v, pct=c.startswith(("accuracy", "conflict_rate"))))
+                cells.append(_fmt(v, pct=c.startswith(("top1", "accuracy", "conflict_rate"))))
             else:
                 cells.append(str(v))
         lines.append("| " + " | ".join(cells) + " |")

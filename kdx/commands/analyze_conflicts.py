@@ -328,10 +328,12 @@ def _analyse_all(loaded, labels, bundle, batches, info, conflicts, names, quiet)
 
 
 def _summary_row(res: dict, images: int) -> dict:
-    """One row of summary.csv: the run, its accuracy, entropies, conflict statistics and clusters."""
-    row = {"run": res["label"], "path": res["path"], "objective": method_label(res["meta"]),
+    """One row of summary.csv: the run, its method and top-1 on the analysed images (``method`` and
+    ``top1``, as the other files name them; ``objective``/``accuracy`` before issue 21), entropies,
+    conflict statistics and clusters."""
+    row = {"run": res["label"], "path": res["path"], "method": method_label(res["meta"]),
            "kind": res["meta"].get("kind"), "stage": res["meta"].get("stage"), "routing": res["mode"],
-           "tau": res["tau"], "images": images, "accuracy": res["accuracy"]}
+           "tau": res["tau"], "images": images, "top1": res["accuracy"]}
     row.update(att_mod.entropy_summary(res["attention"]["soft"], res["attention"]["tau1"]))
     for sig in ("objective", "ce"):
         st = cf_mod.conflict_stats(res["conflicts"], sig)
@@ -451,7 +453,7 @@ def run(opts) -> dict:
     plots = {res["label"]: _run_plots(res, names, out / "plots") for res in results}
     f = pl_mod.entropy_bars(tables["summary"], n_layers, out / "plots" / "entropy.png")
     plots[""] = [("attention entropy per layer, all runs", f"plots/{f.name}")]
-    info["runs"] = [{"label": res["label"], "path": res["path"], "objective": method_label(res["meta"]),
+    info["runs"] = [{"label": res["label"], "path": res["path"], "method": method_label(res["meta"]),
                      "stage": res["meta"].get("stage"), "routing": res["mode"], "tau": res["tau"], "note": res["note"]}
                     for res in results]
     report = write_report(info, tables["summary"], tables["subtasks"], plots, n_layers)
@@ -475,12 +477,12 @@ def _print_summary(summary: pd.DataFrame, layers: int, out: Path) -> None:
         return f"{100 * v:.1f}%" if pct else f"{v:.3f}"
 
     table = Table(title="analyze-conflicts")
-    cols = ["run", "objective", "top-1"] + [f"H L{l}" for l in range(1, layers + 1)] + \
+    cols = ["run", "method", "top-1"] + [f"H L{l}" for l in range(1, layers + 1)] + \
         [f"H1 L{l}" for l in range(1, layers + 1)] + ["confl obj", "confl ce", "clusters", "s"]
     for c in cols:
-        table.add_column(c, justify="left" if c in ("run", "objective") else "right")
+        table.add_column(c, justify="left" if c in ("run", "method") else "right")
     for _, r in summary.iterrows():
-        table.add_row(str(r["run"]), str(r["objective"]), f(r["accuracy"], True),
+        table.add_row(str(r["run"]), str(r["method"]), f(r["top1"], True),
                       *[f(r.get(att_mod.entropy_column(l, True), math.nan)) for l in range(1, layers + 1)],
                       *[f(r.get(att_mod.entropy_column(l, True, True), math.nan)) for l in range(1, layers + 1)],
                       f(r["conflict_rate_objective"], True), f(r["conflict_rate_ce"], True),
