@@ -19,6 +19,17 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def tree_text(tree: dict) -> str:
+    """An explainer's hard tree in full, one line per expert layer: the classes under each expert
+    (``{Trouser, Bag} {Sandal}``; empty experts left out)."""
+    lines = []
+    for layer in tree.get("layers") or []:
+        groups = [g for g in layer.get("groups") or [] if g.get("classes")]
+        lines.append(f"layer {layer.get('layer')}: " + " ".join(
+            "{" + ", ".join(map(str, g.get("names") or g["classes"])) + "}" for g in groups))
+    return "\n".join(lines) or "-"
+
+
 def run(opts) -> dict:
     """Print the metadata of ``opts.checkpoint`` (:class:`kdx.commandconfig.InfoOptions`) as a table or JSON."""
     opts.validate()
@@ -37,7 +48,7 @@ def run(opts) -> dict:
     for key in sorted(meta):
         if key == "metrics":
             continue
-        table.add_row(key, _fmt(meta[key]))
+        table.add_row(key, tree_text(meta[key]) if key == "tree" and isinstance(meta[key], dict) else _fmt(meta[key]))
     table.add_row("run directory (stage)", f"{where['run_dir'] or '-'} ({where['run_stage'] or '-'})")
     table.add_row("tensors / parameters", f"{len(state)} / {n_params:,}")
     for key, value in sorted((meta.get("metrics") or {}).items()):
