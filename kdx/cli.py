@@ -449,7 +449,8 @@ declared_command("analyze-conflicts", cc.AnalyzeConflictsOptions, "analyze_confl
     "(for the VAM hierarchy guidance), plots and report.md to --out (docs/analyze-conflicts.md).")
 
 declared_command("pipeline", PipelineOptions, "pipeline:from_options",
-    "Run the whole study: teacher -> explainers (ce, ls, kd) per seed -> analyze-conflicts -> VAM students.\n\n"
+    "Run the whole study: teacher -> explainers (the study's methods, ce, ls, kd by default) per seed -> "
+    "analyze-conflicts -> VAM students.\n\n"
     "Every input is checked before the first step. Every step is an ordinary run directory under "
     "the study folder; a rerun skips finished steps and resumes an interrupted one. Writes "
     "study_report.md, study_summary.csv and explainer_differences.csv.")
