@@ -35,6 +35,7 @@ bench: install
 	$(BIN)/python benchmarks/vam_overhead.py
 	$(BIN)/python benchmarks/vam_variant_cost.py
 	$(BIN)/python benchmarks/explainer_method_step.py
+	$(BIN)/python benchmarks/parallel_runs.py
 	$(BIN)/python benchmarks/roofline.py
 	$(BIN)/python benchmarks/cli_startup.py
 
