@@ -41,9 +41,12 @@ keep() {  # keep NAME [FILES...]: copy the run R/NAME's small records (or the na
 
 bring_back() {  # bring_back NAME: a run recorded in STORE in full, copied into R when R lacks it
   local name=$1
-  if ! done_ "$R/$name" && done_ "$STORE/$name"; then
-    rm -rf "$R/$name.restoring"; mkdir -p "$R/$name.restoring"; cp -r "$STORE/$name/." "$R/$name.restoring/"
-    rm -rf "$R/$name"; mv "$R/$name.restoring" "$R/$name"
+  if ! done_ "$R/$name" && done_ "$STORE/$name"; then  # a private copy, then one rename: two lanes may race here
+    local tmp="$R/$name.restoring.$$"
+    rm -rf "$tmp"; mkdir -p "$tmp"; cp -r "$STORE/$name/." "$tmp/"
+    done_ "$R/$name" || { rm -rf "$R/$name"; mv "$tmp" "$R/$name" 2>/dev/null || true; }
+    rm -rf "$tmp"
+    done_ "$R/$name"
   fi
 }
 
