@@ -12,6 +12,8 @@ import typer
 from typer.testing import CliRunner
 
 from kdx import commandconfig as cc
+from cli_helpers import one_line_error, run_main  # tests/ is on sys.path
+
 from kdx.cli import app, main
 from kdx.commands.study import PipelineOptions
 from kdx.options import field_options, show_default
@@ -21,18 +23,6 @@ DECLARED = {"analyze-conflicts": cc.AnalyzeConflictsOptions, "evaluate": cc.Eval
             "datasets": cc.DatasetsOptions, "methods": cc.MethodsOptions, "pipeline": PipelineOptions}
 
 
-def run_main(capsys, *args) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in args])
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
-
-
-def one_line_error(code, err, pattern):
-    assert code == 2, err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0].startswith("kdx: error: ") and re.search(pattern, lines[0]), lines[0]
 
 
 # ------------------------------------------------------------------ item 4: declarations drive every command

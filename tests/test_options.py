@@ -15,6 +15,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from cli_helpers import one_line_error, run_main  # tests/ is on sys.path
+
 from kdx.cli import app, main
 from kdx.config import COMMANDS, PRESETS, build_config, config_class, read_config_file
 from kdx.errors import KdxError
@@ -24,18 +26,6 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = ["--max-train-samples", "200", "--epochs", "1", "--device", "cpu", "--precision", "fp32", "-q"]
 
 
-def run_main(capsys, *args) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in args])
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
-
-
-def one_line_error(code, err, pattern):
-    assert code == 2, err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("kdx: error: ") and re.search(pattern, lines[0]), lines[0]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
