@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from kdx import commandconfig as cc
 from cli_helpers import one_line_error, run_main  # tests/ is on sys.path
 
-from kdx.cli import app, main
+from kdx.cli import app
 from kdx.commands.study import PipelineOptions
 from kdx.options import field_options, show_default
 

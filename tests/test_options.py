@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from cli_helpers import one_line_error, run_main  # tests/ is on sys.path
 
-from kdx.cli import app, main
+from kdx.cli import app
 from kdx.config import COMMANDS, PRESETS, build_config, config_class, read_config_file
 from kdx.errors import KdxError
 from kdx.options import coerce, field_options, show_default
