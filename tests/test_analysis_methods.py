@@ -124,3 +124,21 @@ def test_methods_csv_columns_are_documented(tmp_path):
     assert all(re.fullmatch(rf"method|seeds|{q}_(mean|std)", c) for c in table.columns), list(table.columns)
     assert list(paired_table(with_tree_distances(frame, parts)).columns) == \
         ["method", "reference", "quantity", "seeds", "mean", "std", "per_seed", "claimed"]
+
+
+def test_the_study_report_section_comes_from_the_methods_csvs(tmp_path):
+    from kdx.commands.study_report import methods_section
+
+    frame = _frame()
+    parts = {f"{m}{s}": {1: partition_labels([[0, 1], [2, 3]], 4)} for m in ("ce", "kd", "at") for s in (0, 1, 2)}
+    frame = with_tree_distances(frame, parts)
+    ana = tmp_path / "analysis-methods"
+    (ana / "plots").mkdir(parents=True)
+    method_table(frame).to_csv(ana / "methods.csv", index=False)
+    paired_table(frame).to_csv(ana / "methods_paired.csv", index=False)
+    (ana / "plots" / "methods.png").write_bytes(b"png")
+    text = "\n".join(methods_section(ana, tmp_path))
+    assert "## Explainers by method, every seed" in text and "| at | 3 |" in text
+    assert "at vs kd, attention_entropy_l1: -0.4" in text  # a claimed difference, read back from the CSV
+    assert "(analysis-methods/plots/methods.png)" in text
+    assert methods_section(tmp_path / "missing", tmp_path) == []

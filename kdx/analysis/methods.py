@@ -81,13 +81,13 @@ def with_tree_distances(summary: pd.DataFrame, partitions: dict[str, dict[int, l
     return out
 
 
-def claimed(values: list[float]) -> bool:
-    n = len(values)
-    if n < 2:
+def claimed(values) -> bool:
+    """The claim rule of every kdx comparison: |mean| > 2 * std / sqrt(n) over n >= 2 paired
+    per-seed differences (NaNs dropped)."""
+    d = pd.to_numeric(pd.Series(list(values), dtype="float64"), errors="coerce").dropna()
+    if len(d) < 2:
         return False
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return abs(mean) > 2 * std / math.sqrt(n)
+    return bool(abs(d.mean()) > 2 * d.std(ddof=1) / math.sqrt(len(d)))
 
 
 def method_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -122,10 +122,9 @@ def paired_table(frame: pd.DataFrame) -> pd.DataFrame:
                      if pd.notna(g.at[s, q]) and pd.notna(base.at[s, q])]
                 if not d:
                     continue
-                mean = sum(d) / len(d)
-                std = math.sqrt(sum((v - mean) ** 2 for v in d) / (len(d) - 1)) if len(d) > 1 else float("nan")
-                rows.append({"method": method, "reference": ref, "quantity": q, "seeds": len(d), "mean": mean,
-                             "std": std, "per_seed": " ".join(f"{v:+.4f}" for v in d), "claimed": claimed(d)})
+                s = pd.Series(d, dtype="float64")
+                rows.append({"method": method, "reference": ref, "quantity": q, "seeds": len(d), "mean": float(s.mean()),
+                             "std": float(s.std(ddof=1)) if len(d) > 1 else float("nan"), "per_seed": " ".join(f"{v:+.4f}" for v in d), "claimed": claimed(d)})
     return pd.DataFrame(rows, columns=["method", "reference", "quantity", "seeds", "mean", "std", "per_seed", "claimed"])
 
 

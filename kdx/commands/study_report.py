@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from kdx.analysis.methods import claimed, report_section
+
 from kdx.commands.common import format_delta, paired_delta
 from kdx.commands.study import BASE_SEED, environment, overridden, reproduce_commands
 from kdx.io import atomic_write_csv, atomic_write_text
@@ -167,14 +169,6 @@ def collect(study: dict, resolved: dict) -> list[dict]:
 # ------------------------------------------------------------------ the explainers across seeds
 
 
-def claimed(diffs: pd.Series) -> bool:
-    """The report's rule: |mean| > 2 * std / sqrt(n) over n >= 2 paired per-seed differences."""
-    d = pd.to_numeric(diffs, errors="coerce").dropna()
-    if len(d) < 2:
-        return False
-    return bool(abs(d.mean()) > 2 * d.std(ddof=1) / math.sqrt(len(d)))
-
-
 def explainer_differences(expl: pd.DataFrame) -> pd.DataFrame:
     """Per compared column and pair (kd - ls, kd - ce): n, mean, std of the per-seed differences, claimed."""
     frame = expl.rename(columns={"name": "method"})
@@ -320,16 +314,15 @@ def students_section(stud: pd.DataFrame, students: Path, out: Path) -> list[str]
 
 
 def methods_section(analysis: Path | None, out: Path) -> list[str]:
-    """The methods side by side, from the study-wide analysis (its report's section, figure linked)."""
-    if analysis is None or not (analysis / "report.md").is_file():
+    """The methods side by side, from the study-wide analysis' methods.csv and methods_paired.csv
+    (the section analyze-conflicts writes, kdx.analysis.methods.report_section), figure linked."""
+    if analysis is None or not (analysis / "methods.csv").is_file() or not (analysis / "methods_paired.csv").is_file():
         return []
-    text = (analysis / "report.md").read_text()
-    start = text.find("## Methods side by side")
-    if start < 0:
-        return []
-    section = text[start:].replace("](plots/", f"]({_rel(analysis, out)}/plots/")
-    return [section.replace("## Methods side by side", "## Explainers by method, every seed (issue 20)", 1),
-            f"Full analysis: [{_rel(analysis / 'report.md', out)}]({_rel(analysis / 'report.md', out)}).", ""]
+    section = report_section(pd.read_csv(analysis / "methods.csv"), pd.read_csv(analysis / "methods_paired.csv"))
+    section = section.replace("## Methods side by side", "## Explainers by method, every seed (issue 20)", 1)
+    png, report = analysis / "plots" / "methods.png", analysis / "report.md"
+    return [section, *([f"![methods side by side]({_rel(png, out)})", ""] if png.is_file() else []),
+            f"Full analysis: [{_rel(report, out)}]({_rel(report, out)}).", ""]
 
 
 def write_report(study: dict, out: Path, resolved: dict, log: list, seconds: float) -> pd.DataFrame:
