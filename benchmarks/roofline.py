@@ -191,6 +191,17 @@ def _to_cl(module, x, on: bool):
     return to_channels_last(module), x.contiguous(memory_format=torch.channels_last)
 
 
+def train_step(loss_fn, opt, bf16: bool):
+    """One training step as a closure: ``loss_fn()`` under the precision's autocast, backward, update."""
+    def step():
+        with amp(bf16):
+            loss = loss_fn()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
 def explainer_row(classes: int, widths):
     def build(batch: int, bf16: bool, cl: bool):
         from kdx.models.routed import KDExplainer
@@ -202,13 +213,7 @@ def explainer_row(classes: int, widths):
         opt = torch.optim.Adam([{"params": model.non_routing_parameters(), "lr": 0.01},
                                 {"params": model.routing_logits(), "lr": 0.05}])
 
-        def step():
-            with amp(bf16):
-                loss = F.cross_entropy(model(x).float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        return step, batch
+        return train_step(lambda: F.cross_entropy(model(x).float(), y), opt, bf16), batch
     return build
 
 
@@ -222,13 +227,7 @@ def teacher_row(arch: str, classes: int = 100):
         model, x = _to_cl(model, x, cl)
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
 
-        def step():
-            with amp(bf16):
-                loss = F.cross_entropy(model(x).float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        return step, batch
+        return train_step(lambda: F.cross_entropy(model(x).float(), y), opt, bf16), batch
     return build
 
 
@@ -277,14 +276,7 @@ def student_row(variant: str, classes: int = 100, student: str = "resnet8", teac
         opt = torch.optim.SGD(task.param_groups(SimpleNamespace(lr=0.05)), lr=0.05, momentum=0.9,
                               weight_decay=5e-4)
 
-        def step():
-            with amp(bf16):
-                _, losses = task(x, y, index)
-                loss = sum(losses.values())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        return step, batch
+        return train_step(lambda: sum(task(x, y, index)[1].values()), opt, bf16), batch
     return build
 
 
