@@ -74,8 +74,7 @@ def test_feature_method_distils_an_explainer_and_resumes_identically(method, tea
         assert f"train_loss_{method}" in rows.columns and rows[f"train_loss_{method}"].notna().all()
     r = invoke("distill-explainer", "--method", f"kd,{method}", "--teacher", teacher, "--out", part, "--max-steps", "1",
                *TINY)
-    assert r.exit_code != 0 or not (part / "results.json").exists()  # stopped inside stage 1
-    assert not (part / "stage2").exists()
+    assert not (part / "results.json").exists() and not (part / "stage2").exists()  # stopped inside stage 1
     r = invoke("distill-explainer", "--resume", part, "--max-steps", "100", "--quiet", "--threads", "1")
     assert r.exit_code == 0, r.output
     for stage in (1, 2):
