@@ -7,7 +7,7 @@
 #   scripts/studies_restart.sh explain    # only the explain-methods pipeline
 #
 # Variables: RUNS (where the run folders go, default ../study-runs beside the checkout), DATA (the
-# Fashion-MNIST IDX files, default ../shared/data/fashion-mnist), EXPLAIN_COMMIT (default 420b21b),
+# Fashion-MNIST IDX files, default ../shared/data/fashion-mnist), EXPLAIN_COMMIT (default 9ca3f59),
 # EXPLAIN_OUT (the explain-methods study folder, default $RUNS/explain-methods).
 # The VAM study's commit is studies/vam-fm20k/COMMIT; its records go to studies/vam-fm20k/ of this
 # checkout (commit them). Uses this checkout's .venv (make install) with the worktree on PYTHONPATH.
@@ -16,7 +16,7 @@ ROOT=$(git rev-parse --show-toplevel)
 RUNS=${RUNS:-$(cd "$ROOT/.." && pwd)/study-runs}
 DATA=${DATA:-$(cd "$ROOT/.." && pwd)/shared/data/fashion-mnist}
 PY="$ROOT/.venv/bin/python"
-EXPLAIN_COMMIT=${EXPLAIN_COMMIT:-420b21b}
+EXPLAIN_COMMIT=${EXPLAIN_COMMIT:-9ca3f59}
 EXPLAIN_OUT=${EXPLAIN_OUT:-$RUNS/explain-methods}
 [ -x "$PY" ] || { echo "no $PY: run make install first" >&2; exit 1; }
 mkdir -p "$RUNS"
@@ -41,9 +41,9 @@ vam() {
 explain() {
   local wt="$RUNS/wt-explain"
   worktree "$wt" "$EXPLAIN_COMMIT"
-  (cd "$wt" && nohup setsid nice -n 19 env PYTHONPATH="$wt" "$PY" -m kdx pipeline --preset explain-methods \
+  (cd "$wt" && nohup setsid nice -n 5 env PYTHONPATH="$wt" "$PY" -m kdx pipeline --preset explain-methods \
      --threads 1 --quiet --out "$EXPLAIN_OUT" >> "$RUNS/explain.log" 2>&1 < /dev/null &)
-  echo "explain-methods from $EXPLAIN_COMMIT (niced): log $RUNS/explain.log, study $EXPLAIN_OUT"
+  echo "explain-methods from $EXPLAIN_COMMIT (nice 5): log $RUNS/explain.log, study $EXPLAIN_OUT"
 }
 
 case "${1:-both}" in
