@@ -69,7 +69,7 @@ class RunConfig:
     device: str = option("auto", "auto | cpu | cuda | cuda:N | mps.", panel=RUNTIME)
     precision: str = option("auto", "Autocast precision (auto: bf16 where the hardware has it).", panel=RUNTIME,
                             choices=("auto", "fp32", "bf16", "fp16"))
-    channels_last: str = option("auto", "Channels-last memory format (auto: on for CUDA and CPU bf16).",
+    channels_last: str = option("auto", "Channels-last memory format (auto: on for CUDA and CPU).",
                                 panel=RUNTIME, choices=("auto", "on", "off"))
     threads: Optional[int] = option(None, "CPU threads of torch's operators (default: torch's choice, usually the "
                                     "core count). A run repeats bit for bit only at the same count; "

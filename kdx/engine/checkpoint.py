@@ -376,6 +376,7 @@ def load_resume(run_dir: Path, *, model: torch.nn.Module, optimizer, scaler) -> 
     check_and_load_state_dict(model, model_state, str(rdir), "this run's model")
     try:
         optimizer.load_state_dict(_optimizer_from_safe(tensors, js["optimizer"], "optim"))
+        match_state_layout(optimizer)
         if scaler is not None and js.get("scaler"):
             scaler.load_state_dict(js["scaler"])
         _set_rng_state(tensors, js["rng"])
@@ -383,6 +384,21 @@ def load_resume(run_dir: Path, *, model: torch.nn.Module, optimizer, scaler) -> 
         raise _bad_state(rdir, f"does not fit this run's optimizer or RNG ({type(exc).__name__}: "
                                f"{' '.join(str(exc).split())[:120]})") from None
     return js["progress"]
+
+
+def match_state_layout(optimizer) -> None:
+    """Give every per-parameter optimizer tensor (momentum, Adam moments) its parameter's strides.
+
+    A state read from disk is contiguous (NCHW) while a channels_last parameter is not, and torch's
+    fused SGD/Adam kernels (torch 2.14) walk the state with the parameter's strides without checking:
+    a resumed run then takes wrong steps. Non-fused optimizers are unaffected either way.
+    """
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            st = optimizer.state.get(p, {})
+            for key, t in list(st.items()):
+                if torch.is_tensor(t) and t.shape == p.shape and t.stride() != p.stride():
+                    st[key] = torch.empty_like(p, dtype=t.dtype).copy_(t)
 
 
 def read_epoch_rows(path: Path, before_epoch: int) -> list[dict]:

@@ -22,7 +22,8 @@ import torch
 from kdx.version import __version__
 from kdx.engine import checkpoint as ckpt
 from kdx.engine import rundir
-from kdx.engine.device import resolve_channels_last, resolve_device, resolve_precision, seed_everything
+from kdx.engine.device import (fused_optimizer_kwargs, resolve_channels_last, resolve_device, resolve_precision,
+                               seed_everything)
 from kdx.engine.distributed import DistInfo, all_reduce_sum, any_rank, barrier, init_distributed
 from kdx.engine.evaluate import evaluate
 from kdx.io import atomic_write_csv, atomic_write_text, json_dumps, with_reasons
@@ -132,12 +133,14 @@ class Trainer:
 
     def _optimizer(self, groups):
         cfg = self.cfg
+        groups = list(groups)
+        fused = fused_optimizer_kwargs(groups)  # one kernel per group where torch has it (CPU, CUDA)
         if cfg.optimizer == "sgd":
             return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                                   nesterov=cfg.nesterov)
+                                   nesterov=cfg.nesterov, **fused)
         if cfg.optimizer == "adam":
-            return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+            return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
 
     def _install_signal_handlers(self):
         def handler(signum, frame):
