@@ -38,8 +38,12 @@ from kdx.models.routed import from_official_state_dict  # noqa: E402
 from reference.authors_explainer import AuthorsExplainer  # noqa: E402  (the tests' oracle too)
 
 
-def make_step(model, x, y, bf16=False, channels_last=False):
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+def make_step(model, x, y, bf16=False, channels_last=False, fused=False):
+    if channels_last:
+        from kdx.engine.trainer import to_channels_last
+
+        to_channels_last(model)  # the weights too, as the trainer does (a no-op for the stacked experts)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, fused=fused)
     x = x.to(memory_format=torch.channels_last) if channels_last else x.contiguous()
     amp = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
 
@@ -83,11 +87,15 @@ def run_throughput(args):
         rel = ((out - ref).abs().max() / ref.abs().max()).item()
         print(f"C={classes}: fp32 eval outputs, max |kdx - baseline| / max |baseline| = {rel:.2e}")
         base.train(), kdx.train()
+        # kdx's CPU paths before issue 22 (fp32 NCHW, bf16 channels_last, per-tensor SGD) and its
+        # trainer's defaults now (channels_last and fused SGD in both precisions); each on its own copy
+        copies = [from_official_state_dict(base.state_dict()).train() for _ in range(4)]
         steps = {"baseline fp32": make_step(base, x, y),
-                 "kdx fp32": make_step(kdx, x, y),
-                 "kdx fp32 channels_last": make_step(kdx, x, y, channels_last=True),
-                 "kdx bf16": make_step(kdx, x, y, bf16=True),
-                 "kdx bf16 channels_last": make_step(kdx, x, y, bf16=True, channels_last=True)}
+                 "kdx fp32": make_step(copies[0], x, y),
+                 "kdx fp32 CL fused": make_step(copies[1], x, y, channels_last=True, fused=True)}
+        if args.precision == "both":
+            steps["kdx bf16 CL"] = make_step(copies[2], x, y, bf16=True, channels_last=True)
+            steps["kdx bf16 CL fused"] = make_step(copies[3], x, y, bf16=True, channels_last=True, fused=True)
         t, cpu = time_interleaved(steps, args.warmup, args.iters, args.repeats)
         best = min((k for k in t if k.startswith("kdx") and k != "kdx fp32"), key=t.get)
         rows.append((classes, t, cpu, best))
@@ -104,9 +112,12 @@ def run_throughput(args):
                   f"{cpu['baseline fp32'] / cpu[k]:8.2f}x{mark}")
         print("-" * 92)
     print(f"\nload avg at the end {os.getloadavg()[0]:.1f}\nsummary:")
-    for classes, t, _, best in rows:
+    for classes, t, cpu, best in rows:
         target = 2.5 if classes <= 10 else 3.0
         r = t["baseline fp32"] / t[best]
+        print(f"  C={classes}: fp32 with kdx's defaults (CL fused) {t['baseline fp32'] / t['kdx fp32 CL fused']:.2f}x "
+              f"(CPU time {cpu['baseline fp32'] / cpu['kdx fp32 CL fused']:.2f}x), before issue 22 "
+              f"{t['baseline fp32'] / t['kdx fp32']:.2f}x")
         print(f"  C={classes}: kdx best ({best}) {r:.2f}x, kdx fp32 {t['baseline fp32'] / t['kdx fp32']:.2f}x "
               f"over the official-style baseline (target >= {target}x: {'met' if r >= target else 'NOT met'})")
 
@@ -172,6 +183,8 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--iters", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--precision", choices=("fp32", "both"), default="both",
+                    help="both = also the bf16 paths (meaningful only where the CPU has native bf16)")
     ap.add_argument("--conv", action="store_true", help="measure expert-conv formulation candidates instead")
     args = ap.parse_args(argv)
     args.classes = [int(c) for c in args.classes.split(",") if c]

@@ -4,7 +4,7 @@ Issue 22, Deliver item 1: the fraction is of peaks measured in the same process.
 
     python benchmarks/roofline.py [--threads 1] [--steps 3] [--warmup 1] [--batch 64]
                                   [--precision fp32|bf16|both] [--only ROW,ROW,...] [--csv FILE]
-                                  [--channels-last auto|on|off] [--conflicts-batch 8] [--list]
+                                  [--paths after|before|both] [--conflicts-batch 8] [--list]
 
 Rows (``--list`` prints them; ``--only`` takes names or prefixes such as ``explainer``):
 
@@ -12,6 +12,9 @@ Rows (``--list`` prints them; ``--only`` takes names or prefixes such as ``expla
   (official widths 64:64,64:64,64:32 or the quick 32:32,32:32,32:32; experts 2, 4, 8), soft
   routing at tau 4, cross-entropy, Adam with the explainer's two groups (experts 0.01, routing
   0.05) as in benchmarks/explainer_method_step.py, synthetic 3x32x32 images;
+* ``authors-explainer-c{10,100}``: the same step for the authors' explainer (official widths, their
+  module-per-expert code transcribed in reference/authors_explainer.py), fp32 NCHW with per-tensor
+  Adam over all parameters at 0.01: the baseline kdx's explainer is compared with;
 * ``teacher-resnet56``, ``teacher-ResNet18``: one training step of a zoo teacher (C = 100, 32 px),
   SGD with momentum and weight decay;
 * ``student-kd[+tree|+head|+tree+head]``: one KD step of resnet8 from a frozen resnet56 (C = 100),
@@ -37,8 +40,11 @@ way (median of ``--steps`` after ``--warmup``, at least 3): a 2048x2048 @ 2048x2
 3x3 convolution, batch 64, 64 -> 64 channels, 32x32, padding 1 (its forward + backward with the
 input's and the weight's gradients, the shape of a training step; its forward alone is printed
 too). bf16 peaks use bf16 operands; bf16 rows run the step under ``torch.autocast("cpu",
-torch.bfloat16)`` and, with ``--channels-last auto``, in channels_last as kdx's trainer does for
-CPU bf16 (fp32 rows stay NCHW, also as the trainer does). The peaks are measured before and after
+torch.bfloat16)``. ``--paths after`` (the default) runs every row as kdx's trainer does today on a
+CPU: channels_last in both precisions and torch's fused optimizer; ``--paths before`` as it did
+before issue 22: fp32 in NCHW, bf16 in channels_last, the per-tensor optimizer; ``--paths both``
+measures each row both ways, one right after the other (the conflicts rows, which have neither,
+once). The peaks are measured before and after
 the rows; the percentages use the larger of the two medians. bf16 is offered only where
 ``lscpu`` shows avx512_bf16 or amx_bf16 (otherwise autocast emulates it and there is nothing to
 measure against).
@@ -146,33 +152,41 @@ def amp(bf16: bool):
 
 
 def measure_peaks(bf16: bool, warmup: int, steps: int) -> dict:
+    """The matmul and 3x3-conv rates of this process; the conv in NCHW and in channels_last (NHWC),
+    the faster of the two counting as the peak (oneDNN's fp32 and bf16 kernels both prefer NHWC on
+    the CPUs measured so far; ``conv_layout`` says which won)."""
     dtype = torch.bfloat16 if bf16 else torch.float32
     g = torch.Generator().manual_seed(0)
     a = torch.randn(2048, 2048, generator=g).to(dtype)
     b = torch.randn(2048, 2048, generator=g).to(dtype)
-    x = torch.randn(64, 64, 32, 32, generator=g).to(dtype)
-    w = (torch.randn(64, 64, 3, 3, generator=g) * 0.05).to(dtype)
-    if bf16:  # oneDNN's bf16 convolutions prefer NHWC, as the bf16 rows run
-        x, w = x.contiguous(memory_format=torch.channels_last), w.contiguous(memory_format=torch.channels_last)
-    x.requires_grad_(True)
-    w.requires_grad_(True)
+    x0 = torch.randn(64, 64, 32, 32, generator=g).to(dtype)
+    w0 = (torch.randn(64, 64, 3, 3, generator=g) * 0.05).to(dtype)
 
-    def mm():
-        torch.mm(a, b)
-
-    def conv_fwd():
-        with torch.no_grad():
-            F.conv2d(x, w, padding=1)
-
-    def conv_step():
-        x.grad = w.grad = None
-        F.conv2d(x, w, padding=1).sum().backward()
-
-    out = {}
-    for name, fn in (("matmul", mm), ("conv_fwd", conv_fwd), ("conv", conv_step)):
+    def rate(fn):
         flops = counted_flops(fn)
         wall, cpu = timed(fn, max(1, warmup), max(3, steps))
-        out[name], out[name + "_cpu"] = flops / wall, flops / max(cpu, 1e-9)
+        return flops / wall, flops / max(cpu, 1e-9)
+
+    out = {}
+    out["matmul"], out["matmul_cpu"] = rate(lambda: torch.mm(a, b))
+    for layout in ("NCHW", "NHWC"):
+        fmt = torch.channels_last if layout == "NHWC" else torch.contiguous_format
+        x = x0.contiguous(memory_format=fmt).requires_grad_(True)
+        w = w0.contiguous(memory_format=fmt).requires_grad_(True)
+
+        def conv_fwd():
+            with torch.no_grad():
+                F.conv2d(x, w, padding=1)
+
+        def conv_step():
+            x.grad = w.grad = None
+            F.conv2d(x, w, padding=1).sum().backward()
+
+        fwd, step = rate(conv_fwd), rate(conv_step)
+        if step[0] > out.get("conv", 0.0):
+            out["conv_fwd"], out["conv_fwd_cpu"] = fwd
+            out["conv"], out["conv_cpu"] = step
+            out["conv_layout"] = layout
     return out
 
 
@@ -203,7 +217,7 @@ def train_step(loss_fn, opt, bf16: bool):
 
 
 def explainer_row(classes: int, widths):
-    def build(batch: int, bf16: bool, cl: bool):
+    def build(batch: int, bf16: bool, cl: bool, fused: bool):
         from kdx.models.routed import KDExplainer
 
         torch.manual_seed(0)
@@ -211,21 +225,37 @@ def explainer_row(classes: int, widths):
         x, y, _ = _data(batch, classes)
         model, x = _to_cl(model, x, cl)
         opt = torch.optim.Adam([{"params": model.non_routing_parameters(), "lr": 0.01},
-                                {"params": model.routing_logits(), "lr": 0.05}])
+                                {"params": model.routing_logits(), "lr": 0.05}], fused=fused)
 
         return train_step(lambda: F.cross_entropy(model(x).float(), y), opt, bf16), batch
     return build
 
 
+def authors_explainer_row(classes: int):
+    """The authors' explainer (reference/authors_explainer.py, their LEARNTOBRANCH_Deep: official
+    widths, one module per expert and class) in their form: fp32, NCHW, per-tensor Adam. The same
+    in both ``--paths`` (it is the fixed baseline that kdx's explainer is measured against)."""
+    def build(batch: int, bf16: bool, cl: bool, fused: bool):
+        from reference.authors_explainer import AuthorsExplainer
+
+        torch.manual_seed(0)
+        model = AuthorsExplainer(classes).train()
+        x, y, _ = _data(batch, classes)
+        opt = torch.optim.Adam(model.parameters(), lr=0.01)
+        return train_step(lambda: F.cross_entropy(model(x).float(), y), opt, False), batch
+    build.fp32_only = build.fixed = True
+    return build
+
+
 def teacher_row(arch: str, classes: int = 100):
-    def build(batch: int, bf16: bool, cl: bool):
+    def build(batch: int, bf16: bool, cl: bool, fused: bool):
         from kdx.models import create_model
 
         torch.manual_seed(0)
         model = create_model(arch, num_classes=classes).train()
         x, y, _ = _data(batch, classes)
         model, x = _to_cl(model, x, cl)
-        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, fused=fused)
 
         return train_step(lambda: F.cross_entropy(model(x).float(), y), opt, bf16), batch
     return build
@@ -244,7 +274,7 @@ def _cluster_dir(classes: int) -> str:
 
 
 def student_row(variant: str, classes: int = 100, student: str = "resnet8", teacher: str = "resnet56"):
-    def build(batch: int, bf16: bool, cl: bool):
+    def build(batch: int, bf16: bool, cl: bool, fused: bool):
         from kdx.config import StudentConfig
         from kdx.distill.methods import method_options
         from kdx.distill.methods.base import MethodContext
@@ -274,14 +304,14 @@ def student_row(variant: str, classes: int = 100, student: str = "resnet8", teac
         task.on_epoch_start(1)
         task.train()
         opt = torch.optim.SGD(task.param_groups(SimpleNamespace(lr=0.05)), lr=0.05, momentum=0.9,
-                              weight_decay=5e-4)
+                              weight_decay=5e-4, fused=fused)
 
         return train_step(lambda: sum(task(x, y, index)[1].values()), opt, bf16), batch
     return build
 
 
 def conflicts_row(classes: int, batches: int = 2):
-    def build(batch: int, bf16: bool, cl: bool):
+    def build(batch: int, bf16: bool, cl: bool, fused: bool):
         from kdx.analysis import conflicts as cf
         from kdx.models.routed import KDExplainer
 
@@ -303,6 +333,8 @@ ROWS = {
     "explainer-c10-quick": explainer_row(10, QUICK),
     "explainer-c100": explainer_row(100, OFFICIAL),
     "explainer-c100-quick": explainer_row(100, QUICK),
+    "authors-explainer-c10": authors_explainer_row(10),
+    "authors-explainer-c100": authors_explainer_row(100),
     "teacher-resnet56": teacher_row("resnet56"),
     "teacher-ResNet18": teacher_row("ResNet18"),
     "student-kd": student_row("off"),
@@ -326,6 +358,25 @@ def select(only: str | None) -> list[str]:
     return chosen
 
 
+def run_row(name: str, build, p: str, path: str, args) -> dict:
+    """One row measured: counted FLOP, then the timed steps. ``path`` after = channels_last and a fused
+    optimizer (kdx's trainer today, every precision on CPU); before = NCHW in fp32 (channels_last in
+    bf16) with the per-tensor optimizer, the trainer's CPU defaults before issue 22."""
+    bf16 = p == "bf16"
+    cl, fused = (True, True) if path == "after" else (bf16, False)
+    step, images = build(args.conflicts_batch if name.startswith("conflicts") else args.batch, bf16, cl, fused)
+    flops = counted_flops(step)  # also the first step: lazy connectors, allocations
+    wall, cpu = timed(step, args.warmup, args.steps)
+    label = p if name.startswith("conflicts") or getattr(build, "fixed", False) else p + (" CL" if cl else "") + (" fused" if fused else "")
+    r = {"row": name, "precision": label, "paths": path, "images": images,
+         "gflop_per_image": flops / images / 1e9, "ms_per_step": 1e3 * wall,
+         "images_per_s": images / wall, "gflop_per_s": flops / wall / 1e9,
+         "cpu_ms_per_step": 1e3 * cpu, "gflop_per_cpu_s": flops / max(cpu, 1e-9) / 1e9, "_p": p}
+    print(f"  {name} {r['precision']}: {r['gflop_per_image']:.3f} GFLOP/image, {r['ms_per_step']:.0f} ms/step "
+          f"(CPU {r['cpu_ms_per_step']:.0f} ms), {r['gflop_per_s']:.1f} GFLOP/s", flush=True)
+    return r
+
+
 # ---------------------------------------------------------------- main
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -336,8 +387,10 @@ def main(argv=None) -> None:
     ap.add_argument("--conflicts-batch", type=int, default=8, help="images per batch of the conflicts rows (2 batches)")
     ap.add_argument("--precision", choices=("fp32", "bf16", "both"), default="both",
                     help="both = fp32, and bf16 where the CPU has native bf16")
-    ap.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
-                    help="auto: on for bf16, off for fp32 (as kdx's trainer on the CPU)")
+    ap.add_argument("--paths", choices=("after", "before", "both"), default="after",
+                    help="after: kdx's trainer today (channels_last in every precision, fused optimizer); "
+                         "before: as before issue 22 (fp32 NCHW, bf16 channels_last, per-tensor optimizer); "
+                         "both: every row both ways, one after the other")
     ap.add_argument("--only", default=None, help="comma-separated rows or prefixes (default: all)")
     ap.add_argument("--csv", default=None, help="also write the table as CSV")
     ap.add_argument("--list", action="store_true", help="print the row names and exit")
@@ -359,23 +412,18 @@ def main(argv=None) -> None:
     t_start = time.perf_counter()
     peaks = {p: measure_peaks(p == "bf16", args.warmup, args.steps) for p in precisions}
     results = []
+    paths = ["before", "after"] if args.paths == "both" else [args.paths]
     for p in precisions:
         bf16 = p == "bf16"
-        cl = args.channels_last == "on" or (args.channels_last == "auto" and bf16)
         for name in rows:
             build = ROWS[name]
             if bf16 and getattr(build, "fp32_only", False):
                 continue
-            step, images = build(args.conflicts_batch if name.startswith("conflicts") else args.batch, bf16, cl)
-            flops = counted_flops(step)  # also the first step: lazy connectors, allocations
-            wall, cpu = timed(step, args.warmup, args.steps)
-            results.append({"row": name, "precision": p + (" CL" if cl else ""), "images": images,
-                            "gflop_per_image": flops / images / 1e9, "ms_per_step": 1e3 * wall,
-                            "images_per_s": images / wall, "gflop_per_s": flops / wall / 1e9,
-                            "cpu_ms_per_step": 1e3 * cpu, "gflop_per_cpu_s": flops / max(cpu, 1e-9) / 1e9, "_p": p})
-            r = results[-1]
-            print(f"  {name} {r['precision']}: {r['gflop_per_image']:.3f} GFLOP/image, {r['ms_per_step']:.0f} ms/step "
-                  f"(CPU {r['cpu_ms_per_step']:.0f} ms), {r['gflop_per_s']:.1f} GFLOP/s", flush=True)
+            for path in paths:
+                if (name.startswith("conflicts") or getattr(build, "fixed", False)) and path == "before" \
+                        and len(paths) > 1:
+                    continue  # the analysis and the authors' code are the same both ways: measured once
+                results.append(run_row(name, build, p, path, args))
     after = {p: measure_peaks(p == "bf16", args.warmup, args.steps) for p in precisions}
     print("\npeaks, GFLOP/s by wall time (before the rows / after them), [by CPU time]:")
     for p in precisions:
@@ -384,7 +432,9 @@ def main(argv=None) -> None:
             f"[{peaks[p][k + '_cpu'] / 1e9:.1f} / {after[p][k + '_cpu'] / 1e9:.1f}]"
             for k, label in (("matmul", "matmul 2048^3"), ("conv", "conv 3x3 64->64 32px b64 fwd+bwd"),
                              ("conv_fwd", "its fwd only"))))
-    best = {p: {k: max(peaks[p][k], after[p][k]) for k in peaks[p]} for p in precisions}
+    for p in precisions:
+        print(f"  {p}: the faster conv layout {peaks[p]['conv_layout']} before the rows, {after[p]['conv_layout']} after")
+    best = {p: {k: max(peaks[p][k], after[p][k]) for k in peaks[p] if k != "conv_layout"} for p in precisions}
     for r in results:
         pk = best[r["_p"]]
         r["pct_matmul_peak"] = 100 * r["gflop_per_s"] * 1e9 / pk["matmul"]
