@@ -104,7 +104,9 @@ def main(argv=None) -> None:
     groups: dict[str, dict] = {}
     for item in args.folders:
         name, _, folder = item.rpartition("=")
-        groups.setdefault(name or Path(folder).name, {}).update(collect(Path(folder)))
+        group = groups.setdefault(name or Path(folder).name, {})
+        for arm, seeds in collect(Path(folder)).items():  # one arm may span folders (its seeds in several)
+            group.setdefault(arm, {}).update(seeds)
     if args.choose_w:
         merged = {k: v for g in groups.values() for k, v in g.items()}
         print(f"{choose_w(merged, args.method):g}")
