@@ -41,8 +41,11 @@ vam() {
 explain() {
   local wt="$RUNS/wt-explain"
   worktree "$wt" "$EXPLAIN_COMMIT"
-  (cd "$wt" && nohup setsid nice -n 5 env PYTHONPATH="$wt" "$PY" -m kdx pipeline --preset explain-methods \
-     --threads 1 --quiet --out "$EXPLAIN_OUT" >> "$RUNS/explain.log" 2>&1 < /dev/null &)
+  # a study already started continues from its own study.json (which a session may have edited, e.g. its seeds)
+  local what=(--preset explain-methods --threads 1 --quiet)
+  [ -f "$EXPLAIN_OUT/study.json" ] && what=(--config "$EXPLAIN_OUT/study.json")
+  (cd "$wt" && nohup setsid nice -n 5 env PYTHONPATH="$wt" "$PY" -m kdx pipeline "${what[@]}" \
+     --out "$EXPLAIN_OUT" >> "$RUNS/explain.log" 2>&1 < /dev/null &)
   echo "explain-methods from $EXPLAIN_COMMIT (nice 5): log $RUNS/explain.log, study $EXPLAIN_OUT"
 }
 
