@@ -83,8 +83,9 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
 def resolve_channels_last(setting: str, device: torch.device, precision: Precision) -> bool:
     """``auto``: channels_last on CUDA and on CPU (fp32 and bf16), off elsewhere (MPS).
 
-    On CPU oneDNN's NHWC convolutions beat NCHW in fp32 too, not only in bf16: 1.15-1.37x a whole
-    training step (explainer, resnet8, resnet56; AVX-512 and AVX2 alike, docs/benchmarks.md).
+    On CPU oneDNN's NHWC convolutions beat NCHW in fp32 too, not only in bf16: with the fused
+    optimizer, 1.1-1.8x a whole fp32 training step (explainer, students, resnet56; AVX-512 and
+    AVX2 kernels alike; docs/benchmarks.md, "Roofline after issue 22").
     """
     if setting in ("on", "true", True):
         return True
@@ -97,9 +98,9 @@ def fused_optimizer_kwargs(groups) -> dict:
     """``{"fused": True}`` where torch's fused SGD/Adam/AdamW kernels apply, else ``{}``.
 
     The fused kernels update every parameter of a group in one call instead of a handful of
-    element-wise ops per tensor: the same update (within float rounding, 1e-6 relative in the
-    tests) at 1.0-1.7x the speed of a CPU training step, most where there are many parameters per
-    FLOP (the explainer's C = 100 leaf heads). They need every parameter floating-point and on one
+    element-wise ops per tensor: the same update (within 1e-5 relative, tests/test_fast_paths.py);
+    it pays most where there are many parameters per FLOP (the explainer's C = 100 leaf heads:
+    1.46x a bf16 step; near 1.0x for the zoo models). They need every parameter floating-point and on one
     CPU or CUDA device; anything else (MPS, mixed devices, meta tensors) keeps the default loop.
     """
     params = [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
