@@ -324,7 +324,7 @@ def conflicts_row(classes: int, batches: int = 2):
         def step():
             cf.subtask_components(model, parts, losses, batch * batches)
         return step, batch * batches
-    build.fp32_only = True
+    build.fp32_only = build.fixed = True  # no optimizer, NCHW: the same in both --paths
     return build
 
 
@@ -367,7 +367,7 @@ def run_row(name: str, build, p: str, path: str, args) -> dict:
     step, images = build(args.conflicts_batch if name.startswith("conflicts") else args.batch, bf16, cl, fused)
     flops = counted_flops(step)  # also the first step: lazy connectors, allocations
     wall, cpu = timed(step, args.warmup, args.steps)
-    label = p if name.startswith("conflicts") or getattr(build, "fixed", False) else p + (" CL" if cl else "") + (" fused" if fused else "")
+    label = p if getattr(build, "fixed", False) else p + (" CL" if cl else "") + (" fused" if fused else "")
     r = {"row": name, "precision": label, "paths": path, "images": images,
          "gflop_per_image": flops / images / 1e9, "ms_per_step": 1e3 * wall,
          "images_per_s": images / wall, "gflop_per_s": flops / wall / 1e9,
@@ -420,8 +420,7 @@ def main(argv=None) -> None:
             if bf16 and getattr(build, "fp32_only", False):
                 continue
             for path in paths:
-                if (name.startswith("conflicts") or getattr(build, "fixed", False)) and path == "before" \
-                        and len(paths) > 1:
+                if getattr(build, "fixed", False) and path == "before" and len(paths) > 1:
                     continue  # the analysis and the authors' code are the same both ways: measured once
                 results.append(run_row(name, build, p, path, args))
     after = {p: measure_peaks(p == "bf16", args.warmup, args.steps) for p in precisions}

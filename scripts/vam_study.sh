@@ -120,28 +120,8 @@ lane2() {
 }
 
 report() {
-  $PY "$HERE/vam_study_report.py" resnet8=$STORE/grid resnet8=$STORE/grid2 resnet8=$STORE/grid3 wrn_16_1=$STORE/grid-wrn
-  echo
-  $PY - "$STORE/kd-20ep" "$STORE/kdtree-20ep" <<'PYEOF'
-import json, pathlib, statistics, sys
-def runs(d):
-    return {int(p.parent.name[4:]): json.loads(p.read_text()) for p in pathlib.Path(d).glob("seed*/results.json")}
-a, b = runs(sys.argv[1]), runs(sys.argv[2])
-for name, r in (("kd, 20 epochs", a), ("kd + tree, 20 epochs", b)):
-    best = [100 * r[s]["test_top1_best"] for s in sorted(r)]
-    last = [100 * r[s]["test_top1_last"] for s in sorted(r)]
-    if best:
-        sd = f" +- {statistics.stdev(best):.2f}" if len(best) > 1 else ""
-        print(f"{name}: {len(best)} seeds, best-val {statistics.fmean(best):.2f}{sd} "
-              f"(per seed {', '.join(f'{v:.2f}' for v in best)}), last {statistics.fmean(last):.2f}")
-seeds = sorted(set(a) & set(b))
-if seeds:
-    d = [100 * (b[s]["test_top1_best"] - a[s]["test_top1_best"]) for s in seeds]
-    sd = statistics.stdev(d) if len(d) > 1 else float("nan")
-    claim = len(d) > 1 and abs(statistics.fmean(d)) > 2 * sd / len(d) ** 0.5
-    print(f"kd + tree vs kd at 20 epochs, paired over seeds {seeds}: {statistics.fmean(d):+.2f} +- {sd:.2f}"
-          f" (per seed {', '.join(f'{v:+.2f}' for v in d)}){' *' if claim else ''}")
-PYEOF
+  $PY "$HERE/vam_study_report.py" resnet8=$STORE/grid resnet8=$STORE/grid2 resnet8=$STORE/grid3 wrn_16_1=$STORE/grid-wrn \
+    "resnet8, 20 epochs=$STORE/kd-20ep:kd" "resnet8, 20 epochs=$STORE/kdtree-20ep:kd+tree"
   echo "records: $STORE; the kdx commit of the runs: $(cat "$STORE/COMMIT" 2>/dev/null || echo unrecorded)"
 }
 

@@ -2,6 +2,7 @@
 """The VAM study's tables (docs/reproducing.md, issue 18) from its run folders.
 
     python scripts/vam_study_report.py resnet8=RUNS/grid resnet8=RUNS/grid2 wrn_16_1=RUNS/grid-wrn
+    python scripts/vam_study_report.py "20ep=RUNS/kd-20ep:kd" "20ep=RUNS/kdtree-20ep:kd+tree"   # one-arm folders
     python scripts/vam_study_report.py --choose-w RUNS/grid          # the tree weight w picked on validation
 
 Reads every ``FOLDER/seed<s>/<arm>/results.json`` (finished arms only; a grid may still be
@@ -37,6 +38,16 @@ def collect(folder: Path) -> dict[str, dict[int, dict]]:
             if res.is_file():
                 out.setdefault(arm.name, {})[int(m.group(1))] = json.loads(res.read_text())
     return out
+
+
+def collect_single(folder: Path, arm: str) -> dict[str, dict[int, dict]]:
+    """``{arm: {seed: results}}`` of a one-arm folder, ``FOLDER/seed<s>/results.json`` (the budget runs)."""
+    out: dict[int, dict] = {}
+    for res in sorted(folder.glob("seed*/results.json")):
+        m = _SEED.search(res.parent.name)
+        if m:
+            out[int(m.group(1))] = json.loads(res.read_text())
+    return {arm: out} if out else {}
 
 
 def base_of(arm: str) -> str:
@@ -97,15 +108,18 @@ def choose_w(arms: dict, method: str = "kd") -> float:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("folders", nargs="+", help="NAME=FOLDER (or FOLDER) of a --compare grid")
+    ap.add_argument("folders", nargs="+", help="NAME=FOLDER (or FOLDER) of a --compare grid; NAME=FOLDER:ARM "
+                    "for a one-arm folder (FOLDER/seed<s>/results.json) read as arm ARM")
     ap.add_argument("--choose-w", action="store_true", help="print the tree weight chosen on validation and exit")
     ap.add_argument("--method", default="kd", help="--choose-w: the method whose tree arms decide [kd]")
     args = ap.parse_args(argv)
     groups: dict[str, dict] = {}
     for item in args.folders:
         name, _, folder = item.rpartition("=")
+        folder, _, single = folder.partition(":")  # FOLDER:ARM = a one-arm folder, read as arm ARM
+        found = collect_single(Path(folder), single) if single else collect(Path(folder))
         group = groups.setdefault(name or Path(folder).name, {})
-        for arm, seeds in collect(Path(folder)).items():  # one arm may span folders (its seeds in several)
+        for arm, seeds in found.items():  # one arm may span folders (its seeds in several)
             group.setdefault(arm, {}).update(seeds)
     if args.choose_w:
         merged = {k: v for g in groups.values() for k, v in g.items()}
