@@ -7,7 +7,8 @@ import math
 import pandas as pd
 import pytest
 
-from kdx.analysis.methods import claimed, method_table, paired_table, partition_labels, tree_distance, with_tree_distances
+from kdx.analysis.methods import (claimed, method_table, paired_table, partition_labels, seed_agreement, tree_distance,
+                                  with_tree_distances)
 
 
 def _ari_by_hand(a: list[int], b: list[int]) -> float:
@@ -71,6 +72,21 @@ def test_method_and_paired_tables():
     assert set(paired["reference"]) == {"kd", "ce"}
 
 
+def test_seed_agreement_is_the_mean_ari_over_pairs_of_a_methods_own_seeds():
+    frame = _frame()
+    kd = {0: [[0, 1], [2, 3]], 1: [[0, 1], [2, 3]], 2: [[0, 2], [1, 3]]}  # seeds 0 and 1 agree, 2 crosses
+    parts = {f"{m}{s}": {1: partition_labels(kd[s] if m == "kd" else [[0, 1], [2, 3]], 4)}
+             for m in ("ce", "kd", "at") for s in (0, 1, 2)}
+    floor = seed_agreement(frame, parts).set_index("method")
+    pairs = [_ari_by_hand(parts[f"kd{a}"][1], parts[f"kd{b}"][1]) for a, b in ((0, 1), (0, 2), (1, 2))]
+    assert pairs[0] == 1.0 and pairs[1] < 0  # the case is not degenerate
+    assert math.isclose(floor.at["kd", "tree_ari_seeds_l1_mean"], sum(pairs) / 3, abs_tol=1e-12)
+    assert math.isclose(floor.at["kd", "tree_ari_seeds_l1_std"], pd.Series(pairs).std(), abs_tol=1e-12)
+    assert floor.at["ce", "tree_ari_seeds_l1_mean"] == 1.0 and floor.at["ce", "tree_ari_seeds_l1_std"] == 0.0
+    one = seed_agreement(frame[frame.seed == 0], parts).set_index("method")  # one seed: no pair
+    assert one["tree_ari_seeds_l1_mean"].isna().all()
+
+
 def test_claim_rule():
     assert claimed([1.0, 1.1, 0.9]) and not claimed([1.0, -1.0, 0.5]) and not claimed([2.0])
 
@@ -86,6 +102,11 @@ def test_methods_figure_puts_the_methods_on_each_panel(tmp_path):
     assert titles[0] == "accuracy" and any(t.startswith("tree distance to kd") for t in titles)
     assert all([t.get_text() for t in ax.get_xticklabels()] == ["ce", "kd", "at"] for ax in fig.axes)
     assert methods_plot(table, tmp_path / "methods.png").stat().st_size > 1000
+    assert fig.axes[0].get_ylabel() == "top-1 on analysed images (%)"  # _frame has no test_top1
+    floor = table.merge(seed_agreement(frame, parts), on="method")
+    tree = next(ax for ax in methods_figure(floor).axes if ax.get_title().startswith("tree distance"))
+    ticks = [line for line in tree.get_lines() if line.get_label() == "own seeds"]
+    assert len(ticks) == 1 and list(ticks[0].get_ydata()) == [1.0, 1.0, 1.0]
 
 
 def test_analyze_conflicts_compares_methods_side_by_side(tmp_path):
@@ -103,6 +124,7 @@ def test_analyze_conflicts_compares_methods_side_by_side(tmp_path):
     table = pd.read_csv(out / "methods.csv")
     assert list(table["method"]) == ["ce", "ls", "kd"] and "tree_ari_kd_l1_mean" in table
     assert table.set_index("method").at["kd", "tree_ari_kd_l1_mean"] == 1.0
+    assert "tree_ari_seeds_l1_mean" in table and table["tree_ari_seeds_l1_mean"].isna().all()  # one seed each
     paired = pd.read_csv(out / "methods_paired.csv")
     assert {"kd", "ce"} == set(paired["reference"]) and not paired["claimed"].any()  # one seed: nothing claimed
     assert (out / "plots" / "methods.png").is_file()
@@ -120,7 +142,7 @@ def test_methods_csv_columns_are_documented(tmp_path):
     parts = {f"{m}{s}": {1: partition_labels([[0, 1], [2, 3]], 4)} for m in ("ce", "kd", "at") for s in (0, 1, 2)}
     table = method_table(with_tree_distances(frame, parts))
     q = r"(test_top1|accuracy|attention_entropy(_tau1)?_l\d+|shared_pairs_objective|conflict_rate_objective|" \
-        r"weighted_conflict_objective|tree_ari_(kd|ce)_l\d+)"
+        r"weighted_conflict_objective|tree_ari_(kd|ce|seeds)_l\d+)"
     assert all(re.fullmatch(rf"method|seeds|{q}_(mean|std)", c) for c in table.columns), list(table.columns)
     assert list(paired_table(with_tree_distances(frame, parts)).columns) == \
         ["method", "reference", "quantity", "seeds", "mean", "std", "per_seed", "claimed"]

@@ -16,6 +16,11 @@ Tree distance [kdx]: the adjusted Rand index (scikit-learn's ``adjusted_rand_sco
 two class partitions of one layer, per seed (method's tree of seed s against the reference's
 tree of seed s); 1 = the same partition, about 0 = no more alike than chance.
 
+Seed agreement [kdx]: ``tree_ari_seeds_l<L>``, the mean (and std) over every pair of a method's
+own seeds of the ARI between their partitions, ``mean_{s<t} ARI(P_s, P_t)``. It is the floor
+for reading a tree distance: a method's ARI to kd that is no lower than kd's own seed agreement
+says no more than "another seed" does.
+
 Claim rule: a paired difference over n >= 2 seeds is claimed when ``|mean| > 2 std / sqrt(n)``
 (about a 95 % interval of the mean that excludes 0), as in the student grids.
 """
@@ -79,6 +84,27 @@ def with_tree_distances(summary: pd.DataFrame, partitions: dict[str, dict[int, l
                 vals.append(tree_distance(a, b) if a is not None and b is not None else float("nan"))
             out[f"tree_ari_{ref}_l{layer}"] = vals
     return out
+
+
+def seed_agreement(frame: pd.DataFrame, partitions: dict[str, dict[int, list[int]]]) -> pd.DataFrame:
+    """One row per method (first-seen order) with ``tree_ari_seeds_l<L>_mean`` / ``_std``: the ARI
+    between the partitions of every pair of the method's seeds (NaN with fewer than two seeds; the
+    std needs two pairs, i.e. three seeds)."""
+    layers = sorted({layer for p in partitions.values() for layer in p})
+    rows = []
+    for method, g in frame.groupby("method", sort=False):
+        runs = [r for r in g.drop_duplicates("seed").sort_values("seed")["run"] if r in partitions]
+        row: dict = {"method": method}
+        for layer in layers:
+            vals = [tree_distance(partitions[a][layer], partitions[b][layer])
+                    for i, a in enumerate(runs) for b in runs[i + 1:]
+                    if layer in partitions[a] and layer in partitions[b]]
+            s = pd.Series(vals, dtype="float64")
+            row[f"tree_ari_seeds_l{layer}_mean"] = float(s.mean()) if len(s) else float("nan")
+            row[f"tree_ari_seeds_l{layer}_std"] = float(s.std(ddof=1)) if len(s) > 1 else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["method"] + [f"tree_ari_seeds_l{layer}_{k}" for layer in layers
+                                                    for k in ("mean", "std")])
 
 
 def claimed(values) -> bool:
@@ -146,19 +172,21 @@ def comparison(summary: pd.DataFrame, metas: dict[str, dict], groups: dict[str, 
     parts = {run: {layer: partition_labels([m for _, m in g], num_classes) for layer, g in enumerate(layers, start=1)}
              for run, layers in groups.items()}
     frame = with_tree_distances(frame, parts)
-    return method_table(frame), paired_table(frame)
+    table = method_table(frame).merge(seed_agreement(frame, parts), on="method", how="left", sort=False)
+    return table, paired_table(frame)
 
 
 def report_section(table: pd.DataFrame, paired: pd.DataFrame) -> str:
     """The report's "Methods side by side" section: the table, then the claimed paired differences."""
     shown = re.compile(r"^(test_top1|attention_entropy_tau1_l\d+|conflict_rate_objective|weighted_conflict_objective|"
-                       r"tree_ari_(kd|ce)_l\d+)$")
+                       r"tree_ari_(kd|ce|seeds)_l\d+)$")
     qs = [c[:-5] for c in table.columns if c.endswith("_mean") and shown.match(c[:-5])]
     lines = ["", "## Methods side by side", "",
              "Mean ± std over seeds per method (`methods.csv`); test_top1 is the analysed checkpoint's test "
              "accuracy, top1 that on the analysed images; tree_ari_<ref>_l<L> is the adjusted Rand index "
              "between the method's class partition at layer L and the reference method's of the same seed "
-             "(1 = the same tree). The entropies at the runs' final tau, the shared pairs and the accuracy on the analysed "
+             "(1 = the same tree), tree_ari_seeds_l<L> that between the method's own seeds (the floor: a distance "
+             "to kd no lower than kd's own seed agreement is no more than a new seed). The entropies at the runs' final tau, the shared pairs and the accuracy on the analysed "
              "images are in the CSV too. Paired per-seed differences against kd and ce are in `methods_paired.csv`; "
              "a difference is claimed when |mean| > 2 std / sqrt(n) over its n seeds.", "",
              "| method | seeds | " + " | ".join(qs) + " |", "|" + "---|" * (len(qs) + 2)]

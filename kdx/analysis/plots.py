@@ -285,13 +285,16 @@ def methods_plot(table: pd.DataFrame, path: Path, fmt: str | None = None) -> Pat
 def methods_figure(table: pd.DataFrame) -> Figure:
     """One row of panels, the methods on the x axis of each (``methods.csv``, mean ± std over seeds):
     test accuracy (axis from 0), attention entropy per layer at tau 1, conflict rate, and the tree
-    distance (adjusted Rand index) to kd's tree per layer. A reader sees at a glance which method
+    distance (adjusted Rand index) to kd's tree per layer, with each method's agreement between its
+    own seeds as a black tick over its bar (where methods.csv has it). A reader sees at a glance which method
     moves which quantity; the paired differences are in methods_paired.csv and the report."""
     methods = [str(m) for m in table["method"]]
     layers = sorted(int(c.split("_l")[-1].split("_")[0]) for c in table.columns
                     if c.startswith("attention_entropy_tau1_l") and c.endswith("_mean"))
-    top1 = "top1" if "top1_mean" in table else "accuracy"  # accuracy: methods.csv of summaries before issue 21
-    panels = [("accuracy", [top1], "test accuracy (%)", 100.0)]
+    # the checkpoint's test accuracy where the metadata has it, else that on the analysed images
+    top1 = next(c for c in ("test_top1", "top1", "accuracy") if f"{c}_mean" in table or c == "accuracy")
+    where = "test" if top1 == "test_top1" else "analysed images"
+    panels = [("accuracy", [top1], f"top-1 on {where} (%)", 100.0)]
     panels.append(("attention entropy at tau 1", [f"attention_entropy_tau1_l{layer}" for layer in layers], "nats", 1.0))
     if "conflict_rate_objective_mean" in table:
         panels.append(("conflict rate", ["conflict_rate_objective"], "share of subtask pairs", 1.0))
@@ -311,11 +314,19 @@ def methods_figure(table: pd.DataFrame) -> Figure:
                    color=f"C{i}", error_kw={"elinewidth": 0.7})
         if title == "accuracy":
             ax.set_ylim(0, 100)
+        if title.startswith("tree distance"):  # the floor: each method's ARI between its own seeds
+            for i, col in enumerate(cols):
+                seeds = f"tree_ari_seeds_l{col.rsplit('_l', 1)[-1]}_mean"
+                if seeds in table:
+                    ax.plot(x - 0.4 + width * (i + 0.5), pd.to_numeric(table[seeds], errors="coerce").to_numpy(float),
+                            "k_", ms=9, mew=1.6, label="own seeds" if i == 0 else None)
         ax.axhline(0.0, color="0.3", lw=0.6)
         ax.set_xticks(x, methods, fontsize=8, rotation=45 if len(methods) > 6 else 0)
         ax.set_title(title, fontsize=9)
         ax.set_ylabel(ylabel, fontsize=8)
-        if len(cols) > 1:
+        if len(cols) > 1 or ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, frameon=False)
-    fig.suptitle("explainers by KD method (mean ± std over seeds)", fontsize=10)
+    fig.suptitle("explainers by KD method (mean ± std over seeds; black ticks: ARI between a method's own seeds)"
+                 if any(c.startswith("tree_ari_seeds_") for c in table.columns) else
+                 "explainers by KD method (mean ± std over seeds)", fontsize=10)
     return fig
