@@ -164,3 +164,25 @@ def test_the_study_report_section_comes_from_the_methods_csvs(tmp_path):
     assert "at vs kd, attention_entropy_l1: -0.4" in text  # a claimed difference, read back from the CSV
     assert "(analysis-methods/plots/methods.png)" in text
     assert methods_section(tmp_path / "missing", tmp_path) == []
+
+
+def test_the_docs_tables_script_reads_the_methods_csvs(tmp_path):
+    """scripts/explain_methods_tables.py (the issue-20 tables of the docs) on a hand-made comparison."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "scripts" / "explain_methods_tables.py"
+    spec = importlib.util.spec_from_file_location("explain_methods_tables", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    frame = _frame().assign(test_top1=lambda f: f["accuracy"])
+    parts = {f"{m}{s}": {1: partition_labels([[0, 1], [2, 3]] if m != "at" else [[0, 2], [1, 3]], 4)}
+             for m in ("ce", "kd", "at") for s in (0, 1, 2)}
+    crossed = _ari_by_hand(parts["at0"][1], parts["kd0"][1])
+    frame = with_tree_distances(frame, parts)
+    method_table(frame).merge(seed_agreement(frame, parts), on="method").to_csv(tmp_path / "methods.csv", index=False)
+    paired_table(frame).to_csv(tmp_path / "methods_paired.csv", index=False)
+    text = mod.tables(tmp_path)
+    assert f"| at | 3 | 80.1 +- 1.1 | 1.30 | -0.300 * | 0.30 | {crossed:+.2f} | +1.00 |" in text  # at - ce = 1.3 - 1.6 per seed
+    assert "| kd | 3 | 83.0 +- 1.0 | 1.70 | +0.100 * | 0.30 | 1 (itself) | +1.00 |" in text
+    assert "| entropy L1 vs ce | 0 | +0.10 * | -0.30 * |" in text and "claimed paired differences:" in text
