@@ -283,49 +283,62 @@ def methods_plot(table: pd.DataFrame, path: Path, fmt: str | None = None) -> Pat
 
 
 def methods_figure(table: pd.DataFrame) -> Figure:
-    """One row of panels, the methods on the x axis of each (``methods.csv``, mean ± std over seeds):
-    test accuracy (axis from 0), attention entropy per layer at tau 1, conflict rate, and the tree
-    distance (adjusted Rand index) to kd's tree per layer, with each method's agreement between its
-    own seeds as a black tick over its bar (where methods.csv has it). A reader sees at a glance which method
-    moves which quantity; the paired differences are in methods_paired.csv and the report."""
+    """Two rows of panels, the methods on the x axis of each (``methods.csv``, mean ± std over
+    seeds). Top: test accuracy (axis from 0), attention entropy per layer at tau 1 (comparable
+    across runs) and at the runs' final tau, shared class pairs. Bottom: conflict rate, conflict
+    strength, and the tree distance (adjusted Rand index) to kd's and to ce's tree per layer, with
+    each method's agreement between its own seeds as a black tick over its kd bar (where
+    methods.csv has it). A panel whose columns the table lacks is left out. A reader sees at a
+    glance which method moves which quantity; the paired differences are in methods_paired.csv
+    and the report."""
     methods = [str(m) for m in table["method"]]
     layers = sorted(int(c.split("_l")[-1].split("_")[0]) for c in table.columns
                     if c.startswith("attention_entropy_tau1_l") and c.endswith("_mean"))
     # the checkpoint's test accuracy where the metadata has it, else that on the analysed images
     top1 = next(c for c in ("test_top1", "top1", "accuracy") if f"{c}_mean" in table or c == "accuracy")
     where = "test" if top1 == "test_top1" else "analysed images"
-    panels = [("accuracy", [top1], f"top-1 on {where} (%)", 100.0)]
-    panels.append(("attention entropy at tau 1", [f"attention_entropy_tau1_l{layer}" for layer in layers], "nats", 1.0))
-    if "conflict_rate_objective_mean" in table:
-        panels.append(("conflict rate", ["conflict_rate_objective"], "share of subtask pairs", 1.0))
-    ari = [f"tree_ari_kd_l{layer}" for layer in layers if f"tree_ari_kd_l{layer}_mean" in table]
-    if ari:
-        panels.append(("tree distance to kd (ARI; 1 = same tree)", ari, "adjusted Rand index", 1.0))
-    fig = _figure((max(10.0, 1.1 * len(methods) * len(panels)), 4.2), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    per_layer = lambda stem: [f"{stem}{layer}" for layer in layers]  # noqa: E731
+    candidates = [
+        [("accuracy", [top1], f"top-1 on {where} (%)", 100.0),
+         ("attention entropy at tau 1", per_layer("attention_entropy_tau1_l"), "nats", 1.0),
+         ("attention entropy at the final tau", per_layer("attention_entropy_l"), "nats", 1.0),
+         ("sharing", ["shared_pairs_objective"], "shared (expert, class pair) rows", 1.0)],
+        [("conflict rate", ["conflict_rate_objective"], "share of shared pairs in conflict", 1.0),
+         ("conflict strength", ["weighted_conflict_objective"], "attention-weighted conflict", 1.0),
+         ("tree distance to kd (ARI; 1 = same tree)", per_layer("tree_ari_kd_l"), "adjusted Rand index", 1.0),
+         ("tree distance to ce (ARI; 1 = same tree)", per_layer("tree_ari_ce_l"), "adjusted Rand index", 1.0)]]
+    rows = [[p for p in row if p[1] and all(f"{c}_mean" in table for c in p[1])] for row in candidates]
+    rows = [row for row in rows if row]
+    ncols = max(len(row) for row in rows)
+    fig = _figure((max(10.0, 0.33 * len(methods) * ncols + 2.0), 3.9 * len(rows)), layout="constrained")
+    grid = np.atleast_2d(fig.subplots(len(rows), ncols, squeeze=False))
     x = np.arange(len(methods))
-    for ax, (title, cols, ylabel, scale) in zip(axes, panels):
-        width = 0.8 / len(cols)
-        for i, col in enumerate(cols):
-            mean = scale * pd.to_numeric(table[f"{col}_mean"], errors="coerce").to_numpy(float)
-            std = scale * pd.to_numeric(table[f"{col}_std"], errors="coerce").fillna(0.0).to_numpy(float)
-            label = f"layer {col.rsplit('_l', 1)[-1]}" if len(cols) > 1 else None
-            ax.bar(x - 0.4 + width * (i + 0.5), np.nan_to_num(mean), width, yerr=std, capsize=2, label=label,
-                   color=f"C{i}", error_kw={"elinewidth": 0.7})
-        if title == "accuracy":
-            ax.set_ylim(0, 100)
-        if title.startswith("tree distance"):  # the floor: each method's ARI between its own seeds
+    for r, row in enumerate(rows):
+        for ax in grid[r, len(row):]:
+            ax.set_axis_off()
+        for ax, (title, cols, ylabel, scale) in zip(grid[r], row):
+            width = 0.8 / len(cols)
             for i, col in enumerate(cols):
-                seeds = f"tree_ari_seeds_l{col.rsplit('_l', 1)[-1]}_mean"
-                if seeds in table:
-                    ax.plot(x - 0.4 + width * (i + 0.5), pd.to_numeric(table[seeds], errors="coerce").to_numpy(float),
-                            "k_", ms=9, mew=1.6, label="own seeds" if i == 0 else None)
-        ax.axhline(0.0, color="0.3", lw=0.6)
-        ax.set_xticks(x, methods, fontsize=8, rotation=45 if len(methods) > 6 else 0)
-        ax.set_title(title, fontsize=9)
-        ax.set_ylabel(ylabel, fontsize=8)
-        if len(cols) > 1 or ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7, frameon=False)
+                mean = scale * pd.to_numeric(table[f"{col}_mean"], errors="coerce").to_numpy(float)
+                std = scale * pd.to_numeric(table[f"{col}_std"], errors="coerce").fillna(0.0).to_numpy(float)
+                label = f"layer {col.rsplit('_l', 1)[-1]}" if len(cols) > 1 else None
+                ax.bar(x - 0.4 + width * (i + 0.5), np.nan_to_num(mean), width, yerr=std, capsize=2, label=label,
+                       color=f"C{i}", error_kw={"elinewidth": 0.7})
+            if title == "accuracy":
+                ax.set_ylim(0, 100)
+            if title.startswith("tree distance to kd"):  # the floor: each method's ARI between its own seeds
+                for i, col in enumerate(cols):
+                    seeds = f"tree_ari_seeds_l{col.rsplit('_l', 1)[-1]}_mean"
+                    if seeds in table:
+                        ax.plot(x - 0.4 + width * (i + 0.5),
+                                pd.to_numeric(table[seeds], errors="coerce").to_numpy(float),
+                                "k_", ms=9, mew=1.6, label="own seeds" if i == 0 else None)
+            ax.axhline(0.0, color="0.3", lw=0.6)
+            ax.set_xticks(x, methods, fontsize=8, rotation=45 if len(methods) > 6 else 0)
+            ax.set_title(title, fontsize=9)
+            ax.set_ylabel(ylabel, fontsize=8)
+            if len(cols) > 1 or ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7, frameon=False)
     fig.suptitle("explainers by KD method (mean ± std over seeds; black ticks: ARI between a method's own seeds)"
                  if any(c.startswith("tree_ari_seeds_") for c in table.columns) else
                  "explainers by KD method (mean ± std over seeds)", fontsize=10)
