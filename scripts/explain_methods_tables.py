@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from kdx.commands.study_report import md_table
+
 README_ORDER = ["ce", "kd", "ls", "dkd", "at", "ft", "nst", "crd", "fitnet", "vid", "rkd", "pkt", "cc", "sp"]
 
 
@@ -44,29 +46,29 @@ def tables(ana: Path) -> str:
     ari = _layers(table, "tree_ari_kd_l")
     seeds = _layers(table, "tree_ari_seeds_l")
     lay = "/".join(f"L{layer}" for layer in ent)
-    head = ["method", "seeds", "test top-1 %", f"entropy at tau 1, {lay}", f"L{top} vs ce (paired)", "conflict rate",
-            f"tree ARI to kd, {lay}"] + ([f"tree ARI between own seeds, {lay}"] if seeds else [])
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for _, r in table.iterrows():
-        acc = f"{100 * r['test_top1_mean']:.1f} +- {100 * r['test_top1_std']:.1f}"
-        cells = [r["method"], str(r["seeds"]), acc, _per_layer(r, "attention_entropy_tau1_l", ent, ".2f"),
-                 "-" if r["method"] == "ce" else _paired(paired, r["method"], "ce", f"attention_entropy_tau1_l{top}"),
-                 f"{r['conflict_rate_objective_mean']:.2f}",
-                 "1 (itself)" if r["method"] == "kd" else _per_layer(r, "tree_ari_kd_l", ari, "+.2f")]
+        row = {"method": r["method"], "seeds": str(r["seeds"]),
+               "test top-1 %": f"{100 * r['test_top1_mean']:.1f} +- {100 * r['test_top1_std']:.1f}",
+               f"entropy at tau 1, {lay}": _per_layer(r, "attention_entropy_tau1_l", ent, ".2f"),
+               f"L{top} vs ce (paired)": "-" if r["method"] == "ce" else
+               _paired(paired, r["method"], "ce", f"attention_entropy_tau1_l{top}"),
+               "conflict rate": f"{r['conflict_rate_objective_mean']:.2f}",
+               f"tree ARI to kd, {lay}": "1 (itself)" if r["method"] == "kd" else
+               _per_layer(r, "tree_ari_kd_l", ari, "+.2f")}
         if seeds:
-            cells.append(_per_layer(r, "tree_ari_seeds_l", seeds, "+.2f"))
-        out.append("| " + " | ".join(cells) + " |")
+            row[f"tree ARI between own seeds, {lay}"] = _per_layer(r, "tree_ari_seeds_l", seeds, "+.2f")
+        rows.append(row)
     by = table.set_index("method")
     order = [m for m in README_ORDER if m in by.index] + [m for m in by.index if m not in README_ORDER]
-    readme = ["| method | " + " | ".join(order) + " |", "|" + "---|" * (len(order) + 1),
-              f"| entropy L{top} vs ce | " + " | ".join(
-                  "0" if m == "ce" else _paired(paired, m, "ce", f"attention_entropy_tau1_l{top}", 2)
-                  for m in order) + " |",
-              "| conflict rate | " + " | ".join(f"{by.at[m, 'conflict_rate_objective_mean']:.2f}" for m in order) + " |",
-              "| test top-1 % | " + " | ".join(f"{100 * by.at[m, 'test_top1_mean']:.1f}" for m in order) + " |"]
+    readme = pd.DataFrame([
+        {"method": f"entropy L{top} vs ce",
+         **{m: "0" if m == "ce" else _paired(paired, m, "ce", f"attention_entropy_tau1_l{top}", 2) for m in order}},
+        {"method": "conflict rate", **{m: f"{by.at[m, 'conflict_rate_objective_mean']:.2f}" for m in order}},
+        {"method": "test top-1 %", **{m: f"{100 * by.at[m, 'test_top1_mean']:.1f}" for m in order}}])
     n_claimed = int(paired["claimed"].sum())
-    return "\n".join(["docs/reproducing.md:", "", *out, "", "README.md:", "", *readme, "",
-                      f"claimed paired differences: {n_claimed} of {len(paired)}"]) + "\n"
+    return (f"docs/reproducing.md:\n\n{md_table(pd.DataFrame(rows))}\nREADME.md:\n\n{md_table(readme)}\n"
+            f"claimed paired differences: {n_claimed} of {len(paired)}\n")
 
 
 if __name__ == "__main__":

@@ -185,9 +185,9 @@ def report_section(table: pd.DataFrame, paired: pd.DataFrame) -> str:
              "Mean ± std over seeds per method (`methods.csv`); test_top1 is the analysed checkpoint's test "
              "accuracy, top1 that on the analysed images; tree_ari_<ref>_l<L> is the adjusted Rand index "
              "between the method's class partition at layer L and the reference method's of the same seed "
-             "(1 = the same tree), tree_ari_seeds_l<L> that between the method's own seeds (the floor: a distance "
-             "to kd no lower than kd's own seed agreement is no more than a new seed). The entropies at the runs' final tau, the shared pairs and the accuracy on the analysed "
-             "images are in the CSV too. Paired per-seed differences against kd and ce are in `methods_paired.csv`; "
+             "(1 = the same tree), tree_ari_seeds_l<L> that between the method's own seeds (the floor: a "
+             "distance to kd no lower than kd's own seed agreement is no more than a new seed). The entropies at "
+             "the runs' final tau, the shared pairs and the accuracy on the analysed images are in the CSV too. Paired per-seed differences against kd and ce are in `methods_paired.csv`; "
              "a difference is claimed when |mean| > 2 std / sqrt(n) over its n seeds.", "",
              "| method | seeds | " + " | ".join(qs) + " |", "|" + "---|" * (len(qs) + 2)]
     for _, r in table.iterrows():

@@ -295,7 +295,7 @@ def methods_figure(table: pd.DataFrame) -> Figure:
     layers = sorted(int(c.split("_l")[-1].split("_")[0]) for c in table.columns
                     if c.startswith("attention_entropy_tau1_l") and c.endswith("_mean"))
     # the checkpoint's test accuracy where the metadata has it, else that on the analysed images
-    top1 = next(c for c in ("test_top1", "top1", "accuracy") if f"{c}_mean" in table or c == "accuracy")
+    top1 = next((c for c in ("test_top1", "top1") if f"{c}_mean" in table), "accuracy")
     where = "test" if top1 == "test_top1" else "analysed images"
     per_layer = lambda stem: [f"{stem}{layer}" for layer in layers]  # noqa: E731
     candidates = [
