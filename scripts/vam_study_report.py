@@ -26,28 +26,20 @@ from pathlib import Path
 _SEED = re.compile(r"seed(\d+)$")
 
 
-def collect(folder: Path) -> dict[str, dict[int, dict]]:
-    """``{arm: {seed: results}}`` of the finished arms under ``folder``."""
+def collect(folder: Path, arm: str | None = None) -> dict[str, dict[int, dict]]:
+    """``{arm: {seed: results}}`` of the finished arms under ``folder`` (``FOLDER/seed<s>/<arm>/results.json``);
+    with ``arm``, a one-arm folder (``FOLDER/seed<s>/results.json``, the budget runs) read as that arm."""
     out: dict[str, dict[int, dict]] = {}
     for seed_dir in sorted(folder.glob("seed*")):
         m = _SEED.search(seed_dir.name)
         if not m or not seed_dir.is_dir():
             continue
-        for arm in sorted(p for p in seed_dir.iterdir() if p.is_dir()):
-            res = arm / "results.json"
+        arms = [(arm, seed_dir)] if arm else [(p.name, p) for p in sorted(seed_dir.iterdir()) if p.is_dir()]
+        for name, d in arms:
+            res = d / "results.json"
             if res.is_file():
-                out.setdefault(arm.name, {})[int(m.group(1))] = json.loads(res.read_text())
+                out.setdefault(name, {})[int(m.group(1))] = json.loads(res.read_text())
     return out
-
-
-def collect_single(folder: Path, arm: str) -> dict[str, dict[int, dict]]:
-    """``{arm: {seed: results}}`` of a one-arm folder, ``FOLDER/seed<s>/results.json`` (the budget runs)."""
-    out: dict[int, dict] = {}
-    for res in sorted(folder.glob("seed*/results.json")):
-        m = _SEED.search(res.parent.name)
-        if m:
-            out[int(m.group(1))] = json.loads(res.read_text())
-    return {arm: out} if out else {}
 
 
 def base_of(arm: str) -> str:
@@ -117,7 +109,7 @@ def main(argv=None) -> None:
     for item in args.folders:
         name, _, folder = item.rpartition("=")
         folder, _, single = folder.partition(":")  # FOLDER:ARM = a one-arm folder, read as arm ARM
-        found = collect_single(Path(folder), single) if single else collect(Path(folder))
+        found = collect(Path(folder), single or None)
         group = groups.setdefault(name or Path(folder).name, {})
         for arm, seeds in found.items():  # one arm may span folders (its seeds in several)
             group.setdefault(arm, {}).update(seeds)

@@ -339,7 +339,6 @@ def methods_figure(table: pd.DataFrame) -> Figure:
             ax.set_ylabel(ylabel, fontsize=8)
             if len(cols) > 1 or ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7, frameon=False)
-    fig.suptitle("explainers by KD method (mean ± std over seeds; black ticks: ARI between a method's own seeds)"
-                 if any(c.startswith("tree_ari_seeds_") for c in table.columns) else
-                 "explainers by KD method (mean ± std over seeds)", fontsize=10)
+    ticks = "; black ticks: ARI between a method's own seeds" if any(c.startswith("tree_ari_seeds_") for c in table) else ""
+    fig.suptitle(f"explainers by KD method (mean ± std over seeds{ticks})", fontsize=10)
     return fig
